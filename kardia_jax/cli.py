@@ -1,0 +1,51 @@
+"""The `kardia-jax` command: parses flags and hands off to library code.
+
+Each subcommand lives in its own module exposing `add_arguments(parser)` and
+`main(args) -> int`; modules are imported lazily so `kardia-jax data ...` does
+not pay for importing the model stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from kardia_jax.errors import KardiaError
+
+# name -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("kardia_jax.demo", "run the demo job on the embedded default"),
+    "model": ("kardia_jax.models.cli", "inspect, convert and resize Hugging Face checkpoints"),
+    "data": ("kardia_jax.data.cli", "validate and inspect KardiaBench data"),
+}
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kardia-jax", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    # Only the chosen subcommand's module is imported (the others just get a stub
+    # parser), so a broken optional stage never breaks unrelated commands.
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        if name == chosen:
+            mod = importlib.import_module(module)
+            mod.add_arguments(p)
+            p.set_defaults(_main=mod.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
+    try:
+        return int(args._main(args) or 0)
+    except KardiaError as e:
+        print(f"kardia-jax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

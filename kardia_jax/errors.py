@@ -1,0 +1,18 @@
+"""User-facing error types: bad input gets one of these, with a message that names
+the file, line, field or tensor at fault. The CLI prints them as one line."""
+
+
+class KardiaError(Exception):
+    """Base class for mistakes in the user's input (files, configs, flags)."""
+
+
+class ConfigError(KardiaError, ValueError):
+    """A model or run configuration that cannot be honoured."""
+
+
+class CheckpointError(KardiaError, ValueError):
+    """A checkpoint that is missing, incomplete or inconsistent with its config."""
+
+
+class DataError(KardiaError, ValueError):
+    """A data record or file that fails validation."""
