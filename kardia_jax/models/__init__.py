@@ -1,0 +1,19 @@
+"""Decoder models (Qwen2/2.5, Qwen3, Llama) and their Hugging Face checkpoints."""
+
+from kardia_jax.models.checkpoint import load_hf_model, resize_token_embeddings, save_hf_model
+from kardia_jax.models.config import ModelConfig
+from kardia_jax.models.decoder import Transformer, abstract_model, count_params, init_model
+from kardia_jax.models.presets import PRESETS, get_preset
+
+__all__ = [
+    "PRESETS",
+    "ModelConfig",
+    "Transformer",
+    "abstract_model",
+    "count_params",
+    "get_preset",
+    "init_model",
+    "load_hf_model",
+    "resize_token_embeddings",
+    "save_hf_model",
+]

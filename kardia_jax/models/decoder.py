@@ -1,0 +1,138 @@
+"""The decoder-only language model shared by policy, reference and judge:
+embeddings -> N pre-norm layers (optionally scanned, optionally rematerialised)
+-> final RMSNorm -> tied or untied lm_head."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from kardia_jax.models.config import ModelConfig
+from kardia_jax.models.layers import (
+    DecoderLayer,
+    Dense,
+    Embed,
+    RMSNorm,
+    rope_sin_cos,
+)
+from kardia_jax.models.layers import attention_mask as make_attention_mask
+
+_REMAT = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def positions_from_mask(attention_mask_BT):
+    """Left padding: each row counts positions from its first real token, as
+    transformers' `generate` does (pads get 0; their outputs are never used)."""
+    return jnp.maximum(jnp.cumsum(attention_mask_BT.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def positions_from_segments(segment_ids_BT):
+    """Packed rows: positions restart at 0 at the first token of every segment."""
+    t = jnp.arange(segment_ids_BT.shape[1])
+    starts = jnp.concatenate(
+        [jnp.ones_like(segment_ids_BT[:, :1], bool), segment_ids_BT[:, 1:] != segment_ids_BT[:, :-1]],
+        axis=1,
+    )
+    first = jax.lax.cummax(jnp.where(starts, t[None, :], 0), axis=1)
+    return t[None, :] - first
+
+
+class Transformer(nnx.Module):
+    """Qwen2 / Qwen2.5, Qwen3 and Llama causal LMs, selected by `ModelConfig`.
+
+    Parameter names follow the Hugging Face checkpoints (`embed_tokens`,
+    `layers.i.self_attn.q_proj`, ...), so the checkpoint map is a short table.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = cfg
+        d, v = cfg.hidden_size, cfg.vocab_size
+        self.embed_tokens = Embed(v, d, cfg=cfg, rngs=rngs)
+        if cfg.scan_layers:
+            # One stacked copy of every layer weight, leading axis "layers": one
+            # compiled layer body is scanned over it (compile time independent of depth).
+            @nnx.split_rngs(splits=cfg.num_layers)
+            @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+            def make(rngs):
+                return DecoderLayer(cfg, rngs=rngs)
+
+            self.layers = make(rngs)
+        else:
+            self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.norm = RMSNorm(d, "embed", cfg=cfg, rngs=rngs)
+        if cfg.tie_word_embeddings:
+            self.lm_head = None
+        else:
+            self.lm_head = Dense((d,), (v,), ("embed", "vocab"), bias=False, cfg=cfg, rngs=rngs)
+
+    def __call__(self, input_ids, attention_mask=None, positions=None, *, segment_ids=None):
+        """Logits [B, T, V] in float32.
+
+        `attention_mask` [B, T] marks real tokens (1) and padding (0); without
+        `positions`, they are derived from it (left padding) or from `segment_ids`
+        (packed rows), so a padded batch gives each row the logits it gets alone.
+        """
+        return self.logits(self.hidden_states(input_ids, attention_mask, positions, segment_ids))
+
+    def hidden_states(self, input_ids, attention_mask=None, positions=None, segment_ids=None):
+        """Final-normed hidden states [B, T, D] in float32."""
+        cfg = self.config
+        b, t = input_ids.shape
+        if attention_mask is None:
+            attention_mask = jnp.ones((b, t), jnp.int32)
+        if positions is None:
+            positions = (
+                positions_from_segments(segment_ids)
+                if segment_ids is not None
+                else positions_from_mask(attention_mask)
+            )
+        sin, cos = rope_sin_cos(cfg, positions)
+        mask = make_attention_mask(attention_mask, t, segment_ids=segment_ids)
+        x = self.embed_tokens(input_ids)
+        x = self._run_layers(x, sin, cos, mask)
+        return self.norm(x, out_dtype=jnp.float32)
+
+    def logits(self, hidden_BTD):
+        """Projects hidden states to the vocabulary, accumulating in float32."""
+        cfg = self.config
+        if self.lm_head is not None:
+            return self.lm_head(hidden_BTD, out_dtype=jnp.float32)
+        emb = self.embed_tokens.embedding[...].astype(cfg.dtype)
+        return jnp.einsum(
+            "BTD,VD->BTV", hidden_BTD.astype(cfg.dtype), emb, preferred_element_type=jnp.float32
+        )
+
+    def _run_layers(self, x, sin, cos, mask):
+        cfg = self.config
+
+        def body(graphdef, state, x):
+            return nnx.merge(graphdef, state)(x, sin, cos, mask)
+
+        if cfg.remat != "none":
+            body = jax.checkpoint(body, policy=_REMAT[cfg.remat], static_argnums=(0,))
+        if cfg.scan_layers:
+            graphdef, state = nnx.split(self.layers)
+            x, _ = jax.lax.scan(lambda h, st: (body(graphdef, st, h), None), x, state)
+            return x
+        for layer in self.layers:
+            x = body(*nnx.split(layer), x)
+        return x
+
+
+def init_model(cfg: ModelConfig, seed: int = 0) -> Transformer:
+    """A randomly initialised model (tests, benchmarks, shape planning)."""
+    return Transformer(cfg, rngs=nnx.Rngs(seed))
+
+
+def abstract_model(cfg: ModelConfig) -> Transformer:
+    """The model with ShapeDtypeStruct leaves: no memory, no FLOPs."""
+    return nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+
+
+def count_params(model: nnx.Module) -> int:
+    return sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

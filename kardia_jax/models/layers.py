@@ -1,0 +1,241 @@
+"""Building blocks of the decoder: dense projections, RMSNorm, rotary embeddings,
+grouped-query attention and the SwiGLU MLP.
+
+Dimension alphabet used in names and einsums throughout `models/`:
+  B batch, T query length, S key length, D embed (hidden), N query heads,
+  K key/value heads, G query heads per kv head (N = K * G), H head dim,
+  F mlp hidden, V vocab, L layers.
+
+Dtype policy: parameters are stored in `param_dtype`; matmuls run in the compute
+`dtype`; RMSNorm, rotary angles, attention softmax and final logits run in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from kardia_jax.models.config import ModelConfig
+
+_INIT_STD = 0.02  # transformers' initializer_range for these families
+
+
+def param(rngs: nnx.Rngs, init, shape, axes: Sequence[str], dtype) -> nnx.Param:
+    """A parameter tagged with logical axis names for the sharding table.
+
+    Flax's eager sharding is off: placement is decided once, by the rules table,
+    when the state is created or loaded under a mesh (see `kardia_jax.sharding`).
+    """
+    assert len(axes) == len(shape), (shape, axes)
+    value = init(rngs.params(), tuple(shape), jnp.dtype(dtype))
+    return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False)
+
+
+def _normal(key, shape, dtype):
+    return (_INIT_STD * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+
+
+def _zeros(key, shape, dtype):
+    del key
+    return jnp.zeros(shape, dtype)
+
+
+def _ones(key, shape, dtype):
+    del key
+    return jnp.ones(shape, dtype)
+
+
+def _lead(x, ndim: int):
+    """Adds leading unit dims for an explicit broadcast (tests raise on rank promotion)."""
+    return x.reshape((1,) * (ndim - x.ndim) + x.shape)
+
+
+class Dense(nnx.Module):
+    """y = x . kernel (+ bias), contracting the last len(in_shape) dims of x.
+
+    Kernels keep multi-dim shapes (e.g. q_proj is [D, N, H]) so each dim carries its
+    own logical axis name; the checkpoint map reshapes Hugging Face's 2-D weights.
+    """
+
+    def __init__(self, in_shape, out_shape, axes, *, bias: bool, cfg: ModelConfig, rngs):
+        in_shape, out_shape = tuple(in_shape), tuple(out_shape)
+        self.n_in = len(in_shape)
+        self.dtype = cfg.dtype
+        self.kernel = param(rngs, _normal, in_shape + out_shape, axes, cfg.param_dtype)
+        self.bias = (
+            param(rngs, _zeros, out_shape, axes[self.n_in :], cfg.param_dtype) if bias else None
+        )
+
+    def __call__(self, x, out_dtype=None):
+        dtype = jnp.dtype(self.dtype)
+        y = jnp.tensordot(
+            x.astype(dtype),
+            self.kernel[...].astype(dtype),
+            axes=self.n_in,
+            preferred_element_type=out_dtype or dtype,
+        )
+        if self.bias is not None:
+            y = y + _lead(self.bias[...].astype(y.dtype), y.ndim)
+        return y
+
+
+class Embed(nnx.Module):
+    """Token embedding table [V, D]; also the output projection when tied."""
+
+    def __init__(self, vocab: int, dim: int, *, cfg: ModelConfig, rngs):
+        self.dtype = cfg.dtype
+        self.embedding = param(rngs, _normal, (vocab, dim), ("vocab", "embed"), cfg.param_dtype)
+
+    def __call__(self, ids_BT):
+        return jnp.take(self.embedding[...], ids_BT, axis=0).astype(self.dtype)
+
+
+class RMSNorm(nnx.Module):
+    """RMSNorm computed in float32, cast back to the compute dtype."""
+
+    def __init__(self, dim: int, axis: str, *, cfg: ModelConfig, rngs, eps: float | None = None):
+        self.eps = cfg.rms_norm_eps if eps is None else eps
+        self.dtype = cfg.dtype
+        self.scale = param(rngs, _ones, (dim,), (axis,), cfg.param_dtype)
+
+    def __call__(self, x, out_dtype=None):
+        x32 = x.astype(jnp.float32)  # variance in f32 whatever the compute dtype
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        scale = _lead(self.scale[...].astype(jnp.float32), x32.ndim)
+        return (x32 * scale).astype(out_dtype or self.dtype)
+
+
+# ----------------------------------------------------------------------------- rope
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+    """Inverse frequencies [H/2] in float32, with the configured scaling applied."""
+    h = cfg.head_dim
+    inv = (1.0 / (cfg.rope_theta ** (np.arange(0, h, 2, dtype=np.float32) / h))).astype(np.float32)
+    if cfg.rope_type == "linear":
+        inv = inv / np.float32(cfg.rope_factor)
+    elif cfg.rope_type == "llama3":
+        factor, old = cfg.rope_factor, cfg.rope_original_max_position
+        lo, hi = cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+        wavelen = 2 * math.pi / inv
+        scaled = np.where(wavelen > old / lo, inv / factor, inv)
+        smooth = (old / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old / hi) & (wavelen <= old / lo)
+        inv = np.where(medium, smoothed, scaled).astype(np.float32)
+    return inv
+
+
+def rope_sin_cos(cfg: ModelConfig, positions):
+    """sin, cos of shape [B, T, H] for integer positions [B, T] (angles in f32)."""
+    inv_freq = jnp.asarray(rope_inv_freq(cfg))[None, None, :]
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.sin(angles), jnp.cos(angles)
+
+
+def apply_rope(x_BTNH, sin_BTH, cos_BTH):
+    """Rotates pairs (i, i + H/2), the convention of the Hugging Face checkpoints."""
+    x = x_BTNH.astype(jnp.float32)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    sin, cos = sin_BTH[:, :, None, :], cos_BTH[:, :, None, :]
+    return (x * cos + rotated * sin).astype(x_BTNH.dtype)
+
+
+# ------------------------------------------------------------------------ attention
+def attention_mask(attention_mask_BS, q_len: int, *, q_offset=None, segment_ids=None):
+    """Boolean [B, T, S] mask: causal, keys that are real tokens, same segment.
+
+    `q_offset` ([B] or scalar) is where the T queries sit among the S keys (0 for a
+    full forward; the cache position when decoding).
+    """
+    s_len = attention_mask_BS.shape[1]
+    q_pos = jnp.arange(q_len)[None, :] + (0 if q_offset is None else jnp.reshape(q_offset, (-1, 1)))
+    k_pos = jnp.arange(s_len)
+    mask = (k_pos[None, None, :] <= q_pos[:, :, None]) & (attention_mask_BS[:, None, :] > 0)
+    if segment_ids is not None:
+        mask &= segment_ids[:, :, None] == segment_ids[:, None, :]
+    return mask
+
+
+def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS, dtype):
+    """Grouped-query attention with float32 logits and softmax."""
+    b, t, n, h = q_BTNH.shape
+    k = k_BSKH.shape[2]
+    q = q_BTNH.reshape(b, t, k, n // k, h).astype(dtype)
+    logits = jnp.einsum(
+        "BTKGH,BSKH->BKGTS", q, k_BSKH.astype(dtype), preferred_element_type=jnp.float32
+    )
+    logits = logits * (1.0 / math.sqrt(h))
+    # A finite fill keeps fully masked rows (left padding) finite instead of NaN.
+    logits = jnp.where(mask_BTS[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
+    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v_BSKH.astype(dtype))
+    return out.reshape(b, t, n, h)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs):
+        d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.cfg = cfg
+        self.q_proj = Dense(
+            (d,), (n, h), ("embed", "heads", "head_dim"), bias=cfg.qkv_bias, cfg=cfg, rngs=rngs
+        )
+        self.k_proj = Dense(
+            (d,), (k, h), ("embed", "kv_heads", "head_dim"), bias=cfg.qkv_bias, cfg=cfg, rngs=rngs
+        )
+        self.v_proj = Dense(
+            (d,), (k, h), ("embed", "kv_heads", "head_dim"), bias=cfg.qkv_bias, cfg=cfg, rngs=rngs
+        )
+        self.o_proj = Dense(
+            (n, h), (d,), ("heads", "head_dim", "embed"), bias=cfg.o_bias, cfg=cfg, rngs=rngs
+        )
+        if cfg.qk_norm:  # Qwen3: RMSNorm over head_dim of each head, before rope
+            self.q_norm = RMSNorm(h, "head_dim", cfg=cfg, rngs=rngs)
+            self.k_norm = RMSNorm(h, "head_dim", cfg=cfg, rngs=rngs)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def qkv(self, x_BTD, sin, cos):
+        """Projected, normed and rotated q [B,T,N,H], k and v [B,T,K,H]."""
+        q, k, v = self.q_proj(x_BTD), self.k_proj(x_BTD), self.v_proj(x_BTD)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return apply_rope(q, sin, cos), apply_rope(k, sin, cos), v
+
+    def __call__(self, x_BTD, sin, cos, mask_BTS):
+        q, k, v = self.qkv(x_BTD, sin, cos)
+        out = dot_product_attention(q, k, v, mask_BTS, jnp.dtype(self.cfg.dtype))
+        return self.o_proj(out)
+
+
+class MLP(nnx.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs):
+        d, f, b = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
+        self.gate_proj = Dense((d,), (f,), ("embed", "mlp"), bias=b, cfg=cfg, rngs=rngs)
+        self.up_proj = Dense((d,), (f,), ("embed", "mlp"), bias=b, cfg=cfg, rngs=rngs)
+        self.down_proj = Dense((f,), (d,), ("mlp", "embed"), bias=b, cfg=cfg, rngs=rngs)
+
+    def __call__(self, x_BTD):
+        return self.down_proj(jax.nn.silu(self.gate_proj(x_BTD)) * self.up_proj(x_BTD))
+
+
+class DecoderLayer(nnx.Module):
+    """Pre-norm block: x + attn(norm(x)), then + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs):
+        d = cfg.hidden_size
+        self.input_layernorm = RMSNorm(d, "embed", cfg=cfg, rngs=rngs)
+        self.self_attn = Attention(cfg, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(d, "embed", cfg=cfg, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x_BTD, sin, cos, mask_BTS):
+        x_BTD = x_BTD + self.self_attn(self.input_layernorm(x_BTD), sin, cos, mask_BTS)
+        return x_BTD + self.mlp(self.post_attention_layernorm(x_BTD))

@@ -1,0 +1,105 @@
+"""The sharding table: logical axis names (carried by every parameter) -> mesh axes.
+
+A rules table is plain data, `((logical_name, mesh_axes), ...)`; trying a new
+strategy is changing one mapping. Impossible placements raise (naming the tensor,
+the logical axis and the mesh axis) instead of silently replicating.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from kardia_jax.errors import ConfigError
+
+Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
+
+# FSDP over `fsdp`, Megatron-style tensor parallelism over `tensor`; mesh axes that
+# a mesh does not have are ignored, so these rules serve 1-D and 2-D meshes alike.
+DEFAULT_RULES: Rules = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("layers", None),
+)
+
+
+def _mesh_axes(rules: Rules, logical: str | None) -> tuple[str, ...]:
+    if logical is None:
+        return ()
+    for name, target in rules:
+        if name == logical:
+            if target is None:
+                return ()
+            return (target,) if isinstance(target, str) else tuple(target)
+    raise ConfigError(f"sharding rules have no entry for logical axis {logical!r}")
+
+
+def logical_to_spec(
+    logical_axes: Sequence[str | None],
+    rules: Rules,
+    mesh: Mesh,
+    shape: Sequence[int] | None = None,
+    name: str = "tensor",
+) -> PartitionSpec:
+    """PartitionSpec for one array; checks divisibility when `shape` is given."""
+    spec, used = [], set()
+    for i, logical in enumerate(logical_axes):
+        axes = tuple(a for a in _mesh_axes(rules, logical) if a in mesh.shape and mesh.shape[a] > 1)
+        for a in axes:
+            if a in used:
+                raise ConfigError(f"{name}: mesh axis {a!r} used twice (rules map it twice)")
+            used.add(a)
+        if shape is not None and axes:
+            size = math.prod(mesh.shape[a] for a in axes)
+            if shape[i] % size:
+                raise ConfigError(
+                    f"{name}: dimension {i} ({logical!r}, size {shape[i]}) is not divisible by "
+                    f"mesh axes {axes} of total size {size}"
+                )
+        spec.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+    return PartitionSpec(*spec)
+
+
+def param_shardings(model_or_state, mesh: Mesh, rules: Rules = DEFAULT_RULES):
+    """NamedShardings for every parameter of a (possibly abstract) model, as a State."""
+    state = model_or_state if isinstance(model_or_state, nnx.State) else nnx.state(model_or_state)
+
+    def one(path, var):
+        axes = var.get_metadata().get("out_sharding") or (None,) * var.get_value().ndim
+        name = ".".join(map(str, path))
+        return var.replace(
+            NamedSharding(mesh, logical_to_spec(axes, rules, mesh, var.get_value().shape, name))
+        )
+
+    flat = [(path, one(path, var)) for path, var in nnx.to_flat_state(state)]
+    return nnx.from_flat_state(flat)
+
+
+def make_mesh(axis_sizes: dict[str, int], devices=None) -> Mesh:
+    """A mesh with named axes; one size may be -1 (fill the remaining devices)."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = dict(axis_sizes)
+    fill = [a for a, s in sizes.items() if s == -1]
+    if len(fill) > 1:
+        raise ConfigError(f"mesh: only one axis may be -1, got {fill}")
+    known = math.prod(s for s in sizes.values() if s != -1)
+    if fill:
+        if len(devices) % known:
+            raise ConfigError(f"mesh {axis_sizes}: {len(devices)} devices not divisible by {known}")
+        sizes[fill[0]] = len(devices) // known
+    if math.prod(sizes.values()) != len(devices):
+        raise ConfigError(
+            f"mesh {axis_sizes}: axis sizes multiply to {math.prod(sizes.values())}, "
+            f"but there are {len(devices)} devices"
+        )
+    return jax.make_mesh(tuple(sizes.values()), tuple(sizes), devices=devices)

@@ -1,0 +1,22 @@
+"""Test-wide JAX settings: CPU with 8 fake devices (mesh tests), a persistent
+compilation cache (each new shape costs a compile), and strict rank promotion."""
+
+import os
+
+# Must happen before jax is imported anywhere.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    ).strip()
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import jax  # noqa: E402
+
+_CACHE = os.environ.get(
+    "KARDIA_JAX_TEST_CACHE", os.path.join(os.path.dirname(__file__), "..", ".jax_cache")
+)
+jax.config.update("jax_compilation_cache_dir", os.path.abspath(_CACHE))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+jax.config.update("jax_numpy_rank_promotion", "raise")
