@@ -102,4 +102,7 @@ def make_mesh(axis_sizes: dict[str, int], devices=None) -> Mesh:
             f"mesh {axis_sizes}: axis sizes multiply to {math.prod(sizes.values())}, "
             f"but there are {len(devices)} devices"
         )
-    return jax.make_mesh(tuple(sizes.values()), tuple(sizes), devices=devices)
+    # Auto axes: placement is chosen by in/out shardings of jitted steps (GSPMD), the
+    # model of the sharding table; explicit-mode typing would be a second mechanism.
+    axis_types = (jax.sharding.AxisType.Auto,) * len(sizes)
+    return jax.make_mesh(tuple(sizes.values()), tuple(sizes), axis_types, devices=devices)

@@ -99,7 +99,9 @@ def _hf_name(path: tuple) -> str:
     return name if path[0] == "lm_head" else "model." + name
 
 
-def _entries(state: nnx.State, cfg: ModelConfig) -> Iterator[tuple[tuple, str, int | None, _Layout]]:
+def _entries(
+    state: nnx.State, cfg: ModelConfig
+) -> Iterator[tuple[tuple, str, int | None, _Layout]]:
     """(our path, hf name, layer index into a stacked param or None, layout) per tensor."""
     for path, var in nnx.to_flat_state(state):
         shape = tuple(var.get_value().shape)
@@ -124,7 +126,9 @@ class CheckpointFiles:
                 with open(index_file, encoding="utf-8") as f:
                     weight_map = json.load(f)["weight_map"]
             except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-                raise CheckpointError(f"{index_file}: not a valid safetensors index ({e})") from None
+                raise CheckpointError(
+                    f"{index_file}: not a valid safetensors index ({e})"
+                ) from None
             files = {}
             for fname in sorted(set(weight_map.values())):
                 full = os.path.join(path, fname)
@@ -133,12 +137,12 @@ class CheckpointFiles:
                 files[fname] = SafetensorsFile(full)
             self._where = {}
             for name, fname in weight_map.items():
-                if name not in files[fname].keys():
+                if name not in files[fname].names():
                     raise CheckpointError(f"{index_file}: {name!r} is not in {fname!r}")
                 self._where[name] = files[fname]
         elif os.path.isfile(single):
             f = SafetensorsFile(single)
-            self._where = {name: f for name in f.keys()}
+            self._where = {name: f for name in f.names()}
         else:
             other = [n for n in os.listdir(path) if n.endswith((".bin", ".pt", ".pth", ".ckpt"))]
             hint = f" (found {other[0]!r}: pickled weights are never loaded)" if other else ""
@@ -210,26 +214,29 @@ def load_hf_model(
     expected = {name for _, name, _, _ in entries}
     if cfg.tie_word_embeddings:
         expected.add("lm_head.weight")  # some tied checkpoints store the copy; unused
-    unexpected = sorted(
-        n for n in files.names() - expected if not n.endswith(_IGNORED_SUFFIXES)
-    )
+    unexpected = sorted(n for n in files.names() - expected if not n.endswith(_IGNORED_SUFFIXES))
     if unexpected:
         raise CheckpointError(
             f"{path}: tensor(s) not in the model described by config.json: "
             f"{', '.join(unexpected[:3])}" + (" ..." if len(unexpected) > 3 else "")
         )
 
-    shardings = param_shardings(state, mesh, rules) if mesh is not None else None
+    shardings = (
+        dict(nnx.to_flat_state(param_shardings(state, mesh, rules))) if mesh is not None else None
+    )
     by_path: dict[tuple, list] = {}
     for p, name, layer, layout in entries:
         by_path.setdefault(p, []).append((name, layer, layout))
     flat = []
     for p, var in nnx.to_flat_state(state):
         sharding = (
-            shardings[p].get_value() if shardings is not None
+            shardings[p].get_value()
+            if shardings is not None
             else SingleDeviceSharding(jax.local_devices()[0])
         )
-        arr = _load_array(files, by_path[p], var.get_value().shape, np.dtype(cfg.param_dtype), sharding)
+        arr = _load_array(
+            files, by_path[p], var.get_value().shape, np.dtype(cfg.param_dtype), sharding
+        )
         flat.append((p, var.replace(arr)))
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
@@ -314,7 +321,10 @@ def save_hf_model(
         _write_json(os.path.join(tmp, "config.json"), hf_config)
         gen = cfg.generation_config or {
             k: v
-            for k, v in (("bos_token_id", cfg.bos_token_id), ("eos_token_id", hf_config["eos_token_id"]))
+            for k, v in (
+                ("bos_token_id", cfg.bos_token_id),
+                ("eos_token_id", hf_config["eos_token_id"]),
+            )
             if v is not None
         }
         _write_json(os.path.join(tmp, "generation_config.json"), gen)
@@ -322,7 +332,9 @@ def save_hf_model(
             tokenizer.save_pretrained(tmp)
         os.chmod(tmp, 0o755)
         if os.path.exists(path):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=os.path.dirname(path))
+            old = tempfile.mkdtemp(
+                prefix=f".{os.path.basename(path)}.old-", dir=os.path.dirname(path)
+            )
             os.rename(path, os.path.join(old, "d"))
             os.rename(tmp, path)
             shutil.rmtree(old)
@@ -360,7 +372,8 @@ def _write_weights(dir_: str, entries, max_shard_bytes: int) -> None:
             weight_map[name] = fname
             total += math.prod(shape) * dt.itemsize
     _write_json(
-        os.path.join(dir_, INDEX_NAME), {"metadata": {"total_size": total}, "weight_map": weight_map}
+        os.path.join(dir_, INDEX_NAME),
+        {"metadata": {"total_size": total}, "weight_map": weight_map},
     )
 
 

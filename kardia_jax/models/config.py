@@ -16,7 +16,11 @@ from typing import Any
 from kardia_jax.errors import ConfigError
 
 FAMILIES = ("qwen2", "qwen3", "llama")
-ARCHITECTURES = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM"}
+ARCHITECTURES = {
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "llama": "LlamaForCausalLM",
+}
 # Rope variants we implement; anything else is refused rather than silently mis-rotated.
 ROPE_TYPES = ("default", "linear", "llama3")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
@@ -124,7 +128,9 @@ class ModelConfig:
         if model_type == "qwen2" and hf.get("use_sliding_window"):
             raise ConfigError(f"{source}: use_sliding_window=true is not supported")
         if hf.get("hidden_act", "silu") != "silu":
-            raise ConfigError(f"{source}: hidden_act={hf['hidden_act']!r}; only 'silu' is supported")
+            raise ConfigError(
+                f"{source}: hidden_act={hf['hidden_act']!r}; only 'silu' is supported"
+            )
         if model_type == "qwen2":
             qkv_bias, o_bias = True, False
         else:
@@ -200,7 +206,9 @@ class ModelConfig:
         if self.pad_token_id is not None:
             hf["pad_token_id"] = self.pad_token_id
         if self.family == "qwen2":
-            hf.update(use_sliding_window=False, sliding_window=None, max_window_layers=self.num_layers)
+            hf.update(
+                use_sliding_window=False, sliding_window=None, max_window_layers=self.num_layers
+            )
         else:
             hf["attention_bias"] = self.qkv_bias
         if self.family == "llama":

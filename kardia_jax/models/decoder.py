@@ -35,7 +35,10 @@ def positions_from_segments(segment_ids_BT):
     """Packed rows: positions restart at 0 at the first token of every segment."""
     t = jnp.arange(segment_ids_BT.shape[1])
     starts = jnp.concatenate(
-        [jnp.ones_like(segment_ids_BT[:, :1], bool), segment_ids_BT[:, 1:] != segment_ids_BT[:, :-1]],
+        [
+            jnp.ones_like(segment_ids_BT[:, :1], bool),
+            segment_ids_BT[:, 1:] != segment_ids_BT[:, :-1],
+        ],
         axis=1,
     )
     first = jax.lax.cummax(jnp.where(starts, t[None, :], 0), axis=1)

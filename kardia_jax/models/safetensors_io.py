@@ -72,7 +72,7 @@ class SafetensorsFile:
             self._entries[name] = (dtype, shape, begin)
         self._mmap = None
 
-    def keys(self) -> list[str]:
+    def names(self) -> list[str]:
         return list(self._entries)
 
     def shape(self, name: str) -> tuple[int, ...]:
@@ -86,7 +86,9 @@ class SafetensorsFile:
         dtype, shape, begin = self._entries[name]
         if self._mmap is None:
             self._mmap = np.memmap(self.path, dtype=np.uint8, mode="r")
-        flat = self._mmap[self._data_start + begin : self._data_start + begin + math.prod(shape) * dtype.itemsize]
+        flat = self._mmap[
+            self._data_start + begin : self._data_start + begin + math.prod(shape) * dtype.itemsize
+        ]
         arr = flat.view(dtype).reshape(shape)
         return np.array(arr if index is None else arr[index])
 

@@ -16,7 +16,9 @@ from kardia_jax.models import load_hf_model, save_hf_model
 
 def torch_logits(model, ids, mask):
     with torch.no_grad():
-        out = model(input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long())
+        out = model(
+            input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long()
+        )
     return out.logits.float().numpy()
 
 
@@ -72,7 +74,9 @@ def test_round_trip_through_save_hf_model(hf_checkpoint, tmp_path, variant, scan
     theirs = torch_logits(reloaded.eval(), ids, mask)
     assert np.abs(ours - theirs)[mask.astype(bool)].max() <= 1e-5
     # And the exported dir loads back into kardia-jax bit-identically.
-    again = np.asarray(load_hf_model(out_dir, scan_layers=scan)(jnp.asarray(ids), jnp.asarray(mask)))
+    again = np.asarray(
+        load_hf_model(out_dir, scan_layers=scan)(jnp.asarray(ids), jnp.asarray(mask))
+    )
     np.testing.assert_array_equal(again, ours)
     gen = json.loads((out_dir / "generation_config.json").read_text())
     assert gen["eos_token_id"] == 2
