@@ -1,0 +1,57 @@
+"""`kardia-jax model`: inspect a Hugging Face checkpoint, or rewrite it (dtype,
+grown vocabulary) through kardia-jax's loader and writer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="model_command", metavar="ACTION")
+    sub.required = True
+    info = sub.add_parser("info", help="print the model config and check every tensor")
+    info.add_argument("path", help="checkpoint dir (config.json + safetensors)")
+    info.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    conv = sub.add_parser("convert", help="load and write back (dtype, vocab size)")
+    conv.add_argument("src")
+    conv.add_argument("dst")
+    conv.add_argument("--dtype", default=None, help="output dtype (default: keep float32)")
+    conv.add_argument("--vocab-size", type=int, default=None, help="grow the vocabulary to N")
+    conv.add_argument("--pad-to-multiple-of", type=int, default=None)
+
+
+def main(args) -> int:
+    from kardia_jax.models import count_params, load_hf_model, resize_token_embeddings, save_hf_model
+
+    if args.model_command == "info":
+        model = load_hf_model(args.path)  # validates presence and shape of every tensor
+        cfg = model.config
+        summary = {
+            "family": cfg.family,
+            "parameters": count_params(model),
+            "layers": cfg.num_layers,
+            "hidden_size": cfg.hidden_size,
+            "heads": f"{cfg.num_heads} query / {cfg.num_kv_heads} kv x {cfg.head_dim}",
+            "vocab_size": cfg.vocab_size,
+            "tied_embeddings": cfg.tie_word_embeddings,
+            "rope": f"{cfg.rope_type}, theta={cfg.rope_theta:g}",
+            "eos_ids": list(cfg.eos_ids),
+        }
+        if args.json:
+            print(json.dumps(summary))
+        else:
+            width = max(map(len, summary))
+            for k, v in summary.items():
+                print(f"{k:<{width}}  {v:,}" if isinstance(v, int) and not isinstance(v, bool)
+                      else f"{k:<{width}}  {v}")
+        return 0
+
+    model = load_hf_model(args.src)
+    if args.vocab_size:
+        model = resize_token_embeddings(
+            model, args.vocab_size, pad_to_multiple_of=args.pad_to_multiple_of
+        )
+    save_hf_model(model, args.dst, dtype=args.dtype)
+    print(f"wrote {args.dst} ({model.config.vocab_size} tokens)")
+    return 0
