@@ -23,15 +23,31 @@ def main(args) -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from kardia_jax.models import ModelConfig, count_params, init_model, load_hf_model, save_hf_model
+    from kardia_jax.models import (
+        ModelConfig,
+        count_params,
+        init_model,
+        load_hf_model,
+        save_hf_model,
+    )
 
     os.makedirs(args.workdir, exist_ok=True)
 
     t = _stage("model: tiny Qwen2.5-shaped decoder -> Hugging Face checkpoint -> reload")
     cfg = ModelConfig(
-        family="qwen2", vocab_size=1024, hidden_size=128, intermediate_size=384, num_layers=4,
-        num_heads=4, num_kv_heads=2, head_dim=32, qkv_bias=True, tie_word_embeddings=True,
-        rope_theta=1e6, bos_token_id=0, eos_token_id=1,
+        family="qwen2",
+        vocab_size=1024,
+        hidden_size=128,
+        intermediate_size=384,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+        qkv_bias=True,
+        tie_word_embeddings=True,
+        rope_theta=1e6,
+        bos_token_id=0,
+        eos_token_id=1,
     )
     model = init_model(cfg, seed=args.seed)
     ckpt = os.path.join(args.workdir, "init_model")

@@ -22,7 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    from kardia_jax.models import count_params, load_hf_model, resize_token_embeddings, save_hf_model
+    from kardia_jax.models import (
+        count_params,
+        load_hf_model,
+        resize_token_embeddings,
+        save_hf_model,
+    )
 
     if args.model_command == "info":
         model = load_hf_model(args.path)  # validates presence and shape of every tensor
@@ -43,8 +48,11 @@ def main(args) -> int:
         else:
             width = max(map(len, summary))
             for k, v in summary.items():
-                print(f"{k:<{width}}  {v:,}" if isinstance(v, int) and not isinstance(v, bool)
-                      else f"{k:<{width}}  {v}")
+                print(
+                    f"{k:<{width}}  {v:,}"
+                    if isinstance(v, int) and not isinstance(v, bool)
+                    else f"{k:<{width}}  {v}"
+                )
         return 0
 
     model = load_hf_model(args.src)
