@@ -90,13 +90,13 @@ def _encode_segments(dialogue: Dialogue, tokenizer) -> list[tuple[list[int], np.
         if m.role == "assistant":
             start = len(f"{IM_START}assistant\n")
             end = len(seg) - 1  # up to and including <|im_end|>, not the final "\n"
-            for j, (a, b) in enumerate(offsets):
-                if a < start < b or a < end < b:
-                    raise DataError(
-                        f"{dialogue.location}: a token straddles the target boundary; "
-                        "the loss mask cannot be exact"
-                    )
-                mask[j] = a >= start and b <= end
+            a, b = np.asarray(offsets, np.int64).reshape(-1, 2).T
+            if (((a < start) & (start < b)) | ((a < end) & (end < b))).any():
+                raise DataError(
+                    f"{dialogue.location}: a token straddles the target boundary; "
+                    "the loss mask cannot be exact"
+                )
+            mask[(a >= start) & (b <= end)] = 1
         out.append((ids, mask))
     return out
 

@@ -78,25 +78,36 @@ def _iter_json_array(path: Path, data: bytes) -> Iterator[tuple[str, Any]]:
     dec = json.JSONDecoder()
     ws = re.compile(r"[ \t\r\n]*")
     pos = ws.match(text, text.index("[") + 1).end()
+    line, counted = 1, 0  # line number at `pos`, counted incrementally (files can be large)
+
+    def line_at(p: int) -> int:
+        nonlocal line, counted
+        line += text.count("\n", counted, p)
+        counted = p
+        return line
+
     index = 0
     while pos < len(text) and text[pos] != "]":
-        line = text.count("\n", 0, pos) + 1
+        loc = _location(str(path), line_at(pos), index)
         try:
             obj, pos = dec.raw_decode(text, pos)
         except json.JSONDecodeError as e:
             msg = f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}; rest unreadable"
-            yield _location(str(path), line, index), RecordError("invalid_json", None, msg)
+            yield loc, RecordError("invalid_json", None, msg)
             return
-        yield _location(str(path), line, index), obj
+        yield loc, obj
         index += 1
         pos = ws.match(text, pos).end()
         if pos < len(text) and text[pos] == ",":
             pos = ws.match(text, pos + 1).end()
         elif pos < len(text) and text[pos] != "]":
-            line = text.count("\n", 0, pos) + 1
-            err = RecordError("invalid_json", None, "invalid JSON: expected ',' or ']'")
-            yield _location(str(path), line, index), err
-            return
+            break
+    # a well-formed file ends with "]" and whitespace
+    closed = pos < len(text) and text[pos] == "]"
+    if not closed or text[pos + 1 :].strip():
+        what = "extra data after ']'" if closed else "expected ',' or ']'"
+        err = RecordError("invalid_json", None, f"invalid JSON: {what}")
+        yield _location(str(path), line_at(pos), index), err
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[str, Any]]:

@@ -113,9 +113,10 @@ def _check_message(i: int, m: Any, expected: str, notation: Notation, sep: str) 
         raise RecordError(
             "roles_out_of_order", f"{where}.role", f"expected role {expected!r}, got {role!r}"
         )
-    for token in CONTROL_TOKENS:
-        if token in content:
-            raise RecordError("control_token", f"{where}.content", f"contains {token}")
+    found = sorted((content.find(t), t) for t in CONTROL_TOKENS if t in content)
+    if found:
+        tokens = ", ".join(t for _, t in found)
+        raise RecordError("control_token", f"{where}.content", f"contains {tokens}")
     if role != "assistant":
         if not content.strip():
             raise RecordError("empty_content", f"{where}.content", f"empty {role} message")

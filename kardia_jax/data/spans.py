@@ -105,6 +105,9 @@ def parse_spans(text: str) -> FourSpans:
                 f"{m.group(0)} mixes tag and special-token notations in one answer",
                 name,
             )
+        if not is_begin and open_name != name:
+            where = f"while {open_name} is open" if open_name else "with no span open"
+            raise SpanError("unbalanced", f"{m.group(0)} appears {where}", name)
         if open_name is None and text[pos : m.start()].strip():
             raise SpanError(
                 "text_outside", f"text outside the spans: {_snippet(text[pos : m.start()])}"
@@ -121,9 +124,6 @@ def parse_spans(text: str) -> FourSpans:
                 )
             open_name, open_at = name, m.end()
         else:
-            if open_name != name:
-                where = f"while {open_name} is open" if open_name else "with no span open"
-                raise SpanError("unbalanced", f"{m.group(0)} appears {where}", name)
             body = text[open_at : m.start()].strip()
             if not body:
                 raise SpanError("empty", f"{name} span is empty", name)
@@ -132,7 +132,7 @@ def parse_spans(text: str) -> FourSpans:
         pos = m.end()
     if open_name is not None:
         raise SpanError("unclosed", f"{open_name} span is never closed", open_name)
-    if text[pos:].strip():
+    if notation is not None and text[pos:].strip():  # (a text without markers is "missing")
         raise SpanError("text_outside", f"text outside the spans: {_snippet(text[pos:])}")
     missing = [n for n in SPAN_NAMES if n not in contents]
     if missing:

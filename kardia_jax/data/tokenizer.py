@@ -192,7 +192,15 @@ def qwen2p5_tokenizer_dir(cache_dir: Path | None = None) -> Path:
     target = (cache_dir or default_cache_dir()) / f"qwen2.5-tokenizer-{_cache_key()}"
     if (target / "tokenizer.json").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # read-only home (some CI sandboxes): build under the temp dir
+        if cache_dir is None:
+            return qwen2p5_tokenizer_dir(Path(tempfile.gettempdir()) / "kardia_jax")
+        raise DataError(
+            f"cannot create the tokenizer cache {target.parent}: {e.strerror}; "
+            "set KARDIA_JAX_CACHE to a writable folder"
+        ) from e
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     try:
         build_qwen2p5_tokenizer(tmp)

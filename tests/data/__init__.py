@@ -1,0 +1,1 @@
+"""Tests of kardia_jax.data (a package so module names cannot clash with other test folders)."""
