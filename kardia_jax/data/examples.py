@@ -64,6 +64,8 @@ class TokenizedExample:
     location: str  # the record's file:line
     turn: int  # message index of the target assistant turn
     emotion: str  # this turn's gold emotion label
+    # the source dialogue (persona, situation, reference turn) for judges and evaluation
+    dialogue: Dialogue | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def prompt_ids(self) -> np.ndarray:
@@ -155,6 +157,7 @@ def encode_dialogue(
                 location=dialogue.location,
                 turn=k,
                 emotion=spans.emotion,
+                dialogue=dialogue,
             )
         )
     return results

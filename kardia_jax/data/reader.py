@@ -158,7 +158,7 @@ def iter_records(path: str | Path, split: str = "train") -> Iterator[tuple[str, 
     if files is not None:
         for f in files:
             yield from iter_file(f)
-    elif _HUB_ID.match(str(path)):
+    elif _HUB_ID.match(str(path)) and not str(path).endswith(SUFFIXES):
         yield from iter_hub(str(path), split)
     else:
         raise DataError(f"{path}: no such file or folder (nor a hub id like owner/name)")

@@ -25,6 +25,7 @@ def test_loss_mask_decodes_to_exactly_the_target(sample_dialogues, sample_exampl
         assert where[-1] - where[0] + 1 == mask.sum() and where[-1] == len(mask) - 2
         assert where[0] == ex.prompt_length
         assert ex.emotion == turn.gold_emotion == turn.dialogue.emotion
+        assert ex.dialogue is turn.dialogue and ex.turn == turn.turn
 
 
 def test_tokens_equal_the_chat_template(sample_dialogues, sample_examples, tokenizer):

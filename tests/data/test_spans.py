@@ -3,6 +3,9 @@ reason, and the emotion normaliser maps noisy labels onto the 32 or flags them."
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from kardia_jax.data.emotions import EMOTIONS, normalize_emotion
@@ -105,3 +108,14 @@ def test_normalize_emotion(raw, label):
 def test_there_are_32_distinct_labels():
     assert len(EMOTIONS) == len(set(EMOTIONS)) == 32
     assert all(normalize_emotion(e.upper()) == e for e in EMOTIONS)
+
+
+def test_span_parser_and_validation_import_without_heavy_dependencies():
+    # The format reward runs next to the sampler; the parser must not drag in
+    # transformers or grain (lazy names in kardia_jax.data keep it that way).
+    code = (
+        "import sys; from kardia_jax import data; data.parse_spans; data.load_dialogues;"
+        "print(sorted(m for m in ('transformers', 'grain', 'datasets') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
