@@ -138,12 +138,16 @@ def test_shuffle_is_deterministic_by_seed():
     assert sorted(order(1)) == list(range(N))
 
 
-def test_packing_keeps_every_example_whole_with_segments_and_positions():
+@pytest.mark.parametrize("hosts", [1, 2])
+def test_packing_keeps_every_example_whole_with_segments_and_positions(hosts):
     exs = _examples()
-    ds = build_sft_dataset(exs, batch_size=3, seed=0, shard_index=0, shard_count=1,
-                           num_epochs=1, buckets=BUCKETS, pack=True)  # fmt: skip
+    streams = [
+        build_sft_dataset(exs, batch_size=3, seed=0, shard_index=h, shard_count=hosts,
+                          num_epochs=1, buckets=BUCKETS, pack=True)
+        for h in range(hosts)
+    ]  # fmt: skip
     seen = collections.Counter()
-    for b in ds:
+    for b in itertools.chain(*streams):
         assert set(b) == {"input_ids", "attention_mask", "loss_mask", "segment_ids", "positions"}
         assert b["input_ids"].shape == (3, 256)
         np.testing.assert_array_equal(b["attention_mask"], b["segment_ids"] > 0)
