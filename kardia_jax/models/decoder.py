@@ -100,6 +100,42 @@ class Transformer(nnx.Module):
         x = self._run_layers(x, sin, cos, mask)
         return self.norm(x, out_dtype=jnp.float32)
 
+    def forward_with_cache(self, input_ids, positions, kv_mask_BS, k_LBSKH, v_LBSKH, index):
+        """T new tokens through the layers against a KV cache (prefill and decode).
+
+        `positions` [B, T] are the tokens' rope positions; `kv_mask_BS` marks the
+        cache slots that hold real tokens (left padding is 0); the new keys and
+        values are written at slots [index, index + T) of the caches
+        [L, B, S, K, H], and each query attends causally to slots <= its own.
+        Returns the final-normed hidden states [B, T, D] (f32; project only the
+        rows you need with `logits`) and the updated caches.
+        """
+        t = input_ids.shape[1]
+        sin, cos = rope_sin_cos(self.config, positions)
+        mask = make_attention_mask(kv_mask_BS, t, q_offset=index)
+        x = self.embed_tokens(input_ids)
+        index = jnp.asarray(index, jnp.int32)
+        if self.config.scan_layers:
+            # The whole cache rides in the scan carry (not as xs/ys): each layer then
+            # writes only its new slice in place, instead of scan restacking the
+            # per-layer outputs into a fresh [L, ...] buffer every step.
+            graphdef, state = nnx.split(self.layers)
+
+            def step(carry, layer_state):
+                x, ck, cv, i = carry
+                layer = nnx.merge(graphdef, layer_state)
+                x, ck, cv = layer.with_cache(x, sin, cos, mask, ck, cv, i, index)
+                return (x, ck, cv, i + 1), None
+
+            init = (x, k_LBSKH, v_LBSKH, jnp.zeros((), jnp.int32))
+            (x, k_LBSKH, v_LBSKH, _), _ = jax.lax.scan(step, init, state)
+        else:
+            for i, layer in enumerate(self.layers):
+                x, k_LBSKH, v_LBSKH = layer.with_cache(
+                    x, sin, cos, mask, k_LBSKH, v_LBSKH, jnp.int32(i), index
+                )
+        return self.norm(x, out_dtype=jnp.float32), k_LBSKH, v_LBSKH
+
     def logits(self, hidden_BTD):
         """Projects hidden states to the vocabulary, accumulating in float32."""
         cfg = self.config

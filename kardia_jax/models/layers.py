@@ -212,6 +212,25 @@ class Attention(nnx.Module):
         out = dot_product_attention(q, k, v, mask_BTS, jnp.dtype(self.cfg.dtype))
         return self.o_proj(out)
 
+    def with_cache(self, x_BTD, sin, cos, mask_BTS, k_LBSKH, v_LBSKH, layer, index):
+        """Attention of T new tokens against a KV cache, writing theirs first.
+
+        The cache holds every layer ([L, B, S, K, H], the layout a layer scan
+        carries); this layer's keys and values go to slots [index, index + T) of
+        row `layer`. `mask_BTS` is over all S slots (see `attention_mask`'s
+        `q_offset`). Returns the output [B, T, D] and the updated cache.
+        """
+        q, k, v = self.qkv(x_BTD, sin, cos)
+        at = (layer, 0, index, 0, 0)
+        # In-place slice writes: inside a while loop with a donated cache XLA updates
+        # the buffer without copying it.
+        k_LBSKH = jax.lax.dynamic_update_slice(k_LBSKH, k[None].astype(k_LBSKH.dtype), at)
+        v_LBSKH = jax.lax.dynamic_update_slice(v_LBSKH, v[None].astype(v_LBSKH.dtype), at)
+        k_BSKH = jax.lax.dynamic_index_in_dim(k_LBSKH, layer, keepdims=False)
+        v_BSKH = jax.lax.dynamic_index_in_dim(v_LBSKH, layer, keepdims=False)
+        out = dot_product_attention(q, k_BSKH, v_BSKH, mask_BTS, jnp.dtype(self.cfg.dtype))
+        return self.o_proj(out), k_LBSKH, v_LBSKH
+
 
 class MLP(nnx.Module):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
@@ -239,3 +258,11 @@ class DecoderLayer(nnx.Module):
     def __call__(self, x_BTD, sin, cos, mask_BTS):
         x_BTD = x_BTD + self.self_attn(self.input_layernorm(x_BTD), sin, cos, mask_BTS)
         return x_BTD + self.mlp(self.post_attention_layernorm(x_BTD))
+
+    def with_cache(self, x_BTD, sin, cos, mask_BTS, k_LBSKH, v_LBSKH, layer, index):
+        """`__call__` for cached decoding: also returns the updated [L, B, S, K, H] cache."""
+        h, k_LBSKH, v_LBSKH = self.self_attn.with_cache(
+            self.input_layernorm(x_BTD), sin, cos, mask_BTS, k_LBSKH, v_LBSKH, layer, index
+        )
+        x_BTD = x_BTD + h
+        return x_BTD + self.mlp(self.post_attention_layernorm(x_BTD)), k_LBSKH, v_LBSKH

@@ -1,0 +1,178 @@
+"""The two compiled programs of the sampler: `prefill` (all prompts in one pass,
+the cache copied across each group, the first token drawn) and `decode` (a
+`lax.while_loop` that stops when every row has finished or a step limit is hit).
+
+Both are pure functions of (graphdef, params, arrays); `jit` keys them on shapes
+and the static sampling config, and `TRACES` counts how many programs each one
+compiled (a bounded number by construction: see `Sampler`'s buckets).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from kardia_jax.models.decoder import positions_from_mask
+from kardia_jax.sampling.methods import SamplingConfig, sample
+from kardia_jax.sampling.state import EOS, LENGTH, STOP, KVCache, SamplingState
+
+# program name -> times traced. Each trace of a jitted function is one new
+# compiled program (a cache hit is not traced again), so this is the compile count.
+TRACES: collections.Counter = collections.Counter()
+
+
+def compile_counts() -> dict[str, int]:
+    """Programs compiled so far by this process, per program ("prefill", "decode")."""
+    return dict(TRACES)
+
+
+def _constrain(x, sharding):
+    return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
+
+
+def _is_in(tokens_B, ids_E):
+    return jnp.any(tokens_B[:, None] == ids_E[None, :], axis=-1)
+
+
+def record(state: SamplingState, tokens_B, logprobs_B, pad_id: int) -> SamplingState:
+    """Writes the tokens drawn at `state.step` and updates who has finished and why.
+
+    A stop token is part of the completion (the policy chose it; GRPO trains on
+    it); rows that had already finished get `pad_id` and log-prob 0.
+    """
+    live = ~state.done
+    tokens_B = jnp.where(live, tokens_B, pad_id)
+    logprobs_B = jnp.where(live, logprobs_B, 0.0)
+    at = (0, state.step)
+    tokens = jax.lax.dynamic_update_slice(state.tokens, tokens_B[:, None], at)
+    logprobs = jax.lax.dynamic_update_slice(state.logprobs, logprobs_B[:, None], at)
+    step = state.step + 1
+    is_eos = live & _is_in(tokens_B, state.eos_ids)
+    is_stop = live & ~is_eos & _is_in(tokens_B, state.stop_ids)
+    out_of_budget = live & ~is_eos & ~is_stop & (step >= state.max_new)
+    reason = jnp.where(is_eos, EOS, jnp.where(is_stop, STOP, state.reason))
+    reason = jnp.where(out_of_budget, LENGTH, reason)
+    return state.replace(
+        tokens=tokens,
+        logprobs=logprobs,
+        step=step,
+        done=state.done | is_eos | is_stop | out_of_budget,
+        reason=reason,
+        lengths=state.lengths + live.astype(jnp.int32),
+    )
+
+
+@functools.partial(
+    jax.jit,
+    static_argnums=(0,),
+    static_argnames=("cfg", "group", "budget", "cache_len", "pad_id", "cache_dtype", "sharding"),
+)
+def prefill(
+    graphdef,
+    params,
+    prompt_ids,
+    prompt_mask,
+    row_valid,
+    eos_ids,
+    stop_ids,
+    key,
+    max_new,
+    *,
+    cfg: SamplingConfig,
+    group: int,
+    budget: int,
+    cache_len: int,
+    pad_id: int,
+    cache_dtype: str,
+    sharding=None,
+) -> SamplingState:
+    """Runs the left-padded prompts [B, P] once, copies each prompt's cache to its
+    `group` rows, and draws every row's first token.
+
+    `row_valid` [B] is False for rows that only pad the batch to its bucket: they
+    start finished, so they never keep the loop running.
+    """
+    TRACES["prefill"] += 1
+    model = nnx.merge(graphdef, params)
+    mc = model.config
+    b, p = prompt_ids.shape
+    zeros = jnp.zeros((mc.num_layers, b, p, mc.num_kv_heads, mc.head_dim), cache_dtype)
+    positions = positions_from_mask(prompt_mask)
+    hidden, k, v = model.forward_with_cache(prompt_ids, positions, prompt_mask, zeros, zeros, 0)
+    # Only the last position's logits are needed: skips a [B, P, V] projection.
+    logits = model.logits(hidden[:, -1:])[:, 0]
+
+    def rows(x, axis=0):  # prompt i -> rows i*G .. i*G + G-1
+        return x if group == 1 else jnp.repeat(x, group, axis=axis)
+
+    pad = ((0, 0), (0, 0), (0, cache_len - p), (0, 0), (0, 0))
+    k = _constrain(jnp.pad(rows(k, 1), pad), sharding)
+    v = _constrain(jnp.pad(rows(v, 1), pad), sharding)
+    n_real = rows(jnp.sum(prompt_mask, axis=1, dtype=jnp.int32))
+    cache = KVCache(k=k, v=v, start=p - n_real, index=jnp.int32(p), positions=n_real)
+    bg = b * group
+    state = SamplingState(
+        cache=cache,
+        tokens=jnp.full((bg, budget), pad_id, jnp.int32),
+        logprobs=jnp.zeros((bg, budget), jnp.float32),
+        step=jnp.int32(0),
+        done=~rows(row_valid),
+        reason=jnp.zeros((bg,), jnp.int32),
+        lengths=jnp.zeros((bg,), jnp.int32),
+        key=key,
+        eos_ids=eos_ids,
+        stop_ids=stop_ids,
+        max_new=jnp.asarray(max_new, jnp.int32),
+    )
+    tokens, logprobs = sample(rows(logits), jax.random.fold_in(key, 0), cfg)
+    return record(state, tokens, logprobs, pad_id)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnums=(0,),
+    static_argnames=("cfg", "pad_id", "sharding"),
+    # The state (cache included) is donated: the loop updates it in place, so
+    # decoding never holds two caches.
+    donate_argnums=(2,),
+)
+def decode(
+    graphdef,
+    params,
+    state: SamplingState,
+    until,
+    *,
+    cfg: SamplingConfig,
+    pad_id: int,
+    sharding=None,
+) -> SamplingState:
+    """Decodes until every row has finished or `state.step` reaches `until` (a
+    traced int: streaming in chunks reuses the same program)."""
+    TRACES["decode"] += 1
+    model = nnx.merge(graphdef, params)
+    limit = jnp.minimum(jnp.asarray(until, jnp.int32), state.max_new)
+
+    def cond(s: SamplingState):
+        return (s.step < limit) & ~jnp.all(s.done)
+
+    def body(s: SamplingState):
+        c = s.cache
+        last = jax.lax.dynamic_slice_in_dim(s.tokens, s.step - 1, 1, axis=1)
+        hidden, k, v = model.forward_with_cache(
+            last, c.positions[:, None], c.kv_mask, c.k, c.v, c.index
+        )
+        logits = model.logits(hidden)[:, 0]
+        tokens, logprobs = sample(logits, jax.random.fold_in(s.key, s.step), cfg)
+        cache = c.replace(
+            k=_constrain(k, sharding),
+            v=_constrain(v, sharding),
+            index=c.index + 1,
+            positions=c.positions + 1,
+        )
+        return record(s.replace(cache=cache), tokens, logprobs, pad_id)
+
+    return jax.lax.while_loop(cond, body, state)

@@ -1,0 +1,271 @@
+"""The host side of the sampler: bucketing, padding, stop ids, and the results.
+
+`Sampler` turns lists of token ids into the fixed shapes of the compiled
+programs in `loop.py`: batch, prompt length and generation budget are each
+rounded up to a bucket, so a run compiles at most one prefill and one decode
+program per (batch, prompt, budget) bucket, whatever the lengths it sees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from kardia_jax.errors import ConfigError
+from kardia_jax.sampling import loop
+from kardia_jax.sampling.methods import SamplingConfig
+from kardia_jax.sampling.state import REASONS, batch_shards, cache_sharding
+from kardia_jax.sharding import DEFAULT_RULES, Rules
+
+_GREEDY = SamplingConfig()
+# Powers of two: log2(max/min) + 1 programs at most per axis.
+PROMPT_BUCKETS = tuple(2**i for i in range(4, 18))  # 16 .. 131072 tokens
+BUDGET_BUCKETS = tuple(2**i for i in range(4, 18))
+_STOP_SLOTS = 8  # stop-id arrays are padded to a multiple of this (no recompiles per set)
+
+
+def bucket(n: int, buckets: Sequence[int], what: str) -> int:
+    for b in buckets:
+        if b >= n:
+            return b
+    raise ConfigError(f"{what} {n} exceeds the largest bucket {buckets[-1]}")
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _id_array(ids: Sequence[int]) -> np.ndarray:
+    ids = sorted({int(i) for i in ids})
+    if any(i < 0 for i in ids):
+        raise ConfigError(f"stop ids must be >= 0, got {ids}")
+    size = _STOP_SLOTS * max(1, -(-len(ids) // _STOP_SLOTS))
+    return np.asarray(ids + [-1] * (size - len(ids)), np.int32)
+
+
+@dataclasses.dataclass
+class Completions:
+    """Sampled completions, one row per (prompt, sample): row i * G + g. Arrays are
+    host numpy, cut to `max_new_tokens` columns."""
+
+    tokens: np.ndarray  # [B*G, N] int32; pad_id after a row's end
+    logprobs: np.ndarray  # [B*G, N] f32 log-probs at the sampling temperature; 0 after end
+    mask: np.ndarray  # [B*G, N] bool: completion tokens (the stop token included)
+    lengths: np.ndarray  # [B*G] int32
+    finish_reason: list[str]  # per row: "eos", "stop" or "length"
+    group_size: int
+
+    def ids(self, row: int) -> list[int]:
+        return self.tokens[row, : self.lengths[row]].tolist()
+
+    def row_logprobs(self, row: int) -> list[float]:
+        return self.logprobs[row, : self.lengths[row]].tolist()
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    """One completion of `generate`: its token ids, their log-probs, and why it ended."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str
+
+
+class Sampler:
+    """Generates from a `Transformer` with a KV cache, in two compiled programs.
+
+    `eos_ids` (default: the checkpoint's generation config) end a row with reason
+    "eos", `stop_ids` (e.g. `<|response_end|>`) with reason "stop"; an empty
+    `eos_ids` never stops early. With a `mesh`, the parameters should already be
+    placed on it (`load_hf_model(..., mesh=mesh)`); the cache is sharded by the
+    same rules table (batch rows x kv heads).
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        eos_ids: Sequence[int] | None = None,
+        stop_ids: Sequence[int] = (),
+        pad_id: int | None = None,
+        mesh=None,
+        rules: Rules = DEFAULT_RULES,
+        prompt_buckets: Sequence[int] = PROMPT_BUCKETS,
+        budget_buckets: Sequence[int] = BUDGET_BUCKETS,
+        cache_dtype: str | None = None,
+    ):
+        self.config = model.config
+        self.graphdef, self.params = nnx.split(model)
+        self.eos_ids = tuple(self.config.eos_ids if eos_ids is None else eos_ids)
+        self.stop_ids = tuple(stop_ids)
+        pad = self.config.pad_token_id if pad_id is None else pad_id
+        self.pad_id = int(pad if pad is not None else 0)
+        self.mesh, self.rules = mesh, rules
+        self.prompt_buckets = tuple(sorted(prompt_buckets))
+        self.budget_buckets = tuple(sorted(budget_buckets))
+        self.cache_dtype = cache_dtype or self.config.dtype
+        self._batch_multiple = batch_shards(mesh, rules)
+
+    # ------------------------------------------------------------------ shapes
+    def shapes(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, group_size: int = 1):
+        """(batch, prompt length, budget) buckets a call compiles for."""
+        b = _pow2_at_least(len(prompts))
+        b = -(-b // self._batch_multiple) * self._batch_multiple
+        p = bucket(max(len(x) for x in prompts), self.prompt_buckets, "prompt length")
+        n = bucket(max_new_tokens, self.budget_buckets, "max_new_tokens")
+        return b, p, n
+
+    def _check(self, prompts, max_new_tokens, group_size):
+        if not prompts:
+            raise ConfigError("no prompts")
+        if max_new_tokens < 1 or group_size < 1:
+            raise ConfigError(
+                f"max_new_tokens={max_new_tokens}, group_size={group_size}: need >= 1"
+            )
+        v = self.config.vocab_size
+        for i, p in enumerate(prompts):
+            if len(p) == 0:
+                raise ConfigError(f"prompt {i} is empty")
+            if min(p) < 0 or max(p) >= v:
+                raise ConfigError(f"prompt {i} has token ids outside [0, {v})")
+        longest = max(map(len, prompts)) + max_new_tokens
+        if longest > self.config.max_position_embeddings:
+            raise ConfigError(
+                f"prompt + max_new_tokens = {longest} exceeds max_position_embeddings="
+                f"{self.config.max_position_embeddings}"
+            )
+
+    def _start(self, prompts, max_new_tokens, sampling, group_size, seed, eos_ids, stop_ids):
+        self._check(prompts, max_new_tokens, group_size)
+        b, p, n = self.shapes(prompts, max_new_tokens, group_size)
+        ids = np.full((b, p), self.pad_id, np.int32)
+        mask = np.zeros((b, p), np.int32)
+        for i, row in enumerate(prompts):  # left padding: every row ends at column p-1
+            ids[i, p - len(row) :] = row
+            mask[i, p - len(row) :] = 1
+        mask[len(prompts) :, -1] = 1  # batch-padding rows: one dummy token, never decoded
+        valid = np.arange(b) < len(prompts)
+        eos = self.eos_ids if eos_ids is None else tuple(eos_ids)
+        stop = self.stop_ids if stop_ids is None else tuple(stop_ids)
+        mc = self.config
+        shape = (mc.num_layers, b * group_size, p + n, mc.num_kv_heads, mc.head_dim)
+        self._sharding = cache_sharding(self.mesh, self.rules, shape)
+        state = loop.prefill(
+            self.graphdef,
+            self.params,
+            jnp.asarray(ids),
+            jnp.asarray(mask),
+            jnp.asarray(valid),
+            jnp.asarray(_id_array(eos)),
+            jnp.asarray(_id_array(stop)),
+            jax.random.key(seed),
+            max_new_tokens,
+            cfg=sampling,
+            group=group_size,
+            budget=n,
+            cache_len=p + n,
+            pad_id=self.pad_id,
+            cache_dtype=self.cache_dtype,
+            sharding=self._sharding,
+        )
+        return state, len(prompts) * group_size
+
+    def _decode(self, state, until, sampling):
+        return loop.decode(
+            self.graphdef,
+            self.params,
+            state,
+            jnp.int32(until),
+            cfg=sampling,
+            pad_id=self.pad_id,
+            sharding=self._sharding,
+        )
+
+    # --------------------------------------------------------------------- API
+    def __call__(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        sampling: SamplingConfig = _GREEDY,
+        *,
+        group_size: int = 1,
+        seed: int = 0,
+        eos_ids: Sequence[int] | None = None,
+        stop_ids: Sequence[int] | None = None,
+    ) -> Completions:
+        """Samples `group_size` completions per prompt (one prefill per prompt)."""
+        state, rows = self._start(
+            prompts, max_new_tokens, sampling, group_size, seed, eos_ids, stop_ids
+        )
+        state = self._decode(state, max_new_tokens, sampling)
+        return self._completions(state, rows, max_new_tokens, group_size)
+
+    def stream(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        sampling: SamplingConfig = _GREEDY,
+        *,
+        chunk: int = 4,
+        seed: int = 0,
+        eos_ids: Sequence[int] | None = None,
+        stop_ids: Sequence[int] | None = None,
+    ) -> Iterator[list[list[int]]]:
+        """Yields each prompt's new tokens every `chunk` steps (same programs as
+        `__call__`: the step limit is a traced argument), until all have finished."""
+        state, rows = self._start(prompts, max_new_tokens, sampling, 1, seed, eos_ids, stop_ids)
+        shown = np.zeros(rows, np.int64)
+        while True:
+            lengths = np.asarray(state.lengths)[:rows]
+            tokens = np.asarray(state.tokens)[:rows]
+            yield [tokens[i, shown[i] : lengths[i]].tolist() for i in range(rows)]
+            shown = lengths
+            if bool(np.all(np.asarray(state.done)[:rows])):
+                return
+            state = self._decode(state, int(state.step) + chunk, sampling)
+
+    def _completions(self, state, rows, max_new_tokens, group_size) -> Completions:
+        tokens, logprobs, lengths, reason = jax.device_get(
+            (state.tokens, state.logprobs, state.lengths, state.reason)
+        )
+        cut = (slice(0, rows), slice(0, max_new_tokens))
+        lengths = lengths[:rows]
+        return Completions(
+            tokens=tokens[cut],
+            logprobs=logprobs[cut],
+            mask=np.arange(max_new_tokens)[None, :] < lengths[:, None],
+            lengths=lengths,
+            finish_reason=[REASONS[int(r)] for r in reason[:rows]],
+            group_size=group_size,
+        )
+
+
+def generate(
+    model,
+    prompt_ids: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    eos_ids: Sequence[int] | None = None,
+    *,
+    min_p: float = 0.0,
+    stop_ids: Sequence[int] = (),
+) -> list[Completion]:
+    """One call: per prompt, the completion ids and their log-probs (at `temperature`,
+    before top-k / top-p filtering). `eos_ids=None` uses the checkpoint's generation
+    config; `[]` never stops early. Stop tokens are included in the completion."""
+    sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    out = Sampler(model, eos_ids=eos_ids, stop_ids=stop_ids)(
+        prompt_ids, max_new_tokens, sampling, seed=seed
+    )
+    return [
+        Completion(out.ids(i), out.row_logprobs(i), out.finish_reason[i])
+        for i in range(len(prompt_ids))
+    ]
