@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("kardia_jax.demo", "run the demo job on the embedded default"),
     "model": ("kardia_jax.models.cli", "inspect, convert and resize Hugging Face checkpoints"),
     "data": ("kardia_jax.data.cli", "validate and inspect KardiaBench data"),
+    "sft": ("kardia_jax.train.cli", "cold-start SFT on the easy split"),
 }
 
 
@@ -39,7 +40,13 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(argv).parse_args(argv)
+    parser = build_parser(argv)
+    # `--config.a.b=value` overrides of an ml_collections run config pass through.
+    args, unknown = parser.parse_known_args(argv)
+    args.config_overrides = [u for u in unknown if u.startswith("--config.")]
+    rest = [u for u in unknown if not u.startswith("--config.")]
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return int(args._main(args) or 0)
     except KardiaError as e:

@@ -1,0 +1,290 @@
+"""Cold-start SFT (the paper's first stage): full-parameter training on the easy
+split in the four-span format, with held-out loss, periodic orbax checkpoints, exact
+resume, preemption handling and a Hugging Face export of the final policy."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import time
+
+import jax
+from ml_collections import ConfigDict
+
+from kardia_jax.data.examples import build_examples
+from kardia_jax.data.pipeline import build_sft_dataset, steps_per_epoch
+from kardia_jax.data.reader import sample_path
+from kardia_jax.data.splits import profile_split, stage_split
+from kardia_jax.data.tokenizer import load_tokenizer
+from kardia_jax.data.validate import load_dialogues
+from kardia_jax.errors import KardiaError
+from kardia_jax.models import save_hf_model
+from kardia_jax.models.decoder import Transformer
+from kardia_jax.train.checkpoints import Checkpointer, abstract_with_shardings
+from kardia_jax.train.distributed import common_length, global_batch, global_max
+from kardia_jax.train.metrics import MetricsLogger, flops_per_token
+from kardia_jax.train.optim import learning_rate_schedule, make_optimizer
+from kardia_jax.train.setup import check_batch, mesh_and_rules, planned_model_config
+from kardia_jax.train.state import (
+    abstract_train_state,
+    batch_sharding,
+    init_train_state,
+    state_shardings,
+)
+from kardia_jax.train.step import eval_step, target_bucket, train_step, with_target_index
+
+
+class TrainingHalted(KardiaError):
+    """Too many non-finite updates in a row; the last checkpoint is left intact."""
+
+
+def load_sft_data(dcfg: ConfigDict, tokenizer):
+    """(train examples, held-out examples): the easy split, profile-disjoint held-out."""
+    path = dcfg.path or str(sample_path("train"))
+    dialogues, report = load_dialogues(path, mode=dcfg.mode)
+    easy = stage_split(dialogues, "sft")
+    if dcfg.heldout_fraction > 0:
+        train, held = profile_split(easy, dcfg.heldout_fraction, seed=dcfg.seed)
+    else:
+        train, held = easy, []
+    kw = dict(max_length=dcfg.max_length, report=report)
+    return build_examples(train, tokenizer, **kw), build_examples(held, tokenizer, **kw), report
+
+
+class _Preemption:
+    """SIGTERM sets a flag; the loop saves at the next step boundary and exits 0."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._old)
+
+
+def run_sft(config: ConfigDict, workdir: str) -> dict:
+    os.makedirs(workdir, exist_ok=True)
+    tcfg = config.train
+    mesh, rules = mesh_and_rules(config)
+    host_batch = check_batch(tcfg.global_batch, tcfg.microbatches, mesh, rules)
+    tokenizer = load_tokenizer(config.data.tokenizer or None)
+    train_examples, held_examples, report = load_sft_data(config.data, tokenizer)
+    if not train_examples:
+        raise KardiaError(f"data.path={config.data.path!r}: no SFT examples after filtering")
+    cfg = planned_model_config(config.model, len(tokenizer))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    per_epoch = steps_per_epoch(len(train_examples), tcfg.global_batch, jax.process_count())
+    total_steps = int(tcfg.steps) if tcfg.steps > 0 else int(tcfg.epochs * per_epoch)
+    tx = make_optimizer(tcfg, total_steps)
+    lr_fn = learning_rate_schedule(tcfg, total_steps)
+    main = jax.process_index() == 0
+
+    ckpt = Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        max_to_keep=config.checkpoint.max_to_keep,
+        async_save=config.checkpoint.async_save,
+    )
+    graphdef, abstract = abstract_train_state(cfg, tx)
+    shardings = state_shardings(abstract, tx, mesh, rules)
+    restored = ckpt.restore_latest(abstract_with_shardings(abstract, shardings))
+    if restored is None:
+        graphdef, state, _ = init_train_state(
+            cfg, tx, mesh, rules, seed=config.seed, hf_path=config.model.path or None
+        )
+        start, data_state = 0, None
+    else:
+        start, state, data_state = restored
+        print(f"resumed from step {start}", flush=True)
+
+    dataset = build_sft_dataset(
+        train_examples,
+        batch_size=host_batch,
+        seed=config.data.seed,
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
+        buckets=tuple(config.data.buckets) or None,
+        pad_id=pad_id,
+        pack=config.data.pack,
+    )
+    it = iter(dataset)
+    if data_state:
+        it.set_state(data_state)
+
+    bsh = batch_sharding(mesh, rules)
+    step_fn = jax.jit(
+        functools.partial(
+            train_step,
+            graphdef=graphdef,
+            tx=tx,
+            microbatches=int(tcfg.microbatches),
+            max_nonfinite=int(tcfg.max_nonfinite),
+        ),
+        in_shardings=(shardings, bsh),
+        out_shardings=(shardings, None),
+        donate_argnums=0,  # the old state's buffers become the new state's
+    )
+    eval_fn = jax.jit(functools.partial(eval_step, graphdef=graphdef))
+
+    log_path = os.path.join(workdir, "train_log.jsonl")
+    if main:
+        _truncate_log(log_path, start)
+    logger = MetricsLogger(os.path.join(workdir, "tb"), total_steps, enabled=main)
+    preempt = _Preemption()
+    pending: list[tuple[int, dict, int, float]] = []  # device metrics not yet fetched
+    last = {"loss": float("nan")}
+    t_last = time.perf_counter()
+
+    def flush():
+        nonlocal t_last
+        if not pending:
+            return
+        fetched = jax.device_get([m for _, m, _, _ in pending])
+        now = time.perf_counter()
+        dt = (now - t_last) / len(pending)
+        t_last = now
+        rows = []
+        for (step, _, seq_len, _), m in zip(pending, fetched, strict=True):
+            rows.append(
+                {
+                    "step": step,
+                    "loss": float(m["loss"]),
+                    "grad_norm": float(m["grad_norm"]),
+                    "lr": float(lr_fn(step - 1)),
+                    "tokens": int(m["tokens"]),
+                    "skipped": int(m["skipped"]),
+                    "seq_len": seq_len,
+                }
+            )
+        if main:
+            with open(log_path, "a", encoding="utf-8") as f:
+                for r in rows:
+                    f.write(json.dumps(r) + "\n")
+            r = rows[-1]
+            seq_tokens = tcfg.global_batch * r["seq_len"]
+            tps = seq_tokens / dt
+            mfu = (
+                tps
+                * flops_per_token(cfg, r["seq_len"])
+                / (float(config.log.peak_tflops) * 1e12 * jax.device_count())
+            )
+            logger.scalars(
+                r["step"],
+                {
+                    "loss": r["loss"],
+                    "learning_rate": r["lr"],
+                    "grad_norm": r["grad_norm"],
+                    "tokens_per_s": tps,
+                    "step_time_s": dt,
+                    "mfu": mfu,
+                    "skipped_updates": sum(x["skipped"] for x in rows),
+                },
+            )
+            logger.progress(r["step"], {"loss": r["loss"], "lr": r["lr"], "tok/s": tps})
+        last.update(rows[-1])
+        pending.clear()
+
+    def save(step, wait=False):
+        flush()
+        ckpt.save(step, state, it.get_state(), wait=wait)
+
+    def evaluate(step):
+        if not held_examples:
+            return None
+        held = build_sft_dataset(
+            held_examples,
+            batch_size=host_batch,
+            shuffle=False,
+            num_epochs=1,
+            shard_index=jax.process_index(),
+            shard_count=jax.process_count(),
+            buckets=tuple(config.data.buckets) or None,
+            pad_id=pad_id,
+        )
+        nll = tokens = 0.0
+        for local in held:
+            local = _prepare(local, pad_id, tcfg.gather_targets)
+            out = eval_fn(state.params, global_batch(local, bsh))
+            nll, tokens = nll + out["nll"], tokens + out["tokens"]
+        loss = float(nll) / max(float(tokens), 1.0)
+        logger.scalars(step, {"loss": loss}, prefix="eval")
+        if main:
+            print(f"step {step}: held-out loss {loss:.4f}", flush=True)
+        return loss
+
+    eval_loss = None
+    step = start
+    try:
+        while step < total_steps:
+            local = _prepare(next(it), pad_id, tcfg.gather_targets)
+            state, metrics = step_fn(state, global_batch(local, bsh))
+            step += 1
+            pending.append((step, metrics, local["input_ids"].shape[1], 0.0))
+            if step % config.log.every == 0 or step == total_steps:
+                flush()
+                if int(jax.device_get(state.nonfinite_streak)) >= tcfg.max_nonfinite:
+                    raise TrainingHalted(
+                        f"{tcfg.max_nonfinite} non-finite updates in a row at step {step} "
+                        f"(train.max_nonfinite); the last checkpoint "
+                        f"({ckpt.steps()[-1] if ckpt.steps() else 'none'}) is intact"
+                    )
+            if config.eval.every and step % config.eval.every == 0:
+                eval_loss = evaluate(step)
+            if preempt.requested:
+                save(step, wait=True)
+                print(f"SIGTERM: saved step {step}; exiting", flush=True)
+                return {"step": step, "preempted": True}
+            if config.checkpoint.every and step % config.checkpoint.every == 0:
+                save(step)
+        flush()
+        if not ckpt.steps() or ckpt.steps()[-1] != step:
+            save(step)
+        ckpt.wait()
+        if config.eval.every:
+            eval_loss = evaluate(step)
+        if config.export_hf:
+            model = _merge(graphdef, state)
+            save_hf_model(model, os.path.join(workdir, "hf"), tokenizer=tokenizer)
+        return {
+            "step": step,
+            "loss": last["loss"],
+            "eval_loss": eval_loss,
+            "skipped_updates": int(jax.device_get(state.nonfinite_total)),
+            "examples": len(train_examples),
+            "data_report": report.summary() if hasattr(report, "summary") else None,
+        }
+    finally:
+        preempt.restore()
+        logger.close()
+        ckpt.close()
+
+
+def _prepare(local: dict, pad_id: int, gather_targets: bool) -> dict:
+    """Host-side batch finishing: one shape on every host, target positions listed."""
+    local = common_length(local, pad_id)
+    if gather_targets:
+        local = with_target_index(local, global_max(target_bucket(local)))
+    return local
+
+
+def _merge(graphdef, state) -> Transformer:
+    from flax import nnx
+
+    return nnx.merge(graphdef, state.params)
+
+
+def _truncate_log(path: str, step: int) -> None:
+    """On resume, drop log lines past the restored step (written before a kill)."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(keep)
+    os.replace(tmp, path)

@@ -1,0 +1,134 @@
+"""Train state (parameters, optimizer state, step, RNG, non-finite counters) and its
+sharded creation: `jax.eval_shape` -> shardings -> `jit(init, out_shardings=...)`,
+so full weights never sit on one host."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from kardia_jax.models import Transformer, abstract_model, load_hf_model
+from kardia_jax.models.config import ModelConfig
+from kardia_jax.sharding import Rules, logical_to_spec, param_shardings
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: number of applied or skipped updates
+    params: nnx.State  # the model's nnx.Param leaves
+    opt_state: Any
+    rng: jax.Array  # raw uint32 key data (checkpointable), folded with the step
+    nonfinite_streak: jax.Array  # consecutive skipped (non-finite) updates
+    nonfinite_total: jax.Array
+
+
+def _replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def state_shardings(abstract: TrainState, tx, mesh: Mesh, rules: Rules) -> TrainState:
+    """Shardings for every leaf: parameters by the rules table, optimizer moments
+    like the parameters they track, scalars replicated."""
+    params = param_shardings(abstract.params, mesh, rules)
+    opt = optax.tree_utils.tree_map_params(
+        tx,
+        lambda _, s: s,
+        abstract.opt_state,
+        params,
+        transform_non_params=lambda _: _replicated(mesh),
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )
+    rep = _replicated(mesh)
+    return TrainState(
+        step=rep, params=params, opt_state=opt, rng=rep, nonfinite_streak=rep, nonfinite_total=rep
+    )
+
+
+def _new_state(params, tx, seed: int) -> TrainState:
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(
+        step=zero,
+        params=params,
+        opt_state=tx.init(params),
+        rng=jax.random.key_data(jax.random.key(seed)),
+        nonfinite_streak=zero,
+        nonfinite_total=zero,
+    )
+
+
+def abstract_train_state(cfg: ModelConfig, tx) -> tuple[nnx.GraphDef, TrainState]:
+    graphdef, params = nnx.split(abstract_model(cfg), nnx.Param)
+    return graphdef, jax.eval_shape(lambda p: _new_state(p, tx, 0), params)
+
+
+def init_train_state(
+    cfg: ModelConfig, tx, mesh: Mesh, rules: Rules, seed: int = 0, hf_path: str | None = None
+) -> tuple[nnx.GraphDef, TrainState, TrainState]:
+    """(graphdef, state, state shardings). Random init runs inside one jit whose
+    out_shardings place every leaf; a Hugging Face checkpoint is read slice by slice
+    straight into the same layout."""
+    graphdef, abstract = abstract_train_state(cfg, tx)
+    shardings = state_shardings(abstract, tx, mesh, rules)
+
+    if hf_path is None:
+
+        def init(seed_key):
+            model = Transformer(cfg, rngs=nnx.Rngs(params=seed_key))
+            return _new_state(nnx.state(model, nnx.Param), tx, seed)
+
+        state = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
+    else:
+        model = load_hf_model(
+            hf_path,
+            cfg.param_dtype,
+            mesh,
+            compute_dtype=cfg.dtype,
+            rules=rules,
+            scan_layers=cfg.scan_layers,
+            remat=cfg.remat,
+        )
+        if model.config.replace(generation_config_json=None) != cfg.replace(
+            generation_config_json=None
+        ):
+            raise ValueError(f"{hf_path}: config differs from the planned model config")
+        params = nnx.state(model, nnx.Param)
+        state = jax.jit(
+            lambda p: _new_state(p, tx, seed),
+            in_shardings=(shardings.params,),
+            out_shardings=shardings,
+        )(params)
+    return graphdef, state, shardings
+
+
+def batch_sharding(mesh: Mesh, rules: Rules, ndim: int = 2) -> NamedSharding:
+    """[batch, length, ...] arrays: batch split over the data-parallel axes."""
+    return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), rules, mesh))
+
+
+def data_parallel_size(mesh: Mesh, rules: Rules) -> int:
+    spec = logical_to_spec(("batch",), rules, mesh)[0]
+    axes = () if spec is None else (spec,) if isinstance(spec, str) else spec
+    size = 1
+    for a in axes:
+        size *= mesh.shape[a]
+    return size
+
+
+def param_bytes_per_device(state_like: TrainState, shardings: TrainState) -> int:
+    """Bytes of parameters + optimizer state one device holds (from shapes only)."""
+    total = 0
+    leaves = jax.tree.leaves(state_like)
+    shards = jax.tree.leaves(shardings)
+    for x, s in zip(leaves, shards, strict=True):
+        shard_shape = s.shard_shape(x.shape)
+        n = 1
+        for d in shard_shape:
+            n *= d
+        total += n * jnp.dtype(x.dtype).itemsize
+    return total

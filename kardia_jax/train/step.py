@@ -1,0 +1,131 @@
+"""The pure SFT step `(state, batch) -> (state, metrics)`: masked token
+cross-entropy in float32, gradient accumulation over microbatches with `lax.scan`,
+one optax update, and a skipped (state-preserving) update when the loss or the
+gradients are not finite.
+
+Batches are dicts of [B, T] arrays: `input_ids`, `attention_mask` (1 = real token)
+and `loss_mask` aligned with the inputs (1 = this token is a target, predicted
+from the position before it); optionally `positions` and `segment_ids` (packing).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from kardia_jax.models.logprobs import sequence_log_probs, token_log_probs
+from kardia_jax.train.state import TrainState
+
+
+def target_bucket(batch: dict, min_bucket: int = 64) -> int:
+    """Smallest power of two (>= min_bucket, <= T - 1) holding every row's targets."""
+    mask = np.asarray(batch["loss_mask"])[:, 1:] > 0
+    k = min_bucket
+    while k < mask.sum(1).max(initial=0):
+        k *= 2
+    return min(k, mask.shape[1])
+
+
+def with_target_index(batch: dict, k: int) -> dict:
+    """Host-side: adds `target_index` [B, K] (positions whose next token is a target)
+    and `target_weight` [B, K]; `k` (see `target_bucket`) must hold every row's targets.
+
+    The four-span targets are ~100 of ~700 tokens per example, so projecting only
+    those positions onto the 152k vocabulary cuts the LM-head work (most of a small
+    model's step) several-fold. K is bucketed, so this adds few compiled shapes.
+    """
+    mask = np.asarray(batch["loss_mask"])[:, 1:] > 0
+    index = np.zeros((mask.shape[0], k), np.int32)
+    weight = np.zeros((mask.shape[0], k), np.int32)
+    for r, row in enumerate(mask):
+        pos = np.flatnonzero(row)
+        index[r, : len(pos)] = pos
+        weight[r, : len(pos)] = 1
+    return {**batch, "target_index": index, "target_weight": weight}
+
+
+def sum_token_nll(graphdef, params, batch, logit_chunk: int = 256):
+    """(sum of target-token negative log-likelihoods, number of target tokens)."""
+    model = nnx.merge(graphdef, params)
+    ids = batch["input_ids"]
+    args = (ids, batch["attention_mask"], batch.get("positions"), batch.get("segment_ids"))
+    if "target_index" not in batch:
+        logp = sequence_log_probs(model, *args[:3], segment_ids=args[3], chunk=logit_chunk)
+        weight = batch["loss_mask"][:, 1:].astype(jnp.float32)
+        return -jnp.sum(logp * weight), jnp.sum(weight)
+    index = batch["target_index"]
+    hidden = jnp.take_along_axis(model.hidden_states(*args), index[..., None], axis=1)
+    targets = jnp.take_along_axis(ids, index + 1, axis=1)
+    logp = token_log_probs(model, hidden, targets, chunk=logit_chunk)
+    weight = batch["target_weight"].astype(jnp.float32)
+    return -jnp.sum(logp * weight), jnp.sum(weight)
+
+
+def _microbatches(batch, n: int):
+    """[B, ...] -> [n, B/n, ...], microbatch i = rows i, i+n, i+2n, ... so each one
+    stays spread over every data-parallel shard."""
+
+    def split(x):
+        return jnp.swapaxes(x.reshape(x.shape[0] // n, n, *x.shape[1:]), 0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def loss_and_grads(graphdef, params, batch, microbatches: int):
+    """Token-mean loss over the whole batch and its gradient, accumulated in f32."""
+    grad_fn = jax.value_and_grad(sum_token_nll, argnums=1, has_aux=True)
+    if microbatches == 1:
+        (nll, tokens), grads = grad_fn(graphdef, params, batch)
+    else:
+
+        def body(carry, mb):
+            nll, tokens, grads = carry
+            (n, t), g = grad_fn(graphdef, params, mb)
+            return (nll + n, tokens + t, jax.tree.map(jnp.add, grads, g)), None
+
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        (nll, tokens, grads), _ = jax.lax.scan(
+            body, (jnp.zeros(()), jnp.zeros(()), zeros), _microbatches(batch, microbatches)
+        )
+    denom = jnp.maximum(tokens, 1.0)
+    grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, params)
+    return nll / denom, tokens, grads
+
+
+def train_step(
+    state: TrainState, batch, *, graphdef, tx, microbatches: int, max_nonfinite: int
+) -> tuple[TrainState, dict]:
+    loss, tokens, grads = loss_and_grads(graphdef, state.params, batch, microbatches)
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # A halted run (too many non-finite updates in a row) stops changing entirely.
+    apply = finite & (state.nonfinite_streak < max_nonfinite)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, old)  # noqa: E731
+    streak = jnp.where(finite, 0, state.nonfinite_streak + 1)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state),
+        nonfinite_streak=jnp.where(
+            state.nonfinite_streak >= max_nonfinite, state.nonfinite_streak, streak
+        ),
+        nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32),
+    )
+    metrics = {
+        "loss": loss,
+        "grad_norm": grad_norm,
+        "tokens": tokens,
+        "skipped": (~apply).astype(jnp.int32),
+    }
+    return new_state, metrics
+
+
+def eval_step(params, batch, *, graphdef) -> dict:
+    nll, tokens = sum_token_nll(graphdef, params, batch)
+    return {"nll": nll, "tokens": tokens}
