@@ -99,7 +99,7 @@ def train_step(
     state: TrainState, batch, *, graphdef, tx, microbatches: int, max_nonfinite: int
 ) -> tuple[TrainState, dict]:
     loss, tokens, grads = loss_and_grads(graphdef, state.params, batch, microbatches)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
 
