@@ -8,7 +8,8 @@ def get_config():
     c = ConfigDict()
     c.seed = 0  # parameter init and any training randomness
     c.sharding = "fsdp"  # preset in configs/sharding/: dp, fsdp, fsdp_tp
-    c.mesh = ConfigDict()  # axis-size overrides for the preset, e.g. --config.mesh.fsdp=4
+    # Axis-size overrides for the preset (0 = the preset's size; -1 = fill the rest).
+    c.mesh = ConfigDict(dict(data=0, fsdp=0, tensor=0))
 
     c.model = ConfigDict()
     c.model.path = ""  # Hugging Face checkpoint dir to start from ("" = random init)

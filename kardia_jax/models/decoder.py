@@ -72,6 +72,22 @@ class Transformer(nnx.Module):
             self.lm_head = None
         else:
             self.lm_head = Dense((d,), (v,), ("embed", "vocab"), bias=False, cfg=cfg, rngs=rngs)
+        # Placement of the [B, T, D] residual stream under a mesh (set by the trainer,
+        # see `constrain_activations`); None leaves it to the partitioner.
+        self.activation_sharding = None
+
+    def constrain_activations(self, sharding) -> None:
+        """Pins the residual stream (batch split over data-parallel axes, hidden dim
+        whole). Without it the partitioner may follow the FSDP-sharded weights and
+        split activations along `embed`, turning every matmul (the 152k-vocab head
+        included) into full-batch partial sums; pinned, it all-gathers weights
+        instead, which is what FSDP means. A static attribute: part of the graphdef."""
+        self.activation_sharding = sharding
+
+    def _pin(self, x):
+        if self.activation_sharding is None:
+            return x
+        return jax.lax.with_sharding_constraint(x, self.activation_sharding)
 
     def __call__(self, input_ids, attention_mask=None, positions=None, *, segment_ids=None):
         """Logits [B, T, V] in float32.
@@ -96,9 +112,9 @@ class Transformer(nnx.Module):
             )
         sin, cos = rope_sin_cos(cfg, positions)
         mask = make_attention_mask(attention_mask, t, segment_ids=segment_ids)
-        x = self.embed_tokens(input_ids)
+        x = self._pin(self.embed_tokens(input_ids))
         x = self._run_layers(x, sin, cos, mask)
-        return self.norm(x, out_dtype=jnp.float32)
+        return self._pin(self.norm(x, out_dtype=jnp.float32))
 
     def forward_with_cache(self, input_ids, positions, kv_mask_BS, k_LBSKH, v_LBSKH, index):
         """T new tokens through the layers against a KV cache (prefill and decode).
@@ -150,7 +166,7 @@ class Transformer(nnx.Module):
         cfg = self.config
 
         def body(graphdef, state, x):
-            return nnx.merge(graphdef, state)(x, sin, cos, mask)
+            return self._pin(nnx.merge(graphdef, state)(x, sin, cos, mask))
 
         if cfg.remat != "none":
             body = jax.checkpoint(body, policy=_REMAT[cfg.remat], static_argnums=(0,))

@@ -19,6 +19,8 @@ def mesh_and_rules(config: ConfigDict):
     preset = sharding_preset(config.sharding, config.get("config_file"))
     axes = dict(preset.mesh)
     for k, v in dict(config.get("mesh", {}) or {}).items():
+        if v == 0:
+            continue
         if k not in axes:
             raise ConfigError(f"mesh.{k}: the {config.sharding!r} preset has axes {tuple(axes)}")
         axes[k] = int(v)

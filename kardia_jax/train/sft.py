@@ -90,7 +90,7 @@ def run_sft(config: ConfigDict, workdir: str) -> dict:
         max_to_keep=config.checkpoint.max_to_keep,
         async_save=config.checkpoint.async_save,
     )
-    graphdef, abstract = abstract_train_state(cfg, tx)
+    graphdef, abstract = abstract_train_state(cfg, tx, mesh, rules)
     shardings = state_shardings(abstract, tx, mesh, rules)
     restored = ckpt.restore_latest(abstract_with_shardings(abstract, shardings))
     if restored is None:

@@ -62,8 +62,15 @@ def _new_state(params, tx, seed: int) -> TrainState:
     )
 
 
-def abstract_train_state(cfg: ModelConfig, tx) -> tuple[nnx.GraphDef, TrainState]:
-    graphdef, params = nnx.split(abstract_model(cfg), nnx.Param)
+def abstract_train_state(
+    cfg: ModelConfig, tx, mesh: Mesh | None = None, rules: Rules | None = None
+) -> tuple[nnx.GraphDef, TrainState]:
+    """(graphdef, state of ShapeDtypeStructs). With a mesh, the graphdef pins the
+    residual stream to the batch layout (`Transformer.constrain_activations`)."""
+    model = abstract_model(cfg)
+    if mesh is not None:
+        model.constrain_activations(batch_sharding(mesh, rules, ndim=1))
+    graphdef, params = nnx.split(model, nnx.Param)
     return graphdef, jax.eval_shape(lambda p: _new_state(p, tx, 0), params)
 
 
@@ -73,7 +80,7 @@ def init_train_state(
     """(graphdef, state, state shardings). Random init runs inside one jit whose
     out_shardings place every leaf; a Hugging Face checkpoint is read slice by slice
     straight into the same layout."""
-    graphdef, abstract = abstract_train_state(cfg, tx)
+    graphdef, abstract = abstract_train_state(cfg, tx, mesh, rules)
     shardings = state_shardings(abstract, tx, mesh, rules)
 
     if hf_path is None:
