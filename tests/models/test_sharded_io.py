@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import transformers
-from conftest import left_padded_batch
+from .conftest import left_padded_batch
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 

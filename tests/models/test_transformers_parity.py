@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import VARIANTS, left_padded_batch
+from .conftest import VARIANTS, left_padded_batch
 
 from kardia_jax.models import load_hf_model, save_hf_model
 
