@@ -52,8 +52,8 @@ def get_config():
     c.train.microbatches = 1  # gradient accumulation steps within one update
     c.train.epochs = 2  # the paper's 2 epochs (used when steps == 0)
     c.train.steps = 0  # > 0 overrides epochs
-    c.train.lr = 3e-3  # tiny random models want a much larger lr than the paper's 1e-4
-    c.train.warmup_steps = 5
+    c.train.lr = 1e-2  # tiny random models want a much larger lr than the paper's 1e-4
+    c.train.warmup_steps = 2
     c.train.min_lr_ratio = 0.1  # cosine decays to lr * this
     c.train.b1 = 0.9
     c.train.b2 = 0.95

@@ -245,8 +245,7 @@ def run_sft(config: ConfigDict, workdir: str) -> dict:
         if not ckpt.steps() or ckpt.steps()[-1] != step:
             save(step)
         ckpt.wait()
-        if config.eval.every:
-            eval_loss = evaluate(step)
+        eval_loss = evaluate(step)  # always once at the end
         if config.export_hf:
             model = _merge(graphdef, state)
             save_hf_model(model, os.path.join(workdir, "hf"), tokenizer=tokenizer)

@@ -20,13 +20,12 @@ from kardia_jax.models.logprobs import sequence_log_probs, token_log_probs
 from kardia_jax.train.state import TrainState
 
 
-def target_bucket(batch: dict, min_bucket: int = 64) -> int:
-    """Smallest power of two (>= min_bucket, <= T - 1) holding every row's targets."""
+def target_bucket(batch: dict, multiple: int = 32) -> int:
+    """Target positions to reserve per row: the most targets in any row, rounded up to
+    a multiple of `multiple` (a handful of compiled shapes; little padding)."""
     mask = np.asarray(batch["loss_mask"])[:, 1:] > 0
-    k = min_bucket
-    while k < mask.sum(1).max(initial=0):
-        k *= 2
-    return min(k, mask.shape[1])
+    most = int(mask.sum(1).max(initial=0))
+    return min(max(multiple, -(-most // multiple) * multiple), mask.shape[1])
 
 
 def with_target_index(batch: dict, k: int) -> dict:

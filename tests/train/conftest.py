@@ -1,5 +1,5 @@
 """Fixtures for training tests: a small byte-level BPE tokenizer trained on the
-bundled sample (so driver mechanics run with a 2k-token vocabulary instead of
+bundled sample (so driver mechanics run with a ~4k-token vocabulary instead of
 Qwen's 152k), and run configs built from configs/sft_tiny.py."""
 
 import json
@@ -13,7 +13,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
-def build_small_tokenizer(out_dir: str, vocab_size: int = 2048) -> str:
+def build_small_tokenizer(out_dir: str, vocab_size: int = 8192) -> str:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -49,8 +49,8 @@ def tiny_overrides(tokenizer_dir: str, **extra) -> list[str]:
     """Overrides that make configs/sft_tiny.py run in well under a second per step."""
     base = {
         "data.tokenizer": tokenizer_dir,
-        "data.max_length": 1024,
-        "data.buckets": (1024,),
+        "data.max_length": 512,
+        "data.buckets": (512,),
         "train.global_batch": 8,
         "train.lr": 1e-2,
         "train.warmup_steps": 0,

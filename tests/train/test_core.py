@@ -96,7 +96,7 @@ def test_accumulation_and_target_gathering_match_the_plain_step(reference):
     p = sharding_preset("fsdp")
     mesh = make_mesh({"data": 1, "fsdp": 4, "tensor": 1}, devices=jax.devices()[:4])
     batches = [synthetic_batch(0), synthetic_batch(1)]
-    gathered = [with_target_index(b, target_bucket(b, min_bucket=4)) for b in batches]
+    gathered = [with_target_index(b, target_bucket(b, multiple=4)) for b in batches]
     assert gathered[0]["target_index"].shape[1] < 16  # really fewer positions than T
     for mb, bs in ((2, batches), (1, gathered), (4, gathered)):
         state, metrics = run(mesh, p.rules, bs, microbatches=mb)
