@@ -38,24 +38,11 @@ def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[
     }
 
 
-def global_max(value: int) -> int:
-    """The largest `value` over all processes (a tiny collective; free on one host)."""
-    if jax.process_count() == 1:
-        return int(value)
-    from jax.experimental import multihost_utils
-
-    return int(np.max(multihost_utils.process_allgather(np.asarray([value], np.int32))))
-
-
-def common_length(local: dict[str, np.ndarray], pad_id: int) -> dict[str, np.ndarray]:
-    """Pads this host's batch to the longest length any host drew this step, so every
-    process feeds the same global shape."""
-    t = local["input_ids"].shape[1]
-    longest = global_max(t)
-    if longest == t:
-        return local
-    out = {}
-    for k, v in local.items():
-        fill = pad_id if k == "input_ids" else 0
-        out[k] = np.pad(v, ((0, 0), (0, longest - t)), constant_values=fill)
-    return out
+def host_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """This process's contiguous block of rows of a global batch (process p's devices
+    hold rows [p * B / P, (p + 1) * B / P) of a batch-sharded array)."""
+    n, p = jax.process_count(), jax.process_index()
+    if n == 1:
+        return batch
+    rows = next(iter(batch.values())).shape[0] // n
+    return {k: v[p * rows : (p + 1) * rows] for k, v in batch.items()}

@@ -62,7 +62,8 @@ def check_batch(global_batch: int, microbatches: int, mesh, rules) -> int:
     dp = data_parallel_size(mesh, rules)
     if global_batch % microbatches:
         raise ConfigError(
-            f"train.global_batch={global_batch} is not divisible by train.microbatches={microbatches}"
+            f"train.global_batch={global_batch} is not divisible by "
+            f"train.microbatches={microbatches}"
         )
     if (global_batch // microbatches) % dp:
         raise ConfigError(

@@ -23,7 +23,7 @@ from kardia_jax.errors import KardiaError
 from kardia_jax.models import save_hf_model
 from kardia_jax.models.decoder import Transformer
 from kardia_jax.train.checkpoints import Checkpointer, abstract_with_shardings
-from kardia_jax.train.distributed import common_length, global_batch, global_max
+from kardia_jax.train.distributed import global_batch, host_rows
 from kardia_jax.train.metrics import MetricsLogger, flops_per_token
 from kardia_jax.train.optim import learning_rate_schedule, make_optimizer
 from kardia_jax.train.setup import check_batch, mesh_and_rules, planned_model_config
@@ -71,7 +71,7 @@ def run_sft(config: ConfigDict, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     tcfg = config.train
     mesh, rules = mesh_and_rules(config)
-    host_batch = check_batch(tcfg.global_batch, tcfg.microbatches, mesh, rules)
+    check_batch(tcfg.global_batch, tcfg.microbatches, mesh, rules)
     tokenizer = load_tokenizer(config.data.tokenizer or None)
     train_examples, held_examples, report = load_sft_data(config.data, tokenizer)
     if not train_examples:
@@ -102,12 +102,15 @@ def run_sft(config: ConfigDict, workdir: str) -> dict:
         start, state, data_state = restored
         print(f"resumed from step {start}", flush=True)
 
+    # Every host draws the same global batch and keeps its own rows: the batch
+    # stream, padding and shapes are then independent of the number of hosts (a pod
+    # run reproduces a one-host run), with no per-step agreement collective.
     dataset = build_sft_dataset(
         train_examples,
-        batch_size=host_batch,
+        batch_size=tcfg.global_batch,
         seed=config.data.seed,
-        shard_index=jax.process_index(),
-        shard_count=jax.process_count(),
+        shard_index=0,
+        shard_count=1,
         buckets=tuple(config.data.buckets) or None,
         pad_id=pad_id,
         pack=config.data.pack,
@@ -198,18 +201,17 @@ def run_sft(config: ConfigDict, workdir: str) -> dict:
             return None
         held = build_sft_dataset(
             held_examples,
-            batch_size=host_batch,
+            batch_size=tcfg.global_batch,
             shuffle=False,
             num_epochs=1,
-            shard_index=jax.process_index(),
-            shard_count=jax.process_count(),
+            shard_index=0,
+            shard_count=1,
             buckets=tuple(config.data.buckets) or None,
             pad_id=pad_id,
         )
         nll = tokens = 0.0
-        for local in held:
-            local = _prepare(local, pad_id, tcfg.gather_targets)
-            out = eval_fn(state.params, global_batch(local, bsh))
+        for batch in held:
+            out = eval_fn(state.params, _prepare(batch, bsh, tcfg.gather_targets))
             nll, tokens = nll + out["nll"], tokens + out["tokens"]
         loss = float(nll) / max(float(tokens), 1.0)
         logger.scalars(step, {"loss": loss}, prefix="eval")
@@ -221,10 +223,10 @@ def run_sft(config: ConfigDict, workdir: str) -> dict:
     step = start
     try:
         while step < total_steps:
-            local = _prepare(next(it), pad_id, tcfg.gather_targets)
-            state, metrics = step_fn(state, global_batch(local, bsh))
+            batch = next(it)
+            state, metrics = step_fn(state, _prepare(batch, bsh, tcfg.gather_targets))
             step += 1
-            pending.append((step, metrics, local["input_ids"].shape[1], 0.0))
+            pending.append((step, metrics, batch["input_ids"].shape[1], 0.0))
             if step % config.log.every == 0 or step == total_steps:
                 flush()
                 if int(jax.device_get(state.nonfinite_streak)) >= tcfg.max_nonfinite:
@@ -263,12 +265,11 @@ def run_sft(config: ConfigDict, workdir: str) -> dict:
         ckpt.close()
 
 
-def _prepare(local: dict, pad_id: int, gather_targets: bool) -> dict:
-    """Host-side batch finishing: one shape on every host, target positions listed."""
-    local = common_length(local, pad_id)
+def _prepare(batch: dict, sharding, gather_targets: bool) -> dict:
+    """Global host batch -> target positions listed -> this host's rows -> device arrays."""
     if gather_targets:
-        local = with_target_index(local, global_max(target_bucket(local)))
-    return local
+        batch = with_target_index(batch, target_bucket(batch))
+    return global_batch(host_rows(batch), sharding)
 
 
 def _merge(graphdef, state) -> Transformer:
