@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import transformers
-from .conftest import left_padded_batch
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
@@ -16,6 +15,8 @@ from kardia_jax.models import load_hf_model, resize_token_embeddings, save_hf_mo
 from kardia_jax.models.checkpoint import _layout
 from kardia_jax.models.safetensors_io import SafetensorsFile, write_safetensors
 from kardia_jax.sharding import make_mesh
+
+from .conftest import left_padded_batch
 
 
 def test_layout_reads_exactly_the_requested_slice(tmp_path):

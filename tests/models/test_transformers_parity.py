@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from .conftest import VARIANTS, left_padded_batch
 
 from kardia_jax.models import load_hf_model, save_hf_model
+
+from .conftest import VARIANTS, left_padded_batch
 
 
 def torch_logits(model, ids, mask):

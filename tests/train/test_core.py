@@ -24,8 +24,15 @@ from kardia_jax.train.state import (
 from kardia_jax.train.step import target_bucket, train_step, with_target_index
 
 CFG = ModelConfig(
-    family="qwen2", vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2,
-    num_heads=4, num_kv_heads=2, head_dim=16, qkv_bias=True,
+    family="qwen2",
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=128,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=16,
+    qkv_bias=True,
 )
 
 
@@ -34,8 +41,18 @@ def optimizer(eps=1e-6):
     # turn float rounding (which differs between shardings) into +-lr parameter
     # changes. 1e-6 keeps the comparison about sharding, not that amplification.
     return make_optimizer(
-        ConfigDict(dict(lr=1e-3, warmup_steps=0, min_lr_ratio=0.1, b1=0.9, b2=0.95, eps=eps,
-                        weight_decay=0.01, clip_norm=1.0)),
+        ConfigDict(
+            dict(
+                lr=1e-3,
+                warmup_steps=0,
+                min_lr_ratio=0.1,
+                b1=0.9,
+                b2=0.95,
+                eps=eps,
+                weight_decay=0.01,
+                clip_norm=1.0,
+            )
+        ),
         total_steps=10,
     )
 
@@ -53,8 +70,13 @@ def run(mesh, rules, batches, microbatches=1, cfg=CFG, max_nonfinite=3, tx=None)
     tx = tx or optimizer()
     graphdef, state, shardings = init_train_state(cfg, tx, mesh, rules, seed=0)
     step = jax.jit(
-        functools.partial(train_step, graphdef=graphdef, tx=tx, microbatches=microbatches,
-                          max_nonfinite=max_nonfinite),
+        functools.partial(
+            train_step,
+            graphdef=graphdef,
+            tx=tx,
+            microbatches=microbatches,
+            max_nonfinite=max_nonfinite,
+        ),
         in_shardings=(shardings, batch_sharding(mesh, rules)),
         out_shardings=(shardings, None),
         donate_argnums=0,
@@ -77,7 +99,8 @@ def reference():
 
 
 @pytest.mark.parametrize(
-    "preset,axes", [("dp", {"data": 8}), ("fsdp", {"fsdp": 8}), ("fsdp_tp", {"fsdp": 4, "tensor": 2})]
+    "preset,axes",
+    [("dp", {"data": 8}), ("fsdp", {"fsdp": 8}), ("fsdp_tp", {"fsdp": 4, "tensor": 2})],
 )
 def test_sharding_presets_match_one_device_after_two_steps(reference, preset, axes):
     p = sharding_preset(preset)
@@ -102,7 +125,9 @@ def test_accumulation_and_target_gathering_match_the_plain_step(reference):
         state, metrics = run(mesh, p.rules, bs, microbatches=mb)
         for m, r in zip(metrics, reference[1], strict=True):
             assert abs(m["loss"] - r["loss"]) <= 1e-5 and m["tokens"] == r["tokens"]
-        for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(reference[0].params), strict=True):
+        for a, b in zip(
+            jax.tree.leaves(state.params), jax.tree.leaves(reference[0].params), strict=True
+        ):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
 
 
@@ -114,8 +139,9 @@ def test_non_finite_update_is_skipped_and_k_in_a_row_halt():
     poison["input_ids"][0, 3] = CFG.vocab_size + 7
     tx = optimizer()
     graphdef, state, shardings = init_train_state(CFG, tx, mesh, rules, seed=0)
-    step = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx, microbatches=1,
-                                     max_nonfinite=2))
+    step = jax.jit(
+        functools.partial(train_step, graphdef=graphdef, tx=tx, microbatches=1, max_nonfinite=2)
+    )
     before = jax.tree.map(np.asarray, state)
     state, m = step(state, poison)
     assert not np.isfinite(m["loss"]) and int(m["skipped"]) == 1
@@ -136,14 +162,29 @@ def test_non_finite_update_is_skipped_and_k_in_a_row_halt():
 
 def test_qwen2p5_7b_fsdp_state_fits_16_gib_per_device_on_64_devices():
     cfg = get_preset("qwen2p5_7b").replace(scan_layers=True)
-    tx = make_optimizer(ConfigDict(dict(lr=1e-4, warmup_steps=10, min_lr_ratio=0.1, b1=0.9,
-                                        b2=0.95, eps=1e-8, weight_decay=0.0, clip_norm=1.0)), 100)
+    tx = make_optimizer(
+        ConfigDict(
+            dict(
+                lr=1e-4,
+                warmup_steps=10,
+                min_lr_ratio=0.1,
+                b1=0.9,
+                b2=0.95,
+                eps=1e-8,
+                weight_decay=0.0,
+                clip_norm=1.0,
+            )
+        ),
+        100,
+    )
     _, abstract = abstract_train_state(cfg, tx)
     mesh = jax.sharding.AbstractMesh((1, 64, 1), ("data", "fsdp", "tensor"))
     shardings = state_shardings(abstract, tx, mesh, sharding_preset("fsdp").rules)
     per_device = param_bytes_per_device(abstract, shardings)
     total = sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(abstract))
-    print(f"\nQwen2.5-7B fsdp(64): {per_device / 2**30:.2f} GiB params+optimizer per device "
-          f"({total / 2**30:.1f} GiB in all)")
+    print(
+        f"\nQwen2.5-7B fsdp(64): {per_device / 2**30:.2f} GiB params+optimizer per device "
+        f"({total / 2**30:.1f} GiB in all)"
+    )
     assert per_device < 16 * 2**30
     assert per_device <= total / 64 * 1.01  # really sharded, not replicated

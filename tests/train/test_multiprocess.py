@@ -20,19 +20,35 @@ def _free_port() -> int:
 
 
 def test_two_processes_of_two_devices_match_one_process_of_four(tmp_path, small_tokenizer):
-    args = tiny_overrides(small_tokenizer, **{"train.steps": 3, "checkpoint.every": 0,
-                                              "export_hf": True, "eval.every": 0})
+    args = tiny_overrides(
+        small_tokenizer,
+        **{"train.steps": 3, "checkpoint.every": 0, "export_hf": True, "eval.every": 0},
+    )
     single, multi = str(tmp_path / "single"), str(tmp_path / "multi")
-    proc = run_cli(["sft", "--config", TINY, "--workdir", single, *args],
-                   env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    proc = run_cli(
+        ["sft", "--config", TINY, "--workdir", single, *args],
+        env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+    )
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, out
 
     port = _free_port()
     procs = [
         run_cli(
-            ["sft", "--config", TINY, "--workdir", multi, *args,
-             "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)],
+            [
+                "sft",
+                "--config",
+                TINY,
+                "--workdir",
+                multi,
+                *args,
+                "--coordinator",
+                f"localhost:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+            ],
             env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
         )
         for i in range(2)

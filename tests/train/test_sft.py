@@ -8,10 +8,11 @@ import time
 
 import numpy as np
 import pytest
-from .conftest import run_cli, tiny_overrides
 
 from kardia_jax.cli import main
 from kardia_jax.models.safetensors_io import SafetensorsFile
+
+from .conftest import run_cli, tiny_overrides
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "sft_tiny.py")
 
@@ -26,9 +27,18 @@ def test_tiny_sft_on_the_bundled_sample_halves_the_loss(tmp_path):
     # vocabulary) and the bundled sample.
     t0 = time.perf_counter()
     proc = run_cli(
-        ["sft", "--config", TINY, "--workdir", str(tmp_path), "--config.train.steps=20",
-         "--config.log.every=2", "--config.checkpoint.every=0", "--config.export_hf=false",
-         "--config.eval.every=0"],
+        [
+            "sft",
+            "--config",
+            TINY,
+            "--workdir",
+            str(tmp_path),
+            "--config.train.steps=20",
+            "--config.log.every=2",
+            "--config.checkpoint.every=0",
+            "--config.export_hf=false",
+            "--config.eval.every=0",
+        ],
         env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
     )
     out = proc.communicate(timeout=300)[0]
@@ -46,10 +56,22 @@ def test_tiny_sft_on_the_bundled_sample_halves_the_loss(tmp_path):
 @pytest.mark.parametrize(
     "override,message",
     [
-        ("--config.sharding=zero9", "sharding='zero9': unknown sharding preset (known: dp, fsdp, fsdp_tp)"),
-        ("--config.mesh.tensor=3", "mesh {'data': 1, 'fsdp': -1, 'tensor': 3}: 8 devices not divisible by 3"),
-        ("--config.mesh.fsdp=16", "mesh {'data': 1, 'fsdp': 16, 'tensor': 1}: axis sizes multiply to 16, but there are 8 devices"),
-        ("--config.train.global_batch=6", "train.global_batch=6 / train.microbatches=1 is not divisible by the data-parallel size 8"),
+        (
+            "--config.sharding=zero9",
+            "sharding='zero9': unknown sharding preset (known: dp, fsdp, fsdp_tp)",
+        ),
+        (
+            "--config.mesh.tensor=3",
+            "mesh {'data': 1, 'fsdp': -1, 'tensor': 3}: 8 devices not divisible by 3",
+        ),
+        (
+            "--config.mesh.fsdp=16",
+            "mesh {'data': 1, 'fsdp': 16, 'tensor': 1}: axis sizes multiply to 16, but there are 8 devices",
+        ),
+        (
+            "--config.train.global_batch=6",
+            "train.global_batch=6 / train.microbatches=1 is not divisible by the data-parallel size 8",
+        ),
         ("--config.train.lrr=1", "--config.train.lrr: unknown setting 'lrr'"),
         ("--config.train.lr=fast", "--config.train.lr=fast: cannot parse the value"),
     ],
@@ -80,11 +102,14 @@ def _run_until_checkpoint(workdir, args, step, sig):
 
 def test_resume_after_sigterm_and_sigkill_is_bit_identical(tmp_path, small_tokenizer):
     steps, every = 12, 3
-    common = tiny_overrides(small_tokenizer, **{"train.steps": steps, "checkpoint.every": every,
-                                                "export_hf": True})
+    common = tiny_overrides(
+        small_tokenizer, **{"train.steps": steps, "checkpoint.every": every, "export_hf": True}
+    )
     straight, broken = str(tmp_path / "straight"), str(tmp_path / "broken")
-    env = {"JAX_COMPILATION_CACHE_DIR": os.path.abspath(".jax_cache"),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    env = {
+        "JAX_COMPILATION_CACHE_DIR": os.path.abspath(".jax_cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
     os.environ.update(env)
 
     proc = run_cli(["sft", "--config", TINY, "--workdir", straight, *common])
