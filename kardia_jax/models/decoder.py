@@ -116,41 +116,53 @@ class Transformer(nnx.Module):
         x = self._run_layers(x, sin, cos, mask)
         return self._pin(self.norm(x, out_dtype=jnp.float32))
 
-    def forward_with_cache(self, input_ids, positions, kv_mask_BS, k_LBSKH, v_LBSKH, index):
+    def forward_with_cache(self, input_ids, positions, kv_mask_BS, cache_k, cache_v, index):
         """T new tokens through the layers against a KV cache (prefill and decode).
 
         `positions` [B, T] are the tokens' rope positions; `kv_mask_BS` marks the
         cache slots that hold real tokens (left padding is 0); the new keys and
-        values are written at slots [index, index + T) of the caches
-        [L, B, S, K, H], and each query attends causally to slots <= its own.
+        values are written at slots [index, index + T), and each query attends
+        causally to slots <= its own. The caches are kv-head-major: one stacked
+        [L, B, K, S, H] array each with `scan_layers` (carried by the layer scan),
+        else a tuple of L [B, K, S, H] arrays (each updated in place, no slicing).
         Returns the final-normed hidden states [B, T, D] (f32; project only the
         rows you need with `logits`) and the updated caches.
         """
         t = input_ids.shape[1]
         sin, cos = rope_sin_cos(self.config, positions)
         mask = make_attention_mask(kv_mask_BS, t, q_offset=index)
-        x = self.embed_tokens(input_ids)
+        x = self._pin(self.embed_tokens(input_ids))
         index = jnp.asarray(index, jnp.int32)
-        if self.config.scan_layers:
-            # The whole cache rides in the scan carry (not as xs/ys): each layer then
-            # writes only its new slice in place, instead of scan restacking the
-            # per-layer outputs into a fresh [L, ...] buffer every step.
-            graphdef, state = nnx.split(self.layers)
-
-            def step(carry, layer_state):
-                x, ck, cv, i = carry
-                layer = nnx.merge(graphdef, layer_state)
-                x, ck, cv = layer.with_cache(x, sin, cos, mask, ck, cv, i, index)
-                return (x, ck, cv, i + 1), None
-
-            init = (x, k_LBSKH, v_LBSKH, jnp.zeros((), jnp.int32))
-            (x, k_LBSKH, v_LBSKH, _), _ = jax.lax.scan(step, init, state)
-        else:
+        if not self.config.scan_layers:
+            cache_k, cache_v = list(cache_k), list(cache_v)
             for i, layer in enumerate(self.layers):
-                x, k_LBSKH, v_LBSKH = layer.with_cache(
-                    x, sin, cos, mask, k_LBSKH, v_LBSKH, jnp.int32(i), index
+                x, cache_k[i], cache_v[i] = layer.with_cache(
+                    x, sin, cos, mask, cache_k[i], cache_v[i], index
                 )
-        return self.norm(x, out_dtype=jnp.float32), k_LBSKH, v_LBSKH
+                x = self._pin(x)
+            return self.norm(x, out_dtype=jnp.float32), tuple(cache_k), tuple(cache_v)
+
+        # The stacked cache rides in the scan carry, not as xs / ys: each layer reads
+        # its slice and writes back only the T new slots, where ys would restack
+        # every layer's whole cache into a fresh buffer at every step.
+        graphdef, state = nnx.split(self.layers)
+
+        def step(carry, layer_state):
+            x, ck, cv, i = carry
+            k_l = jax.lax.dynamic_index_in_dim(ck, i, keepdims=False)
+            v_l = jax.lax.dynamic_index_in_dim(cv, i, keepdims=False)
+            x, k_l, v_l = nnx.merge(graphdef, layer_state).with_cache(
+                x, sin, cos, mask, k_l, v_l, index
+            )
+            at = (i, 0, 0, index, 0)
+            new = (k_l.shape[0], k_l.shape[1], t, k_l.shape[3])
+            ck = jax.lax.dynamic_update_slice(ck, jax.lax.dynamic_slice(k_l, at[1:], new)[None], at)
+            cv = jax.lax.dynamic_update_slice(cv, jax.lax.dynamic_slice(v_l, at[1:], new)[None], at)
+            return (self._pin(x), ck, cv, i + 1), None
+
+        init = (x, cache_k, cache_v, jnp.zeros((), jnp.int32))
+        (x, cache_k, cache_v, _), _ = jax.lax.scan(step, init, state)
+        return self.norm(x, out_dtype=jnp.float32), cache_k, cache_v
 
     def logits(self, hidden_BTD):
         """Projects hidden states to the vocabulary, accumulating in float32."""

@@ -212,24 +212,44 @@ class Attention(nnx.Module):
         out = dot_product_attention(q, k, v, mask_BTS, jnp.dtype(self.cfg.dtype))
         return self.o_proj(out)
 
-    def with_cache(self, x_BTD, sin, cos, mask_BTS, k_LBSKH, v_LBSKH, layer, index):
-        """Attention of T new tokens against a KV cache, writing theirs first.
+    def with_cache(self, x_BTD, sin, cos, mask_BTS, k_BKSH, v_BKSH, index):
+        """Attention of T new tokens against this layer's KV cache, writing theirs first.
 
-        The cache holds every layer ([L, B, S, K, H], the layout a layer scan
-        carries); this layer's keys and values go to slots [index, index + T) of
-        row `layer`. `mask_BTS` is over all S slots (see `attention_mask`'s
-        `q_offset`). Returns the output [B, T, D] and the updated cache.
+        The new keys and values go to slots [index, index + T) of the caches
+        [B, K, S, H]; `mask_BTS` is over all S slots (see `attention_mask`'s
+        `q_offset`). Returns the output [B, T, D] and the updated caches.
         """
         q, k, v = self.qkv(x_BTD, sin, cos)
-        at = (layer, 0, index, 0, 0)
+        at = (0, 0, index, 0)
         # In-place slice writes: inside a while loop with a donated cache XLA updates
         # the buffer without copying it.
-        k_LBSKH = jax.lax.dynamic_update_slice(k_LBSKH, k[None].astype(k_LBSKH.dtype), at)
-        v_LBSKH = jax.lax.dynamic_update_slice(v_LBSKH, v[None].astype(v_LBSKH.dtype), at)
-        k_BSKH = jax.lax.dynamic_index_in_dim(k_LBSKH, layer, keepdims=False)
-        v_BSKH = jax.lax.dynamic_index_in_dim(v_LBSKH, layer, keepdims=False)
-        out = dot_product_attention(q, k_BSKH, v_BSKH, mask_BTS, jnp.dtype(self.cfg.dtype))
-        return self.o_proj(out), k_LBSKH, v_LBSKH
+        k_BKSH = jax.lax.dynamic_update_slice(k_BKSH, _kv_major(k, k_BKSH.dtype), at)
+        v_BKSH = jax.lax.dynamic_update_slice(v_BKSH, _kv_major(v, v_BKSH.dtype), at)
+        out = cached_attention(q, k_BKSH, v_BKSH, mask_BTS, jnp.dtype(self.cfg.dtype))
+        return self.o_proj(out), k_BKSH, v_BKSH
+
+
+def _kv_major(x_BTKH, dtype):
+    return jnp.swapaxes(x_BTKH, 1, 2).astype(dtype)
+
+
+def cached_attention(q_BTNH, k_BKSH, v_BKSH, mask_BTS, dtype):
+    """`dot_product_attention` against a cache stored kv-head-major, [B, K, S, H]:
+    both einsums then contract it in place, where the [B, S, K, H] layout would
+    make XLA transpose (copy) every layer's whole cache at every decode step."""
+    b, t, n, h = q_BTNH.shape
+    k = k_BKSH.shape[1]
+    q = q_BTNH.reshape(b, t, k, n // k, h).astype(dtype)
+    logits = jnp.einsum(
+        "BTKGH,BKSH->BKGTS", q, k_BKSH.astype(dtype), preferred_element_type=jnp.float32
+    )
+    logits = logits * (1.0 / math.sqrt(h))
+    logits = jnp.where(mask_BTS[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
+    # Contract into BKGTH and transpose the small result: asked for BTKGH directly,
+    # XLA:CPU swaps the operands into a transposed-lhs batched matmul 5x slower.
+    out = jnp.einsum("BKGTS,BKSH->BKGTH", probs, v_BKSH.astype(dtype))
+    return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(b, t, n, h)
 
 
 class MLP(nnx.Module):
@@ -259,10 +279,10 @@ class DecoderLayer(nnx.Module):
         x_BTD = x_BTD + self.self_attn(self.input_layernorm(x_BTD), sin, cos, mask_BTS)
         return x_BTD + self.mlp(self.post_attention_layernorm(x_BTD))
 
-    def with_cache(self, x_BTD, sin, cos, mask_BTS, k_LBSKH, v_LBSKH, layer, index):
-        """`__call__` for cached decoding: also returns the updated [L, B, S, K, H] cache."""
-        h, k_LBSKH, v_LBSKH = self.self_attn.with_cache(
-            self.input_layernorm(x_BTD), sin, cos, mask_BTS, k_LBSKH, v_LBSKH, layer, index
+    def with_cache(self, x_BTD, sin, cos, mask_BTS, k_BKSH, v_BKSH, index):
+        """`__call__` for cached decoding: also returns the updated [B, K, S, H] caches."""
+        h, k_BKSH, v_BKSH = self.self_attn.with_cache(
+            self.input_layernorm(x_BTD), sin, cos, mask_BTS, k_BKSH, v_BKSH, index
         )
         x_BTD = x_BTD + h
-        return x_BTD + self.mlp(self.post_attention_layernorm(x_BTD)), k_LBSKH, v_LBSKH
+        return x_BTD + self.mlp(self.post_attention_layernorm(x_BTD)), k_BKSH, v_BKSH

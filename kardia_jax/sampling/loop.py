@@ -100,7 +100,11 @@ def prefill(
     model = nnx.merge(graphdef, params)
     mc = model.config
     b, p = prompt_ids.shape
-    zeros = jnp.zeros((mc.num_layers, b, p, mc.num_kv_heads, mc.head_dim), cache_dtype)
+    layer_shape = (b, mc.num_kv_heads, p, mc.head_dim)
+    if mc.scan_layers:
+        zeros = jnp.zeros((mc.num_layers, *layer_shape), cache_dtype)
+    else:
+        zeros = tuple(jnp.zeros(layer_shape, cache_dtype) for _ in range(mc.num_layers))
     positions = positions_from_mask(prompt_mask)
     hidden, k, v = model.forward_with_cache(prompt_ids, positions, prompt_mask, zeros, zeros, 0)
     # Only the last position's logits are needed: skips a [B, P, V] projection.
@@ -109,11 +113,19 @@ def prefill(
     def rows(x, axis=0):  # prompt i -> rows i*G .. i*G + G-1
         return x if group == 1 else jnp.repeat(x, group, axis=axis)
 
-    pad = ((0, 0), (0, 0), (0, cache_len - p), (0, 0), (0, 0))
-    k = _constrain(jnp.pad(rows(k, 1), pad), sharding)
-    v = _constrain(jnp.pad(rows(v, 1), pad), sharding)
+    def to_slots(x):  # [.., B, K, P, H] -> [.., B*G, K, cache_len, H], placed on the mesh
+        x = rows(x, axis=x.ndim - 4)
+        pad = [(0, 0)] * (x.ndim - 2) + [(0, cache_len - p), (0, 0)]
+        return _constrain(jnp.pad(x, pad), sharding)
+
     n_real = rows(jnp.sum(prompt_mask, axis=1, dtype=jnp.int32))
-    cache = KVCache(k=k, v=v, start=p - n_real, index=jnp.int32(p), positions=n_real)
+    cache = KVCache(
+        k=jax.tree.map(to_slots, k),
+        v=jax.tree.map(to_slots, v),
+        start=p - n_real,
+        index=jnp.int32(p),
+        positions=n_real,
+    )
     bg = b * group
     state = SamplingState(
         cache=cache,
@@ -168,8 +180,8 @@ def decode(
         logits = model.logits(hidden)[:, 0]
         tokens, logprobs = sample(logits, jax.random.fold_in(s.key, s.step), cfg)
         cache = c.replace(
-            k=_constrain(k, sharding),
-            v=_constrain(v, sharding),
+            k=jax.tree.map(lambda x: _constrain(x, sharding), k),
+            v=jax.tree.map(lambda x: _constrain(x, sharding), v),
             index=c.index + 1,
             positions=c.positions + 1,
         )

@@ -112,6 +112,13 @@ class Sampler:
         self._batch_multiple = batch_shards(mesh, rules)
 
     # ------------------------------------------------------------------ shapes
+    def _cache_sharding(self, rows: int, slots: int):
+        mc = self.config
+        shape = (rows, mc.num_kv_heads, slots, mc.head_dim)
+        if mc.scan_layers:
+            shape = (mc.num_layers, *shape)
+        return cache_sharding(self.mesh, self.rules, shape, stacked=mc.scan_layers)
+
     def shapes(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, group_size: int = 1):
         """(batch, prompt length, budget) buckets a call compiles for."""
         b = _pow2_at_least(len(prompts))
@@ -140,7 +147,20 @@ class Sampler:
                 f"{self.config.max_position_embeddings}"
             )
 
-    def _start(self, prompts, max_new_tokens, sampling, group_size, seed, eos_ids, stop_ids):
+    def prefill(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        sampling: SamplingConfig = _GREEDY,
+        *,
+        group_size: int = 1,
+        seed: int = 0,
+        eos_ids: Sequence[int] | None = None,
+        stop_ids: Sequence[int] | None = None,
+    ):
+        """The first compiled program: runs the prompts once, copies each prompt's
+        cache to its `group_size` rows and draws their first tokens. Returns the
+        `SamplingState` that `decode` continues (with the same `sampling`)."""
         self._check(prompts, max_new_tokens, group_size)
         b, p, n = self.shapes(prompts, max_new_tokens, group_size)
         ids = np.full((b, p), self.pad_id, np.int32)
@@ -152,10 +172,7 @@ class Sampler:
         valid = np.arange(b) < len(prompts)
         eos = self.eos_ids if eos_ids is None else tuple(eos_ids)
         stop = self.stop_ids if stop_ids is None else tuple(stop_ids)
-        mc = self.config
-        shape = (mc.num_layers, b * group_size, p + n, mc.num_kv_heads, mc.head_dim)
-        self._sharding = cache_sharding(self.mesh, self.rules, shape)
-        state = loop.prefill(
+        return loop.prefill(
             self.graphdef,
             self.params,
             jnp.asarray(ids),
@@ -171,19 +188,21 @@ class Sampler:
             cache_len=p + n,
             pad_id=self.pad_id,
             cache_dtype=self.cache_dtype,
-            sharding=self._sharding,
+            sharding=self._cache_sharding(b * group_size, p + n),
         )
-        return state, len(prompts) * group_size
 
-    def _decode(self, state, until, sampling):
+    def decode(self, state, sampling: SamplingConfig = _GREEDY, until: int | None = None):
+        """The second compiled program: decodes until every row has finished, or
+        until `state.step` reaches `until` (default: the budget). `state` is donated:
+        use only the returned one."""
         return loop.decode(
             self.graphdef,
             self.params,
             state,
-            jnp.int32(until),
+            jnp.int32(state.tokens.shape[1] if until is None else until),
             cfg=sampling,
             pad_id=self.pad_id,
-            sharding=self._sharding,
+            sharding=self._cache_sharding(state.tokens.shape[0], state.cache.num_slots),
         )
 
     # --------------------------------------------------------------------- API
@@ -199,11 +218,17 @@ class Sampler:
         stop_ids: Sequence[int] | None = None,
     ) -> Completions:
         """Samples `group_size` completions per prompt (one prefill per prompt)."""
-        state, rows = self._start(
-            prompts, max_new_tokens, sampling, group_size, seed, eos_ids, stop_ids
+        state = self.prefill(
+            prompts,
+            max_new_tokens,
+            sampling,
+            group_size=group_size,
+            seed=seed,
+            eos_ids=eos_ids,
+            stop_ids=stop_ids,
         )
-        state = self._decode(state, max_new_tokens, sampling)
-        return self._completions(state, rows, max_new_tokens, group_size)
+        state = self.decode(state, sampling)
+        return self.completions(state, len(prompts), max_new_tokens, group_size)
 
     def stream(
         self,
@@ -218,7 +243,10 @@ class Sampler:
     ) -> Iterator[list[list[int]]]:
         """Yields each prompt's new tokens every `chunk` steps (same programs as
         `__call__`: the step limit is a traced argument), until all have finished."""
-        state, rows = self._start(prompts, max_new_tokens, sampling, 1, seed, eos_ids, stop_ids)
+        state = self.prefill(
+            prompts, max_new_tokens, sampling, seed=seed, eos_ids=eos_ids, stop_ids=stop_ids
+        )
+        rows = len(prompts)
         shown = np.zeros(rows, np.int64)
         while True:
             lengths = np.asarray(state.lengths)[:rows]
@@ -227,9 +255,11 @@ class Sampler:
             shown = lengths
             if bool(np.all(np.asarray(state.done)[:rows])):
                 return
-            state = self._decode(state, int(state.step) + chunk, sampling)
+            state = self.decode(state, sampling, until=int(state.step) + chunk)
 
-    def _completions(self, state, rows, max_new_tokens, group_size) -> Completions:
+    def completions(self, state, num_prompts, max_new_tokens, group_size=1) -> Completions:
+        """Fetches a finished state's results to the host."""
+        rows = num_prompts * group_size
         tokens, logprobs, lengths, reason = jax.device_get(
             (state.tokens, state.logprobs, state.lengths, state.reason)
         )

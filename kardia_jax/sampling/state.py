@@ -17,32 +17,38 @@ from kardia_jax.sharding import DEFAULT_RULES, Rules, logical_to_spec
 RUNNING, EOS, STOP, LENGTH = 0, 1, 2, 3
 REASONS = {RUNNING: "running", EOS: "eos", STOP: "stop", LENGTH: "length"}
 
-# Logical axes of the cache (see kardia_jax.sharding): rows follow the batch
+# Logical axes of one layer's cache (see kardia_jax.sharding): rows follow the batch
 # sharding, kv heads the tensor-parallel sharding of k_proj / v_proj.
-CACHE_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")
+CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")
 
 
 @struct.dataclass
 class KVCache:
-    """Keys and values of every layer, [L, B, S, K, H], stacked so that a layer scan
-    carries them and an unrolled stack indexes them.
+    """Keys and values of every layer, kv-head-major ([B, K, S, H] per layer, the
+    layout attention contracts without a transpose): a tuple of L arrays for an
+    unrolled model, one stacked [L, B, K, S, H] array for a scanned one (see
+    `Transformer.forward_with_cache`).
 
     Prompts are left-padded to a common length P, so every row writes slot `index`
     at the same step; a row's real tokens are the slots >= `start`.
     """
 
-    k: jax.Array  # [L, B, S, K, H]
-    v: jax.Array  # [L, B, S, K, H]
+    k: jax.Array | tuple[jax.Array, ...]
+    v: jax.Array | tuple[jax.Array, ...]
     start: jax.Array  # [B] int32: first real slot (left padding before it)
     index: jax.Array  # [] int32: next slot to write
     positions: jax.Array  # [B] int32: rope position of the next token
 
     @property
+    def num_slots(self) -> int:
+        return jax.tree.leaves(self.k)[0].shape[-2]
+
+    @property
     def kv_mask(self):
         """[B, S] int32: slots that can hold a real token; causality (slot <= the
         query's) is added by `attention_mask`'s `q_offset`."""
-        s = self.k.shape[2]
-        return (jnp.arange(s)[None, :] >= self.start[:, None]).astype(jnp.int32)
+        slots = jnp.arange(self.num_slots)[None, :]
+        return (slots >= self.start[:, None]).astype(jnp.int32)
 
 
 @struct.dataclass
@@ -63,11 +69,13 @@ class SamplingState:
     max_new: jax.Array  # [] int32 generation budget (<= N, the bucketed buffer size)
 
 
-def cache_sharding(mesh, rules: Rules = DEFAULT_RULES, shape=None):
-    """NamedSharding of the [L, B, S, K, H] cache on `mesh` (None without a mesh)."""
+def cache_sharding(mesh, rules: Rules = DEFAULT_RULES, shape=None, stacked: bool = False):
+    """NamedSharding of one cache array on `mesh` (None without a mesh): [B, K, S, H],
+    or [L, B, K, S, H] when `stacked`."""
     if mesh is None:
         return None
-    spec = logical_to_spec(CACHE_AXES, rules, mesh, shape, name="kv cache")
+    axes = (("layers",) if stacked else ()) + CACHE_AXES
+    spec = logical_to_spec(axes, rules, mesh, shape, name="kv cache")
     return jax.sharding.NamedSharding(mesh, spec)
 
 

@@ -10,7 +10,7 @@ from kardia_jax.models import load_hf_model
 from kardia_jax.sampling import Sampler, SamplingConfig, compile_counts, generate, loop
 from kardia_jax.sharding import make_mesh
 
-VARIANT = "qwen2_untied"  # the model and shapes of test_parity: its programs are reused
+VARIANT = "qwen2_untied"  # the model and shapes of test_sampler_parity: its programs are reused
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_stream_yields_the_same_tokens_without_new_programs(model, prompts):
 
 
 def test_group_samples_share_one_prefill(model, prompts):
-    # test_parity's sampling config and shapes: no new programs.
+    # test_sampler_parity's sampling config and shapes: no new programs.
     cfg = SamplingConfig(temperature=0.7, top_k=40, top_p=0.9)
     sampler = Sampler(model, eos_ids=[7, 11])
     a, b, c = (sampler(prompts, 32, cfg, group_size=2, seed=s) for s in (3, 3, 4))
@@ -131,6 +131,6 @@ def test_sharded_sampler_matches_single_device(tiny_checkpoint, model, prompts):
     sampler = Sampler(sharded, eos_ids=[], mesh=mesh)
     out = sampler(prompts, 32)
     np.testing.assert_array_equal(out.tokens, Sampler(model, eos_ids=[])(prompts, 32).tokens)
-    state, _ = sampler._start(prompts, 32, SamplingConfig(), 1, 0, None, None)
-    spec = state.cache.k.sharding.spec  # [L, B, S, K, H]: rows on data, kv heads on tensor
-    assert tuple(spec)[:4] == (None, "data", None, "tensor")
+    state = sampler.prefill(prompts, 32)
+    for k in state.cache.k:  # [B, K, S, H]: rows on data, kv heads on tensor
+        assert tuple(k.sharding.spec)[:2] == ("data", "tensor")

@@ -1,0 +1,271 @@
+"""Sampler benchmark: tokens/s of kardia-jax's jitted sampler against transformers'
+`generate` on the same random weights, in one run, plus the fraction of roofline
+and decode time per token at position 16 vs 1000.
+
+    python bench/sampler.py                 # SmolLM2-135M and Qwen2.5-0.5B shapes
+    python bench/sampler.py --size tiny     # a quick run on a small model
+
+Prints one JSON object and a one-line summary. A script, not a test: timings
+depend on the machine and on what else runs on it (the load average is recorded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kardia_jax.models import ModelConfig, count_params, get_preset, init_model, save_hf_model
+from kardia_jax.sampling import Sampler
+
+
+def smollm2_135m() -> ModelConfig:
+    """HuggingFaceTB/SmolLM2-135M's config.json."""
+    return ModelConfig(
+        family="llama",
+        vocab_size=49_152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_layers=30,
+        num_heads=9,
+        num_kv_heads=3,
+        head_dim=64,
+        rope_theta=100_000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        max_position_embeddings=8192,
+    )
+
+
+def tiny() -> ModelConfig:
+    return ModelConfig(
+        family="qwen2",
+        vocab_size=4096,
+        hidden_size=256,
+        intermediate_size=768,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=64,
+        qkv_bias=True,
+        tie_word_embeddings=True,
+        max_position_embeddings=4096,
+    )
+
+
+MODELS = {
+    "tiny": {"tiny": tiny},
+    "full": {"smollm2_135m": smollm2_135m, "qwen2p5_0p5b": lambda: get_preset("qwen2p5_0p5b")},
+}
+
+
+def best_of(fn, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+# ---------------------------------------------------------------- machine peaks
+def measure_bandwidth() -> float:
+    """Bytes/s of a jitted reduction over 256 MiB (read once)."""
+    x = jnp.ones((64 * 2**20,), jnp.float32)
+    f = jax.jit(jnp.sum)
+    f(x).block_until_ready()
+    return x.nbytes / best_of(lambda: f(x).block_until_ready(), 5)
+
+
+def measure_matmul_peak(n: int = 2048) -> float:
+    """FLOP/s of an f32 [n, n] x [n, n] matmul."""
+    a = jnp.ones((n, n), jnp.float32) / n
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    return 2 * n**3 / best_of(lambda: f(a).block_until_ready(), 5)
+
+
+# -------------------------------------------------------------------- the model
+def step_cost(cfg: ModelConfig, batch: int, position: float) -> tuple[float, float]:
+    """(bytes, FLOPs) of one decode step at `position`: every weight read once
+    (the embedding table once, as the output projection), keys and values up to
+    `position` read once; 2 FLOPs per multiply-add."""
+    params = cfg.num_params()
+    embed = cfg.vocab_size * cfg.hidden_size
+    matmul_params = params - embed * (0 if cfg.tie_word_embeddings else 1)  # lookup is no matmul
+    kv_bytes = 2 * cfg.num_layers * batch * position * cfg.num_kv_heads * cfg.head_dim * 4
+    bytes_ = params * 4 - (0 if cfg.tie_word_embeddings else embed * 4) + kv_bytes
+    attn_flops = 4 * batch * cfg.num_layers * cfg.num_heads * cfg.head_dim * position
+    return float(bytes_), float(2 * batch * matmul_params + attn_flops)
+
+
+def run_ours(model, prompts, new: int, reps: int):
+    sampler = Sampler(model, eos_ids=[])
+    out = sampler(prompts, new)  # compiles both programs
+
+    def prefill():
+        jax.block_until_ready(sampler.prefill(prompts, new))
+
+    def both():
+        state = sampler.prefill(prompts, new)
+        jax.block_until_ready(sampler.decode(state))
+
+    t_prefill, t_total = best_of(prefill, reps), best_of(both, reps)
+    return out.tokens, t_prefill, t_total
+
+
+def run_hf(hf, prompts, new: int, reps: int):
+    import torch
+
+    ids = torch.tensor(prompts)
+    kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None, attention_mask=None)
+
+    def gen(n):
+        with torch.no_grad():
+            return hf.generate(input_ids=ids, max_new_tokens=n, min_new_tokens=n, **kw)
+
+    gen(2)  # warm-up
+    t_prefill = best_of(lambda: gen(1), reps)
+    out = gen(new)
+    t_total = best_of(lambda: gen(new), reps)
+    return out[:, ids.shape[1] :].numpy(), t_prefill, t_total
+
+
+def bench_model(name, cfg, batches, prompt_len, new, reps, peaks, with_hf):
+    import torch
+    import transformers
+
+    model = init_model(cfg, seed=0)
+    rows = {}
+    with tempfile.TemporaryDirectory() as d:
+        if with_hf:
+            save_hf_model(model, d)
+            hf = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+        for b in batches:
+            rng = np.random.default_rng(b)
+            prompts = rng.integers(3, cfg.vocab_size, (b, prompt_len)).tolist()
+            tokens, tp, tt = run_ours(model, prompts, new, reps)
+            step = (tt - tp) / (new - 1)  # decode steps after the prefill's first token
+            nbytes, flops = step_cost(cfg, b, prompt_len + new / 2)
+            row = {
+                "ours_tok_s": b * new / tt,
+                "ours_prefill_s": tp,
+                "ours_decode_step_ms": 1e3 * step,
+                "roofline_bandwidth_fraction": nbytes / peaks["bytes_per_s"] / step,
+                "roofline_flops_fraction": flops / peaks["flops_per_s"] / step,
+            }
+            if with_hf:
+                ref, hp, ht = run_hf(hf, prompts, new, reps)
+                row.update(
+                    hf_tok_s=b * new / ht,
+                    hf_prefill_s=hp,
+                    hf_decode_step_ms=1e3 * (ht - hp) / (new - 1),
+                    speedup=ht / tt,
+                    # Random weights give near-flat logits, so float noise can flip a
+                    # near-tie and the sequences diverge from there: a sanity check only.
+                    same_first_token=float(np.mean(ref[:, 0] == tokens[:, 0])),
+                )
+            rows[f"batch{b}"] = row
+    return {"params": count_params(model), "results": rows}
+
+
+def decode_vs_position(cfg: ModelConfig, reps: int, steps: int = 16):
+    """Per-token decode time at position 16 and 1000 of the same cache (prompt and
+    budget buckets chosen so both runs hold 1040 slots), and at position 1000
+    against a cache of just 16 + 16 slots: the first ratio is the cost of position
+    itself (none: the loop reads the whole cache buffer every step), the second
+    the attention term of a 32x longer cache."""
+    model = init_model(cfg, seed=0)
+    sampler = Sampler(model, eos_ids=[], prompt_buckets=(16, 1024), budget_buckets=(16, 1024))
+    rng = np.random.default_rng(0)
+
+    def per_step(prompt_len, budget):
+        prompts = rng.integers(3, cfg.vocab_size, (1, prompt_len)).tolist()
+        state = sampler.prefill(prompts, budget)
+        jax.block_until_ready(sampler.decode(state, until=steps + 1))  # compile
+
+        def run():
+            s = sampler.prefill(prompts, budget)
+            jax.block_until_ready(s)
+            t = time.perf_counter()
+            jax.block_until_ready(sampler.decode(s, until=steps + 1))
+            return time.perf_counter() - t
+
+        return min(run() for _ in range(reps)) / steps
+
+    at16 = per_step(16, 1024)  # slots 16.. of a 1040-slot cache
+    at1000 = per_step(1000, 16)  # slots 1024.. of a 1040-slot cache
+    small = per_step(16, 16)  # a 32-slot cache
+    return {
+        "cache_slots": 1040,
+        "ms_per_token_pos16": 1e3 * at16,
+        "ms_per_token_pos1000": 1e3 * at1000,
+        "ratio_same_cache": at1000 / at16,
+        "ms_per_token_pos16_cache32": 1e3 * small,
+        "ratio_vs_cache32": at1000 / small,
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", choices=("tiny", "full"), default="full")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--no-hf", action="store_true", help="skip transformers")
+    ap.add_argument("--out", help="also write the JSON here")
+    args = ap.parse_args(argv)
+
+    peaks = {"bytes_per_s": measure_bandwidth(), "flops_per_s": measure_matmul_peak()}
+    report = {
+        "command": "python bench/sampler.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "device": str(jax.devices()[0].device_kind),
+        "cpu_count": os.cpu_count(),
+        "loadavg_start": os.getloadavg(),
+        "jax": jax.__version__,
+        "prompt_len": args.prompt_len,
+        "new_tokens": args.new_tokens,
+        "peaks": peaks,
+        "models": {},
+    }
+    for name, make in MODELS[args.size].items():
+        report["models"][name] = bench_model(
+            name,
+            make(),
+            args.batches,
+            args.prompt_len,
+            args.new_tokens,
+            args.reps,
+            peaks,
+            not args.no_hf,
+        )
+    report["decode_vs_position"] = decode_vs_position(tiny(), args.reps)
+    report["loadavg_end"] = os.getloadavg()
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    parts = []
+    for name, m in report["models"].items():
+        for b, r in m["results"].items():
+            s = f"{name} {b}: {r['ours_tok_s']:.0f} tok/s"
+            if "hf_tok_s" in r:
+                s += f" vs hf {r['hf_tok_s']:.0f} ({r['speedup']:.2f}x)"
+            parts.append(s)
+    p = report["decode_vs_position"]
+    parts.append(f"decode pos1000/pos16 {p['ratio_same_cache']:.2f}")
+    print("SUMMARY: " + "; ".join(parts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
