@@ -1,79 +1,35 @@
 """SFT on CPU in seconds per step: a tiny random-init Qwen2-shaped model (the real
 Qwen2.5 tokenizer and vocabulary) on the bundled sample. For tests and the demo."""
 
-from ml_collections import ConfigDict
+from kardia_jax.train.config import sft_config
 
 
 def get_config():
-    c = ConfigDict()
-    c.seed = 0  # parameter init and any training randomness
-    c.sharding = "fsdp"  # preset in configs/sharding/: dp, fsdp, fsdp_tp
-    # Axis-size overrides for the preset (0 = the preset's size; -1 = fill the rest).
-    c.mesh = ConfigDict(dict(data=0, fsdp=0, tensor=0))
-
-    c.model = ConfigDict()
-    c.model.path = ""  # Hugging Face checkpoint dir to start from ("" = random init)
-    c.model.preset = ""  # or a named preset shape (random init)
-    c.model.init = ConfigDict(  # else this shape; vocab_size comes from the tokenizer
-        dict(
-            family="qwen2",
-            hidden_size=64,
-            intermediate_size=256,
-            num_layers=2,
-            num_heads=4,
-            num_kv_heads=2,
-            head_dim=16,
-            qkv_bias=True,
-            tie_word_embeddings=True,
-            rope_theta=1e6,
-            rms_norm_eps=1e-6,
-            bos_token_id=151643,
-            eos_token_id=151645,
-        )
+    c = sft_config()
+    c.model.init = dict(
+        family="qwen2",
+        hidden_size=64,
+        intermediate_size=256,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        qkv_bias=True,
+        tie_word_embeddings=True,
+        rope_theta=1e6,
+        rms_norm_eps=1e-6,
+        bos_token_id=151643,
+        eos_token_id=151645,
     )
-    c.model.vocab_multiple = 128  # vocabulary padded to a multiple of this (even sharding)
-    c.model.param_dtype = "float32"
-    c.model.compute_dtype = "float32"  # bf16 on CPU is slower than f32
-    c.model.scan_layers = False
-    c.model.remat = "none"  # none | full | dots | dots_no_batch
-
-    c.data = ConfigDict()
-    c.data.path = ""  # KardiaBench file/dir or hub id ("" = bundled sample, train split)
-    c.data.tokenizer = ""  # tokenizer dir ("" = built-in Qwen2.5 tokenizer, offline)
-    c.data.mode = "strict"  # strict: stop at the first bad record; skip: count and skip
-    c.data.max_length = 512  # tokens per example; older turns are dropped to fit
-    c.data.buckets = (256, 512)  # padded lengths (each compiles once)
-    c.data.pack = False  # pack several examples per row (segment ids)
-    c.data.heldout_fraction = 0.2  # profiles held out for eval loss
-    c.data.seed = 0  # shuffle seed
-
-    c.train = ConfigDict()
-    c.train.global_batch = 8  # sequences per optimizer step, over all hosts
-    c.train.microbatches = 1  # gradient accumulation steps within one update
-    c.train.epochs = 2  # the paper's 2 epochs (used when steps == 0)
-    c.train.steps = 0  # > 0 overrides epochs
-    c.train.lr = 1e-2  # tiny random models want a much larger lr than the paper's 1e-4
+    c.model.compute_dtype = "float32"  # bf16 matmuls are slower than f32 on CPU
+    c.data.max_length = 512
+    c.data.buckets = (256, 512)
+    c.data.heldout_fraction = 0.2  # the sample has 12 training profiles: hold out ~2
+    c.train.global_batch = 8
+    c.train.lr = 1e-2  # a tiny random model wants a far larger lr than the paper's 1e-4
     c.train.warmup_steps = 2
-    c.train.min_lr_ratio = 0.1  # cosine decays to lr * this
-    c.train.b1 = 0.9
-    c.train.b2 = 0.95
-    c.train.eps = 1e-8
-    c.train.weight_decay = 0.0
-    c.train.clip_norm = 1.0  # global-norm clipping (0 = off)
-    c.train.gather_targets = True  # project only target positions onto the vocabulary
-    c.train.max_nonfinite = 5  # stop after this many non-finite updates in a row
-
-    c.checkpoint = ConfigDict()
-    c.checkpoint.every = 20  # steps between orbax checkpoints
-    c.checkpoint.max_to_keep = 2
-    c.checkpoint.async_save = True
-
-    c.log = ConfigDict()
-    c.log.every = 5  # steps between metric fetches (no host sync in between)
-    c.log.peak_tflops = 0.2  # per-device peak for MFU (this CPU: ~0.2 TFLOP/s f32)
-
-    c.eval = ConfigDict()
-    c.eval.every = 0  # steps between held-out evaluations (0 = only at the end)
-
-    c.export_hf = True  # write the final policy to WORKDIR/hf in Hugging Face format
+    c.checkpoint.every = 20
+    c.log.every = 5
+    c.log.peak_tflops = 0.2  # this CPU: about 0.2 TFLOP/s in f32
+    c.eval.every = 0
     return c

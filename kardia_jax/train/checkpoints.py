@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -64,9 +65,18 @@ class Checkpointer:
                     ),
                 )
             except Exception as e:  # noqa: BLE001 - any failure means "unusable checkpoint"
-                msg = f"checkpoint {self.directory}/{step} is unreadable ({type(e).__name__}: {e})"
-                log.warning("%s; trying the previous one", msg.splitlines()[0])
-                print(f"warning: {msg.splitlines()[0]}; trying the previous one", flush=True)
+                reason = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+                # Kept for inspection, but moved out of the way: the resumed run will
+                # save this step number again.
+                aside = os.path.join(self.directory, f"{step}.unreadable-{int(time.time())}")
+                os.rename(os.path.join(self.directory, str(step)), aside)
+                self._manager.reload()
+                msg = (
+                    f"checkpoint {self.directory}/{step} is unreadable ({reason}); moved to "
+                    f"{aside}; trying the previous one"
+                )
+                log.warning(msg)
+                print(f"warning: {msg}", flush=True)
                 continue
             return step, restored["state"], dict(restored["data"] or {})
         if self.steps():

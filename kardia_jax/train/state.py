@@ -13,7 +13,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from kardia_jax.models import Transformer, abstract_model, load_hf_model
+from kardia_jax.errors import ConfigError
+from kardia_jax.models import Transformer, abstract_model, load_hf_model, resize_token_embeddings
 from kardia_jax.models.config import ModelConfig
 from kardia_jax.sharding import Rules, logical_to_spec, param_shardings
 
@@ -100,10 +101,13 @@ def init_train_state(
             scan_layers=cfg.scan_layers,
             remat=cfg.remat,
         )
-        if model.config.replace(generation_config_json=None) != cfg.replace(
-            generation_config_json=None
-        ):
-            raise ValueError(f"{hf_path}: config differs from the planned model config")
+        # Added special tokens (the span markers) may need rows the checkpoint lacks.
+        model = resize_token_embeddings(model, cfg.vocab_size)
+        got = model.config.replace(generation_config_json=None)
+        if got != cfg.replace(generation_config_json=None):
+            raise ConfigError(
+                f"model.path={hf_path}: its config.json differs from the planned model"
+            )
         params = nnx.state(model, nnx.Param)
         state = jax.jit(
             lambda p: _new_state(p, tx, seed),

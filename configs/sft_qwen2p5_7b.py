@@ -1,0 +1,19 @@
+"""Cold-start SFT of Qwen2.5-7B-Instruct (the released Kardia-R1 model), the paper's recipe: full
+parameters, 2 epochs over the easy split, AdamW at lr 1e-4, global batch 128.
+
+Start from the instruct checkpoint with --config.model.path=DIR (config.json +
+safetensors); without it the preset shape is initialised randomly, which is only
+useful for `compile-check` planning. For a TPU pod: launch/tpu_run.sh.
+"""
+
+from kardia_jax.train.config import sft_config
+
+
+def get_config():
+    c = sft_config()
+    c.model.preset = "qwen2p5_7b"  # shape when model.path is empty
+    c.model.scan_layers = True  # one compiled layer: compile time independent of depth
+    c.model.remat = "dots_no_batch"  # keep matmul outputs, recompute the rest
+    c.sharding = "fsdp"  # parameters + AdamW state split over every chip
+    c.train.microbatches = 1  # raise when 128 x 2048 tokens do not fit activations
+    return c

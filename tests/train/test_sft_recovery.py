@@ -1,0 +1,104 @@
+"""SFT runs that start from a Hugging Face checkpoint, meet a corrupt checkpoint, or
+blow up: each ends with a usable result or a clear message, never a silent loss."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from kardia_jax.cli import main
+from kardia_jax.models.safetensors_io import SafetensorsFile
+
+from .conftest import tiny_overrides
+from .test_sft import TINY, read_log
+
+
+def sft(workdir, small_tokenizer, **overrides):
+    args = ["sft", "--config", TINY, "--workdir", str(workdir)]
+    return main(args + tiny_overrides(small_tokenizer, **overrides))
+
+
+def test_start_from_hf_checkpoint_grows_vocab_for_the_tokenizer(tmp_path, small_tokenizer):
+    config = transformers.Qwen2Config(
+        vocab_size=4096,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    transformers.Qwen2ForCausalLM(config).save_pretrained(tmp_path / "base")
+    # lr 0: after one step the exported weights must still be the checkpoint's.
+    rc = sft(
+        tmp_path / "run",
+        small_tokenizer,
+        **{
+            "model.path": str(tmp_path / "base"),
+            "train.steps": 1,
+            "train.lr": 0.0,
+            "export_hf": True,
+            "checkpoint.every": 0,
+        },
+    )
+    assert rc == 0
+    before = SafetensorsFile(str(tmp_path / "base" / "model.safetensors"))
+    after = SafetensorsFile(str(tmp_path / "run" / "hf" / "model.safetensors"))
+    emb0, emb1 = before.read("model.embed_tokens.weight"), after.read("model.embed_tokens.weight")
+    assert emb1.shape == (4176, 64)  # 4175 tokenizer ids, padded to a multiple of 8
+    np.testing.assert_array_equal(emb1[:4096], emb0)
+    np.testing.assert_allclose(emb1[4096:], np.broadcast_to(emb0.mean(0), (80, 64)), atol=1e-6)
+    name = "model.layers.1.self_attn.q_proj.bias"
+    np.testing.assert_array_equal(after.read(name), before.read(name))
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(
+    tmp_path, small_tokenizer, capsys
+):
+    assert sft(tmp_path, small_tokenizer, **{"train.steps": 6, "checkpoint.every": 3}) == 0
+    ckpt = tmp_path / "checkpoints" / "6"
+    assert ckpt.is_dir()
+    for root, _, files in os.walk(ckpt / "state"):  # damage every array file of step 6
+        for f in files:
+            if not f.endswith((".json", "_METADATA")):
+                open(os.path.join(root, f), "wb").close()
+    capsys.readouterr()
+    assert sft(tmp_path, small_tokenizer, **{"train.steps": 9, "checkpoint.every": 3}) == 0
+    out = capsys.readouterr().out
+    assert "checkpoints/6 is unreadable" in out and "resumed from step 3" in out
+    assert any(n.startswith("6.unreadable-") for n in os.listdir(tmp_path / "checkpoints"))
+    assert [r["step"] for r in read_log(tmp_path)] == list(range(1, 10))
+
+
+def test_repeated_non_finite_updates_stop_the_run_with_checkpoint_intact(
+    tmp_path, small_tokenizer, capsys
+):
+    # lr 1e30: the first update is finite but sends the weights to ~1e30, so every
+    # later loss overflows; after train.max_nonfinite of them the run stops.
+    rc = sft(
+        tmp_path,
+        small_tokenizer,
+        **{
+            "train.steps": 10,
+            "train.lr": 1e30,
+            "train.clip_norm": 0.0,
+            "train.max_nonfinite": 2,
+            "checkpoint.every": 1,
+        },
+    )
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "2 non-finite updates in a row at step 3 (train.max_nonfinite)" in err
+    # Step 2 was skipped (state unchanged), so its checkpoint holds finite weights;
+    # the halting step 3 is never saved.
+    assert "the last checkpoint (2) is intact" in err
+    assert [r["skipped"] for r in read_log(tmp_path)] == [0, 1, 1]
+    assert sorted(n for n in os.listdir(tmp_path / "checkpoints") if n.isdigit()) == ["1", "2"]
+
+
+@pytest.fixture(autouse=True)
+def _quiet_tokenizers(monkeypatch):
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
