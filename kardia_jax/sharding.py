@@ -85,9 +85,20 @@ def param_shardings(model_or_state, mesh: Mesh, rules: Rules = DEFAULT_RULES):
     return nnx.from_flat_state(flat)
 
 
-def make_mesh(axis_sizes: dict[str, int], devices=None) -> Mesh:
-    """A mesh with named axes; one size may be -1 (fill the remaining devices)."""
+def make_mesh(
+    axis_sizes: dict[str, int], devices=None, dcn_axis_sizes: dict[str, int] | None = None
+) -> Mesh:
+    """A mesh with named axes; one size may be -1 (fill the remaining devices).
+
+    Multi-slice (TPU pods joined over the data-centre network): `dcn_axis_sizes`
+    says how many slices each axis spans (e.g. {"data": 2}); `axis_sizes` is then
+    the layout within one slice, and devices are arranged so that only those axes
+    cross the slow links.
+    """
     devices = list(jax.devices() if devices is None else devices)
+    dcn = {a: int(dcn_axis_sizes.get(a, 1)) for a in axis_sizes} if dcn_axis_sizes else {}
+    if any(v > 1 for v in dcn.values()):
+        return _hybrid_mesh(axis_sizes, dcn, devices)
     sizes = dict(axis_sizes)
     fill = [a for a, s in sizes.items() if s == -1]
     if len(fill) > 1:
@@ -106,3 +117,21 @@ def make_mesh(axis_sizes: dict[str, int], devices=None) -> Mesh:
     # model of the sharding table; explicit-mode typing would be a second mechanism.
     axis_types = (jax.sharding.AxisType.Auto,) * len(sizes)
     return jax.make_mesh(tuple(sizes.values()), tuple(sizes), axis_types, devices=devices)
+
+
+def _hybrid_mesh(axis_sizes: dict[str, int], dcn: dict[str, int], devices) -> Mesh:
+    from jax.experimental import mesh_utils
+
+    slices = {getattr(d, "slice_index", None) for d in devices}
+    n_slices = math.prod(dcn.values())
+    if None in slices or len(slices) != n_slices:
+        raise ConfigError(
+            f"dcn_mesh {dcn}: asks for {n_slices} slices, but the devices form "
+            f"{'no slices' if None in slices else len(slices)}"
+        )
+    per_slice = len(devices) // n_slices
+    ici = make_mesh(axis_sizes, devices[:per_slice]).shape  # resolves -1 within a slice
+    grid = mesh_utils.create_hybrid_device_mesh(
+        tuple(ici.values()), tuple(dcn[a] for a in ici), devices
+    )
+    return Mesh(grid, tuple(ici), axis_types=(jax.sharding.AxisType.Auto,) * len(ici))

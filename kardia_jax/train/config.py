@@ -12,6 +12,8 @@ def sft_config() -> ConfigDict:
     c.sharding = "fsdp"  # preset in configs/sharding/: dp, fsdp, fsdp_tp
     # Axis-size overrides for the preset (0 = the preset's size; -1 = fill the rest).
     c.mesh = ConfigDict(dict(data=0, fsdp=0, tensor=0))
+    # Multi-slice pods: slices spanned by each axis (then `mesh` is per slice).
+    c.dcn_mesh = ConfigDict(dict(data=1, fsdp=1, tensor=1))
 
     c.model = ConfigDict()
     c.model.path = ""  # Hugging Face checkpoint dir to start from ("" = random init)

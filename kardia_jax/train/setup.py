@@ -24,8 +24,9 @@ def mesh_and_rules(config: ConfigDict):
         if k not in axes:
             raise ConfigError(f"mesh.{k}: the {config.sharding!r} preset has axes {tuple(axes)}")
         axes[k] = int(v)
+    dcn = {k: int(v) for k, v in dict(config.get("dcn_mesh", {}) or {}).items()}
     try:
-        mesh = make_mesh(axes)
+        mesh = make_mesh(axes, dcn_axis_sizes=dcn)
     except ConfigError as e:
         raise ConfigError(f"sharding={config.sharding!r}: {e}") from None
     return mesh, tuple(tuple(r) for r in preset.rules)

@@ -138,3 +138,10 @@ def test_failed_save_leaves_the_previous_checkpoint_intact(hf_checkpoint, tmp_pa
         save_hf_model(model, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temp dirs left behind
+
+
+def test_multi_slice_mesh_needs_devices_that_form_slices():
+    with pytest.raises(ConfigError, match=r"dcn_mesh \{'data': 2, 'fsdp': 1\}: asks for 2 slices"):
+        make_mesh({"data": 1, "fsdp": -1}, dcn_axis_sizes={"data": 2})
+    plain = make_mesh({"data": 1, "fsdp": -1}, dcn_axis_sizes={"data": 1})
+    assert dict(plain.shape) == {"data": 1, "fsdp": 8}
