@@ -121,7 +121,7 @@ def test_accumulation_and_target_gathering_match_the_plain_step(reference):
     batches = [synthetic_batch(0), synthetic_batch(1)]
     gathered = [with_target_index(b, target_bucket(b, multiple=4)) for b in batches]
     assert gathered[0]["target_index"].shape[1] < 16  # really fewer positions than T
-    for mb, bs in ((2, batches), (1, gathered), (4, gathered)):
+    for mb, bs in ((2, batches), (4, gathered)):
         state, metrics = run(mesh, p.rules, bs, microbatches=mb)
         for m, r in zip(metrics, reference[1], strict=True):
             assert abs(m["loss"] - r["loss"]) <= 1e-5 and m["tokens"] == r["tokens"]
