@@ -94,35 +94,41 @@ def loss_and_grads(graphdef, params, batch, microbatches: int):
     return nll / denom, tokens, grads
 
 
-def train_step(
-    state: TrainState, batch, *, graphdef, tx, microbatches: int, max_nonfinite: int
-) -> tuple[TrainState, dict]:
-    loss, tokens, grads = loss_and_grads(graphdef, state.params, batch, microbatches)
+def apply_gradients(state: TrainState, grads, loss, *, tx, max_nonfinite: int):
+    """One optax update, skipped (state unchanged but the step counter) when the loss
+    or the gradient norm is not finite. After `max_nonfinite` such updates in a row
+    the state is halted: nothing changes any more, and the driver stops the run.
+    Returns (new state, grad norm, skipped flag)."""
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    # A halted run (too many non-finite updates in a row) stops changing entirely.
     apply = finite & (state.nonfinite_streak < max_nonfinite)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, old)  # noqa: E731
-    streak = jnp.where(finite, 0, state.nonfinite_streak + 1)
+
+    def keep(new, old):
+        return jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, old)
+
+    halted = state.nonfinite_streak >= max_nonfinite
     new_state = state.replace(
         step=state.step + 1,
         params=keep(params, state.params),
         opt_state=keep(opt_state, state.opt_state),
         nonfinite_streak=jnp.where(
-            state.nonfinite_streak >= max_nonfinite, state.nonfinite_streak, streak
+            halted, state.nonfinite_streak, jnp.where(finite, 0, state.nonfinite_streak + 1)
         ),
         nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32),
     )
-    metrics = {
-        "loss": loss,
-        "grad_norm": grad_norm,
-        "tokens": tokens,
-        "skipped": (~apply).astype(jnp.int32),
-    }
-    return new_state, metrics
+    return new_state, grad_norm, (~apply).astype(jnp.int32)
+
+
+def train_step(
+    state: TrainState, batch, *, graphdef, tx, microbatches: int, max_nonfinite: int
+) -> tuple[TrainState, dict]:
+    loss, tokens, grads = loss_and_grads(graphdef, state.params, batch, microbatches)
+    new_state, grad_norm, skipped = apply_gradients(
+        state, grads, loss, tx=tx, max_nonfinite=max_nonfinite
+    )
+    return new_state, {"loss": loss, "grad_norm": grad_norm, "tokens": tokens, "skipped": skipped}
 
 
 def eval_step(params, batch, *, graphdef) -> dict:
