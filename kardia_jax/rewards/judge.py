@@ -1,0 +1,330 @@
+"""`RubricJudge`: a judge checkpoint (any `load_hf_model` family, its own tokenizer,
+bf16 by default, placed on the policy's mesh) that scores candidates on the five
+rubric dimensions, 1-5 each.
+
+Host side of the judge: build prompts, judge identical prompts once, sort by length,
+pad to static (batch, length) buckets and call the compiled programs of
+`scoring.py` (or, in "generate" mode, the sampler). Training and evaluation judges
+are simply two instances (two checkpoints, possibly two rubrics).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from kardia_jax.errors import ConfigError, DataError
+from kardia_jax.rewards import scoring
+from kardia_jax.rewards.prompt import JudgeContext, JudgePrompt, PromptBuilder, PromptLimits
+from kardia_jax.rewards.rubric import DIMENSIONS, Rubric, load_rubric
+from kardia_jax.sampling.state import batch_shards, cache_sharding
+from kardia_jax.sharding import DEFAULT_RULES, Rules, logical_to_spec
+
+MODES = ("expected", "generate")
+_SUFFIX_MULTIPLE = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeConfig:
+    """Run settings of one judge (see `from_mapping` for ConfigDict sections)."""
+
+    rubric: str = "v1"  # shipped rubric version, or a path to a rubric file
+    show_reasoning: bool = False  # also show the understanding and reasoning spans
+    mode: str = "expected"  # "expected": E[score] over tokens 1..5; "generate": decode, parse
+    prefix_sharing: bool = True  # prefill (rubric, context, candidate) once for 5 dimensions
+    empty_score: float | None = 1.0  # empty replies get this on every dimension; None: judge
+    max_batch: int = 32  # candidates per compiled call (rounded to a power of two)
+    length_buckets: tuple[int, ...] = (256, 512, 768, 1024, 1536, 2048, 3072, 4096)
+    limits: PromptLimits = PromptLimits()  # its max_prompt_tokens is max(length_buckets)
+    chat_template_kwargs: tuple[tuple[str, object], ...] = (("enable_thinking", False),)
+    # generate mode
+    max_new_tokens: int = 96
+    temperature: float = 0.0
+    parse_fallback: str | float = "expected"  # "expected": score failures by E[score]
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ConfigError(f"judge mode {self.mode!r}: expected one of {MODES}")
+        if not self.length_buckets or list(self.length_buckets) != sorted(self.length_buckets):
+            raise ConfigError(f"judge length_buckets must be increasing: {self.length_buckets}")
+        if self.max_batch < 1:
+            raise ConfigError(f"judge max_batch={self.max_batch}: need >= 1")
+        fb = self.parse_fallback
+        if not (fb == "expected" or (isinstance(fb, int | float) and 1 <= fb <= 5)):
+            raise ConfigError(f"parse_fallback={fb!r}: 'expected' or a score in [1, 5]")
+
+    @classmethod
+    def from_mapping(cls, m: Mapping) -> JudgeConfig:
+        """From a dict / ConfigDict; `limits` may be a nested mapping."""
+        m = dict(m)
+        if isinstance(m.get("limits"), Mapping):
+            m["limits"] = PromptLimits(**dict(m["limits"]))
+        if isinstance(m.get("chat_template_kwargs"), Mapping):
+            m["chat_template_kwargs"] = tuple(dict(m["chat_template_kwargs"]).items())
+        if "length_buckets" in m:
+            m["length_buckets"] = tuple(m["length_buckets"])
+        unknown = set(m) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown judge setting(s): {', '.join(sorted(unknown))}")
+        return cls(**m)
+
+
+@dataclasses.dataclass
+class JudgeResult:
+    """Scores of N candidates, with what is needed to trust and reproduce them."""
+
+    scores: np.ndarray  # [N, 5] f32 in [1, 5], columns in DIMENSIONS order
+    mass: np.ndarray  # [N, 5] probability the judge put on "1".."5" (NaN: not measured)
+    empty: np.ndarray  # [N] bool: nothing to judge, scored `empty_score`
+    truncated: np.ndarray  # [N] bool: candidate cut to max_candidate_tokens
+    rubric_id: str  # rubric version + hash of its text
+    judge: str  # which checkpoint
+    counts: dict[str, int]
+
+    def metrics(self, prefix: str = "judge/") -> dict[str, float | str]:
+        out: dict[str, float | str] = {f"{prefix}rubric": self.rubric_id}
+        for j, name in enumerate(DIMENSIONS):
+            out[f"{prefix}{name}"] = float(np.mean(self.scores[:, j])) if len(self.scores) else 0.0
+        measured = self.mass[~np.isnan(self.mass)]
+        if measured.size:
+            out[f"{prefix}score_token_mass"] = float(np.mean(measured))
+        out.update({f"{prefix}{k}": float(v) for k, v in self.counts.items()})
+        return out
+
+
+class RubricJudge:
+    """Scores (context, completion) pairs on the five rubric dimensions.
+
+    `model` is a `Transformer` whose parameters are already where they should be
+    (`load_hf_model(path, mesh=mesh)` places them on the policy's mesh by `rules`);
+    `tokenizer` is the judge's own.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        config: JudgeConfig = JudgeConfig(),
+        *,
+        rubric: Rubric | None = None,
+        mesh=None,
+        rules: Rules = DEFAULT_RULES,
+        name: str = "",
+    ):
+        self.config = config
+        self.rubric = rubric or load_rubric(config.rubric)
+        self.model_config = model.config
+        self.graphdef, self.params = nnx.split(model)
+        self.tokenizer = tokenizer
+        self.mesh, self.rules, self.name = mesh, rules, name
+        if len(tokenizer) > model.config.vocab_size:
+            raise ConfigError(
+                f"judge tokenizer has {len(tokenizer)} tokens, its model only "
+                f"{model.config.vocab_size} embeddings"
+            )
+        limits = dataclasses.replace(config.limits, max_prompt_tokens=config.length_buckets[-1])
+        self.builder = PromptBuilder(
+            tokenizer,
+            self.rubric,
+            show_reasoning=config.show_reasoning,
+            limits=limits,
+            chat_template_kwargs=dict(config.chat_template_kwargs),
+        )
+        s = max(map(len, self.builder.suffix_ids))
+        s = -(-s // _SUFFIX_MULTIPLE) * _SUFFIX_MULTIPLE
+        self._suffix_ids = np.zeros((len(DIMENSIONS), s), np.int32)
+        for j, ids in enumerate(self.builder.suffix_ids):
+            self._suffix_ids[j, : len(ids)] = ids
+        self._suffix_last = np.asarray([len(x) - 1 for x in self.builder.suffix_ids], np.int32)
+        self._score_ids = np.asarray(self.builder.score_ids, np.int32)
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else 0)
+        self._batch_multiple = batch_shards(mesh, rules)
+        self._sampler = None
+        self.totals: Counter = Counter()  # counts summed over every call (for run logs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        config: JudgeConfig = JudgeConfig(),
+        *,
+        dtype: str = "bfloat16",
+        mesh=None,
+        rules: Rules = DEFAULT_RULES,
+        tokenizer=None,
+        rubric: Rubric | None = None,
+        **model_overrides,
+    ) -> RubricJudge:
+        """A judge from a Hugging Face checkpoint dir and its tokenizer (or
+        `tokenizer`, an object or a tokenizer dir). `rubric` overrides the config's
+        rubric name with a loaded one. Never runs remote code."""
+        from kardia_jax.models import load_hf_model
+
+        path = os.fspath(path)
+        model = load_hf_model(path, dtype=dtype, mesh=mesh, rules=rules, **model_overrides)
+        if tokenizer is None or isinstance(tokenizer, str | os.PathLike):
+            tokenizer = _load_tokenizer(os.fspath(tokenizer or path))
+        return cls(model, tokenizer, config, rubric=rubric, mesh=mesh, rules=rules, name=path)
+
+    # ------------------------------------------------------------------ prompts
+    def prompts(
+        self, contexts: Sequence[JudgeContext], completions: Sequence[str]
+    ) -> list[JudgePrompt]:
+        if len(contexts) != len(completions):
+            raise DataError(f"{len(contexts)} contexts but {len(completions)} completions")
+        return [self.builder.build(c, x) for c, x in zip(contexts, completions, strict=True)]
+
+    # ------------------------------------------------------------------ scoring
+    def score(self, contexts: Sequence[JudgeContext], completions: Sequence[str]) -> np.ndarray:
+        """[N, 5] scores in [1, 5] (columns: DIMENSIONS)."""
+        return self.evaluate(contexts, completions).scores
+
+    def evaluate(self, contexts: Sequence[JudgeContext], completions: Sequence[str]) -> JudgeResult:
+        return self.evaluate_prompts(self.prompts(contexts, completions))
+
+    def evaluate_prompts(
+        self, prompts: Sequence[JudgePrompt], *, prefix_sharing: bool | None = None
+    ) -> JudgeResult:
+        cfg = self.config
+        n = len(prompts)
+        scores = np.zeros((n, len(DIMENSIONS)), np.float32)
+        mass = np.full((n, len(DIMENSIONS)), np.nan, np.float32)
+        empty = np.asarray([p.empty for p in prompts], bool)
+        skip = empty if cfg.empty_score is not None else np.zeros(n, bool)
+        scores[skip] = cfg.empty_score if cfg.empty_score is not None else 0.0
+        # Identical prompts (same context, same neutralised candidate) are judged once.
+        unique: dict[tuple[int, ...], int] = {}
+        owner = np.full(n, -1)
+        for i, p in enumerate(prompts):
+            if not skip[i]:
+                owner[i] = unique.setdefault(p.prefix_ids, len(unique))
+        rows = list(unique)
+        counts = Counter(
+            candidates=n,
+            judged=len(rows),
+            duplicates=int((~skip).sum()) - len(rows),
+            empty=int(empty.sum()),
+            truncated=sum(p.truncated for p in prompts),
+            history_dropped=sum(p.history_dropped > 0 for p in prompts),
+            parse_failures=0,
+        )
+        if rows:
+            if cfg.mode == "generate":
+                from kardia_jax.rewards.generate import generate_scores
+
+                u_scores, u_mass, failures = generate_scores(self, rows)
+                counts["parse_failures"] = failures
+            else:
+                sharing = cfg.prefix_sharing if prefix_sharing is None else prefix_sharing
+                u_scores, u_mass = self.score_prefixes(rows, prefix_sharing=sharing)
+            judged = owner >= 0
+            scores[judged] = u_scores[owner[judged]]
+            mass[judged] = u_mass[owner[judged]]
+        self.totals.update(counts)
+        return JudgeResult(
+            scores=scores,
+            mass=mass,
+            empty=empty,
+            truncated=np.asarray([p.truncated for p in prompts], bool),
+            rubric_id=self.rubric.id,
+            judge=self.name,
+            counts=dict(counts),
+        )
+
+    def score_prefixes(
+        self, prefixes: Sequence[Sequence[int]], *, prefix_sharing: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Expected scores [U, 5] and score-token mass [U, 5] of prompt prefixes, in
+        bucketed batches (longest-similar prompts together, less padding)."""
+        u = len(prefixes)
+        scores = np.zeros((u, len(DIMENSIONS)), np.float32)
+        mass = np.zeros((u, len(DIMENSIONS)), np.float32)
+        order = sorted(range(u), key=lambda i: len(prefixes[i]))
+        step = self._batch_bucket(self.config.max_batch)
+        for lo in range(0, u, step):
+            idx = order[lo : lo + step]
+            chunk = [prefixes[i] for i in idx]
+            fn = self._shared if prefix_sharing else self._naive
+            s, m = jax.device_get(fn(chunk))
+            scores[idx], mass[idx] = s[: len(idx)], m[: len(idx)]
+        return scores, mass
+
+    # ------------------------------------------------------------------ buckets
+    def _batch_bucket(self, n: int) -> int:
+        b = 1 << max(0, (n - 1).bit_length())
+        return -(-b // self._batch_multiple) * self._batch_multiple
+
+    def _length_bucket(self, n: int) -> int:
+        for b in self.config.length_buckets:
+            if b >= n:
+                return b
+        raise ConfigError(f"judge prompt of {n} tokens exceeds the largest length bucket")
+
+    def _input_sharding(self, shape):
+        if self.mesh is None:
+            return None
+        spec = logical_to_spec(("batch", "length"), self.rules, self.mesh, shape, "judge input")
+        return jax.sharding.NamedSharding(self.mesh, spec)
+
+    def _shared(self, chunk):
+        b = self._batch_bucket(len(chunk))
+        p = self._length_bucket(max(map(len, chunk)))
+        ids, mask = _pad_left(chunk, p, self.pad_id, b)
+        mc = self.model_config
+        shape = (b, mc.num_kv_heads, p + self._suffix_ids.shape[1], mc.head_dim)
+        if mc.scan_layers:
+            shape = (mc.num_layers, *shape)
+        return scoring.score_shared(
+            self.graphdef,
+            self.params,
+            jnp.asarray(ids),
+            jnp.asarray(mask),
+            jnp.asarray(self._suffix_ids),
+            jnp.asarray(self._suffix_last),
+            jnp.asarray(self._score_ids),
+            cache_dtype=mc.dtype,
+            sharding=cache_sharding(self.mesh, self.rules, shape, stacked=mc.scan_layers),
+            input_sharding=self._input_sharding((b, p)),
+        )
+
+    def _naive(self, chunk):
+        b = self._batch_bucket(len(chunk))
+        full = [list(x) + s for x in chunk for s in self.builder.suffix_ids]
+        t = self._length_bucket(max(map(len, full)))
+        ids, mask = _pad_left(full, t, self.pad_id, b * len(DIMENSIONS))
+        d = len(DIMENSIONS)
+        return scoring.score_naive(
+            self.graphdef,
+            self.params,
+            jnp.asarray(ids.reshape(b, d, t)),
+            jnp.asarray(mask.reshape(b, d, t)),
+            jnp.asarray(self._score_ids),
+            input_sharding=self._input_sharding((b * d, t)),
+        )
+
+
+def _pad_left(rows, length: int, pad_id: int, batch: int):
+    ids = np.full((batch, length), pad_id, np.int32)
+    mask = np.zeros((batch, length), np.int32)
+    for i, row in enumerate(rows):
+        ids[i, length - len(row) :] = row
+        mask[i, length - len(row) :] = 1
+    mask[len(rows) :, -1] = 1  # batch-padding rows: one dummy token keeps them finite
+    return ids, mask
+
+
+def _load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot load the judge's tokenizer: {e}") from e
