@@ -1,0 +1,134 @@
+"""The GRPO update: a pure, jitted `(state, batch) -> (state, metrics)` over one
+minibatch of rollouts, with the clipped surrogate and a KL penalty to the frozen
+reference, both aggregated by the same `agg` mode.
+
+Rollout batch layout (R = prompts x group size, P prompt columns, N completion
+columns): prompts are left-padded so every prompt ends at column P - 1 and every
+completion starts at column P. The positions that predict completion tokens are
+then the static slice [P - 1, P + N - 1): no gather, and the LM head sees only N
+positions per row.
+  input_ids, attention_mask  [R, P + N]
+  completion_mask            [R, N]  1 on sampled tokens (the stop token included)
+  old_logp, ref_logp         [R, N]  log-probs of those tokens (0 elsewhere)
+  advantages                 [R]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from kardia_jax.models.logprobs import token_log_probs
+from kardia_jax.rl.core import aggregate, kl_penalty, policy_loss
+from kardia_jax.train.state import TrainState
+from kardia_jax.train.step import apply_gradients
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOLoss:
+    """Static settings of the objective (hashable: part of the compiled step)."""
+
+    beta: float = 0.04  # KL coefficient; 0 skips the reference model entirely
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    agg: str = "token-mean"
+    kl_estimator: str = "k3"
+    dual_clip: float | None = None
+    norm: float | None = None  # seq-mean-token-sum-norm's constant (max completion length)
+    logit_chunk: int = 256
+
+
+def completion_log_probs(model, input_ids, attention_mask, n: int, *, chunk=256, entropy=False):
+    """log p(completion token) [R, N] (and the entropy at each position)."""
+    p = input_ids.shape[1] - n
+    hidden = model.hidden_states(input_ids, attention_mask)[:, p - 1 : p + n - 1]
+    return token_log_probs(model, hidden, input_ids[:, p:], chunk=chunk, with_entropy=entropy)
+
+
+def _objective(params, graphdef, batch, loss: GRPOLoss, num_tokens, num_seqs):
+    """The loss of (part of) a minibatch, normalised by the whole minibatch's token and
+    sequence counts, so microbatch losses and gradients simply add up."""
+    model = nnx.merge(graphdef, params)
+    mask = batch["completion_mask"].astype(jnp.float32)
+    n = mask.shape[1]
+    logp, entropy = completion_log_probs(
+        model, batch["input_ids"], batch["attention_mask"], n, chunk=loss.logit_chunk, entropy=True
+    )
+    norms = dict(num_tokens=num_tokens, num_seqs=num_seqs, norm=loss.norm)
+    pg, pg_metrics = policy_loss(
+        logp,
+        batch["old_logp"],
+        batch["advantages"],
+        mask,
+        clip_low=loss.clip_low,
+        clip_high=loss.clip_high,
+        agg=loss.agg,
+        dual_clip=loss.dual_clip,
+        **norms,
+    )
+    # Token-mean diagnostics of this part, weighted by its share of the tokens.
+    share = jnp.sum(mask) / num_tokens
+    metrics = {k: v * share for k, v in pg_metrics.items() if k not in ("ratio_min", "ratio_max")}
+    metrics.update(ratio_min=pg_metrics["ratio_min"], ratio_max=pg_metrics["ratio_max"])
+    metrics["entropy"] = aggregate(entropy, mask, "token-mean", num_tokens=num_tokens)
+    metrics["pg_loss"] = pg
+    total = pg
+    if loss.beta > 0:
+        per_token = kl_penalty(logp, batch["ref_logp"], mask, loss.kl_estimator)
+        kl = aggregate(per_token, mask, loss.agg, **norms)
+        total = total + loss.beta * kl
+        metrics["kl"] = kl
+    metrics["loss"] = total
+    return total, metrics
+
+
+def grpo_step(
+    state: TrainState,
+    batch,
+    *,
+    graphdef,
+    tx,
+    loss: GRPOLoss,
+    microbatches: int = 1,
+    max_nonfinite: int = 5,
+) -> tuple[TrainState, dict]:
+    """One optimizer update on a minibatch of rollouts (gradients accumulated over
+    `microbatches` with a scan; the result equals the single-pass update)."""
+    mask = batch["completion_mask"] > 0
+    num_tokens = jnp.maximum(jnp.sum(mask, dtype=jnp.float32), 1.0)
+    num_seqs = jnp.maximum(jnp.sum(jnp.any(mask, axis=1), dtype=jnp.float32), 1.0)
+    grad_fn = jax.value_and_grad(_objective, has_aux=True)
+    args = (graphdef,)
+    if microbatches == 1:
+        (_, metrics), grads = grad_fn(state.params, *args, batch, loss, num_tokens, num_seqs)
+    else:
+
+        def split(x):
+            x = x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:])
+            return jnp.swapaxes(x, 0, 1)  # microbatch i = rows i, i + n, ...
+
+        def body(carry, mb):
+            (_, m), g = grad_fn(state.params, *args, mb, loss, num_tokens, num_seqs)
+            grads, metrics = carry
+            extremes = {"ratio_min": jnp.minimum, "ratio_max": jnp.maximum}
+            metrics = {k: extremes.get(k, jnp.add)(metrics[k], m[k]) for k in metrics}
+            return (jax.tree.map(jnp.add, grads, g), metrics), None
+
+        mbs = jax.tree.map(split, batch)
+        first = jax.tree.map(lambda x: x[0], mbs)
+        shapes = jax.eval_shape(
+            lambda: grad_fn(state.params, *args, first, loss, num_tokens, num_seqs)[0][1]
+        )
+        init_metrics = {k: jnp.zeros(v.shape, v.dtype) for k, v in shapes.items()}
+        init_metrics["ratio_min"] = jnp.full((), jnp.inf)
+        init_metrics["ratio_max"] = jnp.full((), -jnp.inf)
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        (grads, metrics), _ = jax.lax.scan(body, (zeros, init_metrics), mbs)
+
+    new_state, grad_norm, skipped = apply_gradients(
+        state, grads, metrics["loss"], tx=tx, max_nonfinite=max_nonfinite
+    )
+    return new_state, dict(metrics, grad_norm=grad_norm, skipped=skipped)
