@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "model": ("kardia_jax.models.cli", "inspect, convert and resize Hugging Face checkpoints"),
     "data": ("kardia_jax.data.cli", "validate and inspect KardiaBench data"),
     "sft": ("kardia_jax.train.cli", "cold-start SFT on the easy split"),
+    "grpo": ("kardia_jax.rl.cli", "GRPO with rubric rewards on the hard split"),
 }
 
 

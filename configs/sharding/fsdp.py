@@ -11,6 +11,7 @@ def get_config():
             mesh=dict(data=1, fsdp=-1, tensor=1),
             rules=(
                 ("batch", ("data", "fsdp")),
+                ("length", None),
                 ("vocab", None),
                 ("embed", "fsdp"),
                 ("heads", None),

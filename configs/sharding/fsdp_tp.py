@@ -11,6 +11,7 @@ def get_config():
             mesh=dict(data=1, fsdp=-1, tensor=2),
             rules=(
                 ("batch", ("data", "fsdp")),
+                ("length", None),
                 ("vocab", "tensor"),
                 ("embed", "fsdp"),
                 ("heads", "tensor"),

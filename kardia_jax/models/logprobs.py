@@ -13,8 +13,10 @@ import jax
 import jax.numpy as jnp
 
 
-def _chunk_stats(model, h_BCD, t_BC, with_entropy: bool):
+def _chunk_stats(model, h_BCD, t_BC, with_entropy: bool, temperature: float = 1.0):
     logits = model.logits(h_BCD)  # [B, C, V] f32
+    if temperature != 1.0:  # the distribution the sampler drew from
+        logits = logits / temperature
     lse = jax.nn.logsumexp(logits, axis=-1)
     tgt = jnp.take_along_axis(logits, t_BC[..., None], axis=-1)[..., 0]
     if not with_entropy:
@@ -23,7 +25,9 @@ def _chunk_stats(model, h_BCD, t_BC, with_entropy: bool):
     return tgt - lse, lse - jnp.sum(p * logits, axis=-1)
 
 
-def token_log_probs(model, hidden_BTD, targets_BT, *, chunk: int = 256, with_entropy=False):
+def token_log_probs(
+    model, hidden_BTD, targets_BT, *, chunk: int = 256, with_entropy=False, temperature=1.0
+):
     """log p(targets[b, t] | hidden[b, t]) in f32, shape [B, T] (and the entropy of
     each position's distribution when `with_entropy`)."""
     b, t, d = hidden_BTD.shape
@@ -37,7 +41,7 @@ def token_log_probs(model, hidden_BTD, targets_BT, *, chunk: int = 256, with_ent
 
     @jax.checkpoint  # the backward pass recomputes each chunk's logits
     def body(_, xs):
-        logp, ent = _chunk_stats(model, xs[0], xs[1], with_entropy)
+        logp, ent = _chunk_stats(model, xs[0], xs[1], with_entropy, temperature)
         return None, (logp, ent if with_entropy else jnp.zeros((), jnp.float32))
 
     _, (logp, ent) = jax.lax.scan(body, None, (h, y))

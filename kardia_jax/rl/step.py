@@ -38,14 +38,19 @@ class GRPOLoss:
     kl_estimator: str = "k3"
     dual_clip: float | None = None
     norm: float | None = None  # seq-mean-token-sum-norm's constant (max completion length)
+    temperature: float = 1.0  # the sampling temperature: ratios compare like with like
     logit_chunk: int = 256
 
 
-def completion_log_probs(model, input_ids, attention_mask, n: int, *, chunk=256, entropy=False):
-    """log p(completion token) [R, N] (and the entropy at each position)."""
+def completion_log_probs(
+    model, input_ids, attention_mask, n: int, *, chunk=256, entropy=False, temperature=1.0
+):
+    """log p(completion token) [R, N] at `temperature` (and each position's entropy)."""
     p = input_ids.shape[1] - n
     hidden = model.hidden_states(input_ids, attention_mask)[:, p - 1 : p + n - 1]
-    return token_log_probs(model, hidden, input_ids[:, p:], chunk=chunk, with_entropy=entropy)
+    return token_log_probs(
+        model, hidden, input_ids[:, p:], chunk=chunk, with_entropy=entropy, temperature=temperature
+    )
 
 
 def _objective(params, graphdef, batch, loss: GRPOLoss, num_tokens, num_seqs):
@@ -55,7 +60,13 @@ def _objective(params, graphdef, batch, loss: GRPOLoss, num_tokens, num_seqs):
     mask = batch["completion_mask"].astype(jnp.float32)
     n = mask.shape[1]
     logp, entropy = completion_log_probs(
-        model, batch["input_ids"], batch["attention_mask"], n, chunk=loss.logit_chunk, entropy=True
+        model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        n,
+        chunk=loss.logit_chunk,
+        entropy=True,
+        temperature=loss.temperature,
     )
     norms = dict(num_tokens=num_tokens, num_seqs=num_seqs, norm=loss.norm)
     pg, pg_metrics = policy_loss(

@@ -24,7 +24,7 @@ from kardia_jax.models import save_hf_model
 from kardia_jax.models.decoder import Transformer
 from kardia_jax.train.checkpoints import Checkpointer, abstract_with_shardings
 from kardia_jax.train.distributed import global_batch, host_rows
-from kardia_jax.train.metrics import MetricsLogger, flops_per_token
+from kardia_jax.train.metrics import MetricsLogger, flops_per_token, truncate_jsonl
 from kardia_jax.train.optim import learning_rate_schedule, make_optimizer
 from kardia_jax.train.setup import check_batch, mesh_and_rules, planned_model_config
 from kardia_jax.train.state import (
@@ -136,7 +136,7 @@ def run_sft(config: ConfigDict, workdir: str) -> dict:
 
     log_path = os.path.join(workdir, "train_log.jsonl")
     if main:
-        _truncate_log(log_path, start)
+        truncate_jsonl(log_path, start)
     logger = MetricsLogger(os.path.join(workdir, "tb"), total_steps, enabled=main)
     preempt = _Preemption()
     pending: list[tuple[int, dict, int, float]] = []  # device metrics not yet fetched
@@ -276,15 +276,3 @@ def _merge(graphdef, state) -> Transformer:
     from flax import nnx
 
     return nnx.merge(graphdef, state.params)
-
-
-def _truncate_log(path: str, step: int) -> None:
-    """On resume, drop log lines past the restored step (written before a kill)."""
-    if not os.path.exists(path):
-        return
-    with open(path, encoding="utf-8") as f:
-        keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(keep)
-    os.replace(tmp, path)

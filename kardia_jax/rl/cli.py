@@ -1,0 +1,21 @@
+"""`kardia-jax grpo --config FILE --workdir DIR [--config.key=value ...]`."""
+
+from __future__ import annotations
+
+import json
+
+from kardia_jax.train.cli import add_arguments  # same flags as `sft`
+
+__all__ = ["add_arguments", "main"]
+
+
+def main(args) -> int:
+    from kardia_jax.config_files import load_config
+    from kardia_jax.train.distributed import maybe_initialize
+
+    maybe_initialize(args.coordinator, args.num_processes, args.process_id)
+    config = load_config(args.config, args.config_overrides)
+    from kardia_jax.rl.grpo import run_grpo
+
+    print(json.dumps(run_grpo(config, args.workdir)))
+    return 0

@@ -1,0 +1,397 @@
+"""Rubric-ERL's second stage: GRPO on the hard split from the SFT policy. Each step
+samples G completions per prompt with our sampler, scores them (format, emotion,
+rubric judge on the same mesh), normalises rewards within groups, and takes `mu`
+passes of clipped-surrogate updates with a KL penalty to the frozen reference."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+from ml_collections import ConfigDict
+
+from kardia_jax.data.examples import build_examples
+from kardia_jax.data.pipeline import bucket_length, build_prompt_dataset
+from kardia_jax.data.reader import sample_path
+from kardia_jax.data.splits import stage_split
+from kardia_jax.data.tokenizer import load_tokenizer
+from kardia_jax.data.validate import load_dialogues
+from kardia_jax.errors import ConfigError, KardiaError
+from kardia_jax.models import load_hf_model, resize_token_embeddings, save_hf_model
+from kardia_jax.rewards import JudgeConfig, KardiaReward, RewardWeights, RubricJudge
+from kardia_jax.rl import rollout as R
+from kardia_jax.rl.step import GRPOLoss, completion_log_probs, grpo_step
+from kardia_jax.sampling import Sampler, SamplingConfig
+from kardia_jax.train.checkpoints import Checkpointer, abstract_with_shardings
+from kardia_jax.train.distributed import global_batch, host_rows
+from kardia_jax.train.metrics import MetricsLogger, truncate_jsonl
+from kardia_jax.train.optim import make_optimizer
+from kardia_jax.train.setup import mesh_and_rules, planned_model_config
+from kardia_jax.train.sft import TrainingHalted
+from kardia_jax.train.state import (
+    abstract_train_state,
+    batch_sharding,
+    data_parallel_size,
+    init_train_state,
+    state_shardings,
+)
+
+
+def load_grpo_prompts(dcfg: ConfigDict, tokenizer):
+    """Turn-level examples of the hard split (their targets give the gold emotion)."""
+    path = dcfg.path or str(sample_path("train"))
+    dialogues, report = load_dialogues(path, mode=dcfg.mode)
+    hard = stage_split(dialogues, "grpo")
+    return build_examples(hard, tokenizer, max_length=dcfg.max_length, report=report)
+
+
+def _loss_settings(config) -> GRPOLoss:
+    g = config.grpo
+    return GRPOLoss(
+        beta=float(g.beta),
+        clip_low=float(g.clip_low),
+        clip_high=float(g.clip_high),
+        agg=g.agg,
+        kl_estimator=g.kl_estimator,
+        dual_clip=float(g.dual_clip) if g.dual_clip else None,
+        norm=float(config.rollout.max_new_tokens),
+        temperature=float(config.rollout.temperature),
+    )
+
+
+def run_grpo(config: ConfigDict, workdir: str) -> dict:
+    if not config.model.path:
+        raise ConfigError("model.path: GRPO starts from a policy checkpoint (the SFT export)")
+    os.makedirs(workdir, exist_ok=True)
+    rc, g = config.rollout, config.grpo
+    mesh, rules = mesh_and_rules(config)
+    tokenizer = load_tokenizer(config.data.tokenizer or None)
+    examples = load_grpo_prompts(config.data, tokenizer)
+    if not examples:
+        raise KardiaError(f"data.path={config.data.path!r}: no GRPO prompts after filtering")
+    cfg = planned_model_config(config.model, len(tokenizer))
+    rows = rc.prompts_per_step * rc.group_size
+    dp = data_parallel_size(mesh, rules)
+    if rows % g.minibatches or (rows // g.minibatches) % dp:
+        raise ConfigError(
+            f"rollout.prompts_per_step x rollout.group_size = {rows} rows must split into "
+            f"grpo.minibatches={g.minibatches} minibatches divisible by the data-parallel size {dp}"
+        )
+    per_epoch = math.ceil(len(examples) / rc.prompts_per_step)
+    total_steps = int(config.train.steps) or int(config.train.epochs * per_epoch)
+    tx = make_optimizer(config.train, total_steps * g.mu * g.minibatches)
+    loss = _loss_settings(config)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    stop_ids = tuple(
+        i
+        for i in (tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>"))
+        if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id
+    )
+    main = jax.process_index() == 0
+
+    ckpt = Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        max_to_keep=config.checkpoint.max_to_keep,
+        async_save=config.checkpoint.async_save,
+    )
+    graphdef, abstract = abstract_train_state(cfg, tx, mesh, rules)
+    shardings = state_shardings(abstract, tx, mesh, rules)
+    restored = ckpt.restore_latest(abstract_with_shardings(abstract, shardings))
+    if restored is None:
+        graphdef, state, _ = init_train_state(
+            cfg, tx, mesh, rules, seed=config.seed, hf_path=config.model.path
+        )
+        start, data_state = 0, None
+    else:
+        start, state, data_state = restored
+        print(f"resumed from step {start}", flush=True)
+
+    # The frozen reference: its own parameters on the same mesh, never trained.
+    ref = None
+    if g.beta > 0:
+        ref_model = load_hf_model(
+            g.reference_path or config.model.path,
+            cfg.param_dtype,
+            mesh,
+            compute_dtype=cfg.dtype,
+            rules=rules,
+            scan_layers=cfg.scan_layers,
+        )
+        ref = nnx.split(resize_token_embeddings(ref_model, cfg.vocab_size))
+    judge = None
+    weights = RewardWeights(config.reward.format, config.reward.emotion, config.reward.rubric)
+    if config.reward.judge_path:
+        judge = RubricJudge.from_pretrained(
+            config.reward.judge_path,
+            JudgeConfig(),
+            dtype=config.reward.judge_dtype,
+            mesh=mesh,
+            rules=rules,
+        )
+    reward_fn = KardiaReward(judge, weights)
+
+    policy = nnx.merge(graphdef, state.params)
+    sampler = Sampler(policy, eos_ids=stop_ids, pad_id=pad_id, mesh=mesh, rules=rules)
+    sampling = SamplingConfig(temperature=rc.temperature, top_k=rc.top_k, top_p=rc.top_p)
+    dataset = build_prompt_dataset(
+        examples,
+        batch_size=rc.prompts_per_step,
+        seed=config.data.seed,
+        shard_index=0,
+        shard_count=1,
+        buckets=tuple(config.data.buckets) or None,
+        pad_id=pad_id,
+    )
+    it = iter(dataset)
+    if data_state:
+        it.set_state(data_state)
+
+    bsh, vsh = batch_sharding(mesh, rules), batch_sharding(mesh, rules, ndim=1)
+    logp_fn = jax.jit(
+        functools.partial(
+            _logp, n=rc.max_new_tokens, chunk=loss.logit_chunk, temperature=loss.temperature
+        ),
+        static_argnums=0,
+    )
+    step_fn = jax.jit(
+        functools.partial(
+            grpo_step,
+            graphdef=graphdef,
+            tx=tx,
+            loss=loss,
+            max_nonfinite=int(config.train.max_nonfinite),
+        ),
+        in_shardings=(shardings, _update_shardings(bsh, vsh)),
+        out_shardings=(shardings, None),
+        donate_argnums=0,
+    )
+    logger = MetricsLogger(os.path.join(workdir, "tb"), total_steps, enabled=main)
+    ledger = os.path.join(workdir, "rollouts.jsonl")
+    log_path = os.path.join(workdir, "grpo_log.jsonl")
+    if main:
+        for p in (ledger, log_path):
+            truncate_jsonl(p, start)
+
+    step = start
+    try:
+        while step < total_steps:
+            t0 = time.perf_counter()
+            seed = int(config.seed) * 1_000_003 + step  # rollouts are a function of the step
+            parts, drawn = [], 0
+            for round_ in range(1 + (rc.max_refill_rounds if rc.dynamic_sampling else 0)):
+                batch = next(it)
+                drawn += 1
+                index = batch["index"][batch["index"] >= 0]
+                prompts = [examples[i].prompt_ids.tolist() for i in index]
+                comp = sampler(
+                    prompts,
+                    rc.max_new_tokens,
+                    sampling,
+                    group_size=rc.group_size,
+                    seed=seed * 7 + round_,
+                )
+                texts = R.decode_completions(tokenizer, comp.tokens, comp.lengths, stop_ids)
+                rep = np.repeat(index, rc.group_size)
+                rewards = R.score(reward_fn, examples, rep, texts)
+                parts.append(
+                    R.Rollouts(
+                        rep,
+                        [prompts[i // rc.group_size] for i in range(len(rep))],
+                        comp.tokens,
+                        comp.mask,
+                        comp.logprobs,
+                        texts,
+                        comp.finish_reason,
+                        rewards.components,
+                    )
+                )
+                useful = sum(
+                    R.informative_groups(p.rewards["total"], rc.group_size).sum() for p in parts
+                )
+                if not rc.dynamic_sampling or useful >= rc.prompts_per_step:
+                    break
+            t_rollout = time.perf_counter() - t0
+            ro = R.select_groups(parts, rc.group_size, rc.prompts_per_step, rc.dynamic_sampling)
+            adv = R.advantages_of(
+                ro.rewards["total"], rc.group_size, g.advantage_scale, float(g.advantage_eps)
+            )
+            plen = bucket_length(max(map(len, ro.prompt_ids)), tuple(config.data.buckets))
+            host = R.update_batch(ro, adv, plen, pad_id)
+            t1 = time.perf_counter()
+            ids = global_batch(
+                host_rows({k: host[k] for k in ("input_ids", "attention_mask")}), bsh
+            )
+            ref_logp = (
+                logp_fn(ref[0], ref[1], ids["input_ids"], ids["attention_mask"])
+                if ref is not None
+                else np.zeros_like(host["sampler_logp"])
+            )
+            if rc.old_logp == "sampler":
+                old_logp = host["sampler_logp"]
+            else:
+                old_logp = logp_fn(graphdef, state.params, ids["input_ids"], ids["attention_mask"])
+            old_logp = np.asarray(old_logp) * host["completion_mask"]
+            ref_logp = np.asarray(ref_logp) * host["completion_mask"]
+            t_ref = time.perf_counter() - t1
+            t2 = time.perf_counter()
+            rng = np.random.default_rng(seed)
+            metrics = []
+            for _ in range(g.mu):
+                order = rng.permutation(rows)
+                for mb in np.array_split(order, g.minibatches):
+                    part = {
+                        "input_ids": host["input_ids"][mb],
+                        "attention_mask": host["attention_mask"][mb],
+                        "completion_mask": host["completion_mask"][mb],
+                        "old_logp": old_logp[mb],
+                        "ref_logp": ref_logp[mb],
+                        "advantages": host["advantages"][mb],
+                    }
+                    state, m = step_fn(state, _to_devices(part, bsh, vsh))
+                    metrics.append(m)
+            sampler.update(nnx.merge(graphdef, state.params))
+            metrics = jax.device_get(metrics)
+            t_update = time.perf_counter() - t2
+            step += 1
+            row = _step_metrics(
+                step,
+                ro,
+                adv,
+                metrics,
+                parts,
+                rc.group_size,
+                dict(
+                    rollout=t_rollout,
+                    reference=t_ref,
+                    update=t_update,
+                    total=time.perf_counter() - t0,
+                ),
+            )
+            row["prompt_batches"] = drawn
+            if main:
+                _append(log_path, row)
+                logger.scalars(step, {k: v for k, v in row.items() if isinstance(v, int | float)})
+                logger.progress(step, {"reward": row["reward/total"], "kl": row.get("kl", 0.0)})
+                if config.log.ledger:
+                    _write_ledger(ledger, step, ro, adv)
+                for i in range(min(config.log.text_samples, len(ro))):
+                    logger.text(
+                        step, f"sample/{i}", f"reward {ro.rewards['total'][i]:.3f}\n\n{ro.texts[i]}"
+                    )
+            if int(jax.device_get(state.nonfinite_streak)) >= config.train.max_nonfinite:
+                raise TrainingHalted(
+                    f"{config.train.max_nonfinite} non-finite updates in a row at step {step} "
+                    f"(train.max_nonfinite); the last checkpoint is intact"
+                )
+            if config.checkpoint.every and step % config.checkpoint.every == 0:
+                ckpt.save(step, state, it.get_state())
+        if not ckpt.steps() or ckpt.steps()[-1] != step:
+            ckpt.save(step, state, it.get_state())
+        ckpt.wait()
+        if config.export_hf:
+            save_hf_model(
+                nnx.merge(graphdef, state.params), os.path.join(workdir, "hf"), tokenizer=tokenizer
+            )
+        return {"step": step, "prompts": len(examples)}
+    finally:
+        logger.close()
+        ckpt.close()
+
+
+def _logp(graphdef, params, input_ids, attention_mask, *, n, chunk, temperature):
+    model = nnx.merge(graphdef, params)
+    return completion_log_probs(
+        model, input_ids, attention_mask, n, chunk=chunk, temperature=temperature
+    )
+
+
+_VECTOR_KEYS = ("advantages",)
+
+
+def _update_shardings(bsh, vsh):
+    keys = ("input_ids", "attention_mask", "completion_mask", "old_logp", "ref_logp")
+    return {**{k: bsh for k in keys}, **{k: vsh for k in _VECTOR_KEYS}}
+
+
+def _to_devices(part, bsh, vsh):
+    local = host_rows(part)
+    out = global_batch({k: v for k, v in local.items() if k not in _VECTOR_KEYS}, bsh)
+    out.update(global_batch({k: local[k] for k in _VECTOR_KEYS}, vsh))
+    return out
+
+
+def _step_metrics(step, ro, adv, metrics, parts, group_size, times) -> dict:
+    def mean(k):
+        return (
+            float(np.mean([m[k] for m in metrics if k in m]))
+            if any(k in m for m in metrics)
+            else None
+        )
+
+    lengths = ro.mask.sum(1)
+    pool = R.Rollouts.concat(parts)
+    row = {"step": step}
+    for k, v in ro.rewards.items():
+        row[f"reward/{k}"] = float(np.mean(v))
+        row[f"reward/{k}_std"] = float(np.std(v))
+    row.update(
+        {
+            "advantage/mean": float(np.mean(adv)),
+            "advantage/std": float(np.std(adv)),
+            "advantage/abs_max": float(np.max(np.abs(adv))),
+            "completion/length_mean": float(lengths.mean()),
+            "completion/length_max": int(lengths.max()),
+            "zero_variance_fraction": float(
+                1 - R.informative_groups(pool.rewards["total"], group_size).mean()
+            ),
+            "tokens_per_s": float(lengths.sum() / max(times["rollout"], 1e-9)),
+        }
+    )
+    for k in (
+        "loss",
+        "pg_loss",
+        "kl",
+        "entropy",
+        "clip_frac",
+        "clip_frac_low",
+        "clip_frac_high",
+        "ratio_mean",
+        "grad_norm",
+        "skipped",
+    ):
+        v = mean(k)
+        if v is not None:
+            row[k] = v
+    row["ratio_min"] = float(min(m["ratio_min"] for m in metrics))
+    row["ratio_max"] = float(max(m["ratio_max"] for m in metrics))
+    row.update({f"time/{k}_s": v for k, v in times.items()})
+    return row
+
+
+def _append(path, row):
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _write_ledger(path, step, ro, adv):
+    with open(path, "a", encoding="utf-8") as f:
+        for i in range(len(ro)):
+            f.write(
+                json.dumps(
+                    {
+                        "step": step,
+                        "example": int(ro.example_index[i]),
+                        "completion": ro.texts[i],
+                        "finish_reason": ro.finish_reason[i],
+                        "advantage": float(adv[i]),
+                        **{f"reward/{k}": float(v[i]) for k, v in ro.rewards.items()},
+                    }
+                )
+                + "\n"
+            )
