@@ -93,8 +93,8 @@ def prefill(
     """Runs the left-padded prompts [B, P] once, copies each prompt's cache to its
     `group` rows, and draws every row's first token.
 
-    `row_valid` [B] is False for rows that only pad the batch to its bucket: they
-    start finished, so they never keep the loop running.
+    `row_valid` [B * group] is False for rows that only pad the batch to its
+    bucket: they start finished, so they never keep the loop running.
     """
     TRACES["prefill"] += 1
     model = nnx.merge(graphdef, params)
@@ -132,7 +132,7 @@ def prefill(
         tokens=jnp.full((bg, budget), pad_id, jnp.int32),
         logprobs=jnp.zeros((bg, budget), jnp.float32),
         step=jnp.int32(0),
-        done=~rows(row_valid),
+        done=~row_valid,
         reason=jnp.zeros((bg,), jnp.int32),
         lengths=jnp.zeros((bg,), jnp.int32),
         key=key,

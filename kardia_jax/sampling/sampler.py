@@ -84,6 +84,11 @@ class Sampler:
     `eos_ids` never stops early. With a `mesh`, the parameters should already be
     placed on it (`load_hf_model(..., mesh=mesh)`); the cache is sharded by the
     same rules table (batch rows x kv heads).
+
+    `unroll_layers` decodes a scanned model through unrolled layers, from one copy
+    of its layer weights made here: a layer scan slices (copies) every layer's
+    weights and cache at every step, which costs most where decoding is
+    memory-bound (CPU, batch 1).
     """
 
     def __init__(
@@ -98,9 +103,10 @@ class Sampler:
         prompt_buckets: Sequence[int] = PROMPT_BUCKETS,
         budget_buckets: Sequence[int] = BUDGET_BUCKETS,
         cache_dtype: str | None = None,
+        unroll_layers: bool = False,
     ):
-        self.config = model.config
-        self.graphdef, self.params = nnx.split(model)
+        self.unroll_layers = unroll_layers
+        self.update(model)
         self.eos_ids = tuple(self.config.eos_ids if eos_ids is None else eos_ids)
         self.stop_ids = tuple(stop_ids)
         pad = self.config.pad_token_id if pad_id is None else pad_id
@@ -111,6 +117,14 @@ class Sampler:
         self.cache_dtype = cache_dtype or self.config.dtype
         self._batch_multiple = batch_shards(mesh, rules)
 
+    def update(self, model) -> None:
+        """Takes `model`'s current weights (e.g. after a GRPO step). The same
+        architecture reuses the compiled programs: only the arrays change."""
+        if self.unroll_layers and model.config.scan_layers:
+            model = unstack_layers(model)
+        self.config = model.config
+        self.graphdef, self.params = nnx.split(model)
+
     # ------------------------------------------------------------------ shapes
     def _cache_sharding(self, rows: int, slots: int):
         mc = self.config
@@ -119,8 +133,9 @@ class Sampler:
             shape = (mc.num_layers, *shape)
         return cache_sharding(self.mesh, self.rules, shape, stacked=mc.scan_layers)
 
-    def shapes(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, group_size: int = 1):
-        """(batch, prompt length, budget) buckets a call compiles for."""
+    def shapes(self, prompts: Sequence[Sequence[int]], max_new_tokens: int):
+        """(batch, prompt length, budget) buckets a call compiles for (the cache holds
+        batch * group_size rows of prompt + budget slots)."""
         b = _pow2_at_least(len(prompts))
         b = -(-b // self._batch_multiple) * self._batch_multiple
         p = bucket(max(len(x) for x in prompts), self.prompt_buckets, "prompt length")
@@ -162,14 +177,19 @@ class Sampler:
         cache to its `group_size` rows and draws their first tokens. Returns the
         `SamplingState` that `decode` continues (with the same `sampling`)."""
         self._check(prompts, max_new_tokens, group_size)
-        b, p, n = self.shapes(prompts, max_new_tokens, group_size)
+        b, p, n = self.shapes(prompts, max_new_tokens)
         ids = np.full((b, p), self.pad_id, np.int32)
         mask = np.zeros((b, p), np.int32)
         for i, row in enumerate(prompts):  # left padding: every row ends at column p-1
             ids[i, p - len(row) :] = row
             mask[i, p - len(row) :] = 1
         mask[len(prompts) :, -1] = 1  # batch-padding rows: one dummy token, never decoded
-        valid = np.arange(b) < len(prompts)
+        # A single row decodes as two (the second a finished dummy): with a batch of 1
+        # XLA:CPU fuses each cache write into two consumers and copies the whole
+        # cache at every step; an idle extra row costs next to nothing when decoding.
+        group = 2 if b * group_size == 1 else group_size
+        valid = np.repeat(np.arange(b) < len(prompts), group)
+        valid[len(prompts) * group_size :] = False
         eos = self.eos_ids if eos_ids is None else tuple(eos_ids)
         stop = self.stop_ids if stop_ids is None else tuple(stop_ids)
         return loop.prefill(
@@ -183,12 +203,12 @@ class Sampler:
             jax.random.key(seed),
             max_new_tokens,
             cfg=sampling,
-            group=group_size,
+            group=group,
             budget=n,
             cache_len=p + n,
             pad_id=self.pad_id,
             cache_dtype=self.cache_dtype,
-            sharding=self._cache_sharding(b * group_size, p + n),
+            sharding=self._cache_sharding(b * group, p + n),
         )
 
     def decode(self, state, sampling: SamplingConfig = _GREEDY, until: int | None = None):
@@ -299,3 +319,24 @@ def generate(
         Completion(out.ids(i), out.row_logprobs(i), out.finish_reason[i])
         for i in range(len(prompt_ids))
     ]
+
+
+def unstack_layers(model):
+    """The unrolled twin of a scanned `Transformer`: layer i's weights are row i of
+    the stacked ones (copied once; the model itself is untouched)."""
+    from kardia_jax.models import abstract_model
+
+    cfg = model.config.replace(scan_layers=False)
+    graphdef = nnx.graphdef(abstract_model(cfg))
+    flat = []
+    for path, var in nnx.to_flat_state(nnx.state(model)):
+        if path[0] != "layers":
+            flat.append((path, var))
+            continue
+        meta = dict(var.get_metadata())
+        if meta.get("out_sharding"):
+            meta["out_sharding"] = tuple(meta["out_sharding"])[1:]  # drop "layers"
+        stacked = var.get_value()
+        for i in range(cfg.num_layers):
+            flat.append((("layers", i, *path[1:]), type(var)(stacked[i], **meta)))
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))

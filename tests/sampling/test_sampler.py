@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from kardia_jax.errors import ConfigError
 from kardia_jax.models import load_hf_model
 from kardia_jax.sampling import Sampler, SamplingConfig, compile_counts, generate, loop
 from kardia_jax.sharding import make_mesh
@@ -87,6 +88,16 @@ def test_generate_one_call_api(model, prompts):
     np.testing.assert_allclose([c.logprobs for c in out], ref.logprobs)
 
 
+def test_decode_donates_the_state(model, prompts):
+    sampler = Sampler(model, eos_ids=[])
+    state = sampler.prefill(prompts, 32)
+    old_cache = state.cache.k[0]
+    new = sampler.decode(state)
+    # The cache was updated in place: the input buffers are gone, not copied.
+    assert old_cache.is_deleted() and state.tokens.is_deleted()
+    assert not new.cache.k[0].is_deleted() and int(new.step) == 32
+
+
 def test_stream_yields_the_same_tokens_without_new_programs(model, prompts):
     sampler = Sampler(model, eos_ids=[int(Sampler(model, eos_ids=[])(prompts, 32).tokens[0, 9])])
     ref = sampler(prompts, 32)
@@ -115,7 +126,7 @@ def test_group_samples_share_one_prefill(model, prompts):
     def flops(group):
         args = (jnp.zeros((4, 16), jnp.int32), jnp.ones((4, 16), jnp.int32))
         lowered = loop.prefill.lower(
-            sampler.graphdef, sampler.params, *args, jnp.ones(4, bool),
+            sampler.graphdef, sampler.params, *args, jnp.ones(4 * group, bool),
             jnp.full(8, -1), jnp.full(8, -1), jax.random.key(0), 32,
             cfg=cfg, group=group, budget=32, cache_len=48, pad_id=0, cache_dtype="float32",
         )  # fmt: skip
@@ -134,3 +145,18 @@ def test_sharded_sampler_matches_single_device(tiny_checkpoint, model, prompts):
     state = sampler.prefill(prompts, 32)
     for k in state.cache.k:  # [B, K, S, H]: rows on data, kv heads on tensor
         assert tuple(k.sharding.spec)[:2] == ("data", "tensor")
+
+
+def test_bad_requests_raise_config_errors(model):
+    sampler = Sampler(model)
+    for prompts, n, match in [
+        ([], 4, "no prompts"),
+        ([[5], []], 4, "prompt 1 is empty"),
+        ([[5, 256]], 4, r"outside \[0, 256\)"),
+        ([[5] * 250], 7, "exceeds max_position_embeddings=256"),
+        ([[5]], 0, "need >= 1"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            sampler(prompts, n)
+    with pytest.raises(ConfigError, match="top_p"):
+        SamplingConfig(temperature=1.0, top_p=0.0)

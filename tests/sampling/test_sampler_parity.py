@@ -55,6 +55,9 @@ def test_greedy_equals_transformers_generate(tiny_checkpoint, prompts, left_pad,
     # Greedy log-probs are the model's own (T = 1): those of transformers' scores.
     ref_lp = np.take_along_axis(jax.nn.log_softmax(scores), ref[..., None], -1)[..., 0]
     np.testing.assert_allclose(out.logprobs, ref_lp, atol=1e-4)
+    if scan:  # decoding a scanned model through unrolled copies of its layers
+        unrolled = Sampler(model, eos_ids=[], unroll_layers=True)(prompts, NEW)
+        np.testing.assert_array_equal(unrolled.tokens, ref)
 
 
 def training_logprobs(model, prompts, out, temperature):
