@@ -20,3 +20,14 @@ jax.config.update("jax_compilation_cache_dir", os.path.abspath(_CACHE))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def small_tokenizer(tmp_path_factory):
+    """A ~4k-token byte-level BPE trained on the bundled sample (tests/train/conftest.py)."""
+    from tests.train.conftest import build_small_tokenizer
+
+    return build_small_tokenizer(str(tmp_path_factory.mktemp("small_tokenizer")))

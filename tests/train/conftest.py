@@ -7,8 +7,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
@@ -38,11 +36,6 @@ def build_small_tokenizer(out_dir: str, vocab_size: int = 8192) -> str:
     )
     fast.save_pretrained(out_dir)
     return out_dir
-
-
-@pytest.fixture(scope="session")
-def small_tokenizer(tmp_path_factory):
-    return build_small_tokenizer(str(tmp_path_factory.mktemp("small_tokenizer")))
 
 
 def tiny_overrides(tokenizer_dir: str, **extra) -> list[str]:
