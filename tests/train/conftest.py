@@ -59,7 +59,12 @@ def tiny_overrides(tokenizer_dir: str, **extra) -> list[str]:
 
 def run_cli(args: list[str], env_extra: dict | None = None, **kw) -> subprocess.Popen:
     """`python -m kardia_jax.cli ...` in a child with the test JAX settings."""
+    import jax
+
     env = dict(os.environ)
+    # Children share the suite's persistent compilation cache.
+    env["JAX_COMPILATION_CACHE_DIR"] = jax.config.jax_compilation_cache_dir
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     env.update(env_extra or {})
     return subprocess.Popen(
         [sys.executable, "-m", "kardia_jax.cli", *args],

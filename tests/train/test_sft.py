@@ -87,9 +87,12 @@ def _checkpoints(workdir):
     return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
 
 
+TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+
+
 def _run_until_checkpoint(workdir, args, step, sig):
     """Starts a run, waits for checkpoint `step` to be complete, then sends `sig`."""
-    proc = run_cli(args)
+    proc = run_cli(args, TWO_DEVICES)
     deadline = time.time() + 240
     while step not in _checkpoints(workdir):
         assert proc.poll() is None, proc.stdout.read()
@@ -106,13 +109,7 @@ def test_resume_after_sigterm_and_sigkill_is_bit_identical(tmp_path, small_token
         small_tokenizer, **{"train.steps": steps, "checkpoint.every": every, "export_hf": True}
     )
     straight, broken = str(tmp_path / "straight"), str(tmp_path / "broken")
-    env = {
-        "JAX_COMPILATION_CACHE_DIR": os.path.abspath(".jax_cache"),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-    }
-    os.environ.update(env)
-
-    proc = run_cli(["sft", "--config", TINY, "--workdir", straight, *common])
+    proc = run_cli(["sft", "--config", TINY, "--workdir", straight, *common], TWO_DEVICES)
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, out
 
@@ -127,7 +124,7 @@ def test_resume_after_sigterm_and_sigkill_is_bit_identical(tmp_path, small_token
     rc, out = _run_until_checkpoint(broken, args, next_ckpt, signal.SIGKILL)
     assert rc == -signal.SIGKILL, out
     assert "resumed from step" in out
-    proc = run_cli(args)
+    proc = run_cli(args, TWO_DEVICES)
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0 and "resumed from step" in out, out
 
