@@ -275,16 +275,21 @@ class RubricJudge:
         return jax.sharding.NamedSharding(self.mesh, spec)
 
     def _shared(self, chunk):
+        head = self.builder.head_ids
+        c = len(head)
+        if any(tuple(x[:c]) != head or len(x) == c for x in chunk):
+            raise ConfigError("prompt prefixes must start with this judge's rubric head")
         b = self._batch_bucket(len(chunk))
-        p = self._length_bucket(max(map(len, chunk)))
-        ids, mask = _pad_left(chunk, p, self.pad_id, b)
+        p = self._length_bucket(max(len(x) - c for x in chunk))
+        ids, mask = _pad_left([x[c:] for x in chunk], p, self.pad_id, b)
         mc = self.model_config
-        shape = (b, mc.num_kv_heads, p + self._suffix_ids.shape[1], mc.head_dim)
+        shape = (b, mc.num_kv_heads, c + p + self._suffix_ids.shape[1], mc.head_dim)
         if mc.scan_layers:
             shape = (mc.num_layers, *shape)
         return scoring.score_shared(
             self.graphdef,
             self.params,
+            jnp.asarray(head, jnp.int32),
             jnp.asarray(ids),
             jnp.asarray(mask),
             jnp.asarray(self._suffix_ids),
@@ -297,17 +302,19 @@ class RubricJudge:
 
     def _naive(self, chunk):
         b = self._batch_bucket(len(chunk))
-        full = [list(x) + s for x in chunk for s in self.builder.suffix_ids]
-        t = self._length_bucket(max(map(len, full)))
-        ids, mask = _pad_left(full, t, self.pad_id, b * len(DIMENSIONS))
-        d = len(DIMENSIONS)
+        t = self._length_bucket(max(map(len, chunk)) + max(map(len, self.builder.suffix_ids)))
+        padded = [  # [5][2] x [B, T]: each dimension's full prompts, left-padded
+            _pad_left([list(x) + s for x in chunk], t, self.pad_id, b)
+            for s in self.builder.suffix_ids
+        ]
+        ids, mask = np.stack([p[0] for p in padded]), np.stack([p[1] for p in padded])
         return scoring.score_naive(
             self.graphdef,
             self.params,
-            jnp.asarray(ids.reshape(b, d, t)),
-            jnp.asarray(mask.reshape(b, d, t)),
+            jnp.asarray(ids),
+            jnp.asarray(mask),
             jnp.asarray(self._score_ids),
-            input_sharding=self._input_sharding((b * d, t)),
+            input_sharding=self._input_sharding((b, t)),
         )
 
 

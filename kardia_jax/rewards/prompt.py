@@ -2,11 +2,13 @@
 five dimension suffixes whose next token is the score.
 
 The prompt is rendered with the judge tokenizer's own chat template (system =
-rubric, user = context + candidate, then the judge's turn), then tokenised in three
-pieces: the text before the candidate, the candidate, the text after it. The
-candidate piece is neutralised and tokenised with special tokens split, so whatever
-a candidate writes, the tokens outside its region are those of any other candidate
-with the same context, and no added-token id appears inside it (tests check both).
+rubric, user = context + candidate, then the judge's turn), then tokenised in four
+pieces: the head (everything before the user's content: the same tokens for every
+prompt of a builder, so the judge computes it once per batch), the context, the
+candidate, and the tail. The candidate piece is neutralised and tokenised with
+special tokens split, so whatever a candidate writes, the tokens outside its region
+are those of any other candidate with the same context, and no added-token id
+appears inside it (tests check both).
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from kardia_jax.rewards.rubric import Rubric
 from kardia_jax.rewards.sanitize import CandidateParts, candidate_parts, neutralize
 
 _SENTINEL = "\x00candidate\x00"  # control chars: `neutralize` removes them from all data
+_USER_START = "\x00user\x00"
 _FIELD = re.compile(r"\{(profile|situation|dialogue|candidate)\}")
 _SPEAKERS = {"user": "Seeker", "assistant": "Supporter"}
 EMPTY_REPLY = "(no reply)"
 TRUNCATED = "\n[... cut off]"
 NO_HISTORY = "(none: this is the first turn)"
 SCORE_TOKENS = ("1", "2", "3", "4", "5")
+_CONTEXT_CACHE = 4096  # rendered contexts kept (a GRPO step has far fewer prompts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +101,11 @@ class PromptBuilder:
         self.forbidden_ids = frozenset(added) | frozenset(tokenizer.all_special_ids)
         self.suffix_ids, self.score_ids = _score_suffixes(tokenizer, rubric)
         self._truncated_ids = self._encode(TRUNCATED)
+        # The tokens before the user's content (chat template + rubric): the same for
+        # every prompt of this builder, so the judge runs them once per batch.
+        self._head_text = self._render(JudgeContext("", ""), 0)[0]
+        self.head_ids: tuple[int, ...] = tuple(self._encode(self._head_text))
+        self._contexts: dict = {}
 
     # ---------------------------------------------------------------- tokens
     def _encode(self, text: str, split_special: bool = False) -> list[int]:
@@ -133,8 +142,8 @@ class PromptBuilder:
         return ids, False
 
     # ---------------------------------------------------------------- prompts
-    def _render(self, context: JudgeContext, drop: int) -> tuple[str, str]:
-        """(text before the candidate, text after it) for the chat-templated prompt."""
+    def _render(self, context: JudgeContext, drop: int) -> tuple[str, str, str]:
+        """(head, context text before the candidate, text after it) of the prompt."""
         lim = self.limits
         turns = [
             f"{_SPEAKERS.get(role, role)}: {self._clip(text, lim.max_turn_tokens)}"
@@ -149,11 +158,12 @@ class PromptBuilder:
         # One pass, so data that happens to contain "{situation}" is never substituted.
         user = _FIELD.sub(lambda m: fields[m.group(1)], self.rubric.user)
         system = self.rubric.system_text(self.show_reasoning)
-        text = self._chat(system, user)
-        before, sep, after = text.partition(_SENTINEL)
-        if not sep or _SENTINEL in after:
-            raise ConfigError("the judge's chat template dropped or repeated the candidate")
-        return before, after
+        text = self._chat(system, _USER_START + user)
+        head, sep1, text = text.partition(_USER_START)
+        before, sep2, after = text.partition(_SENTINEL)
+        if not (sep1 and sep2) or _SENTINEL in after or _USER_START in text:
+            raise ConfigError("the judge's chat template dropped or repeated a prompt part")
+        return head, before, after
 
     def _chat(self, system: str, user: str) -> str:
         tok = self.tokenizer
@@ -170,13 +180,25 @@ class PromptBuilder:
         msgs = [{"role": "system", "content": system}, {"role": "user", "content": user}]
         return render_chat(msgs, add_generation_prompt=True)
 
+    def context_ids(self, context: JudgeContext, drop: int) -> tuple[list[int], list[int]]:
+        """(head + context tokens before the candidate, tokens after it), cached: a
+        GRPO group's G completions share one context, rendered and tokenised once."""
+        key = (context, drop)
+        if key not in self._contexts:
+            if len(self._contexts) >= _CONTEXT_CACHE:
+                self._contexts.clear()
+            head_text, before, after = self._render(context, drop)
+            if head_text != self._head_text:
+                raise ConfigError("the judge's chat template renders the system turn per prompt")
+            self._contexts[key] = (list(self.head_ids) + self._encode(before), self._encode(after))
+        return self._contexts[key]
+
     def build(self, context: JudgeContext, completion: str) -> JudgePrompt:
         parts = candidate_parts(completion)
         cand, truncated = self.candidate_ids(parts)
         longest_suffix = max(map(len, self.suffix_ids))
         for drop in range(len(context.history) + 1):
-            before, after = self._render(context, drop)
-            head, tail = self._encode(before), self._encode(after)
+            head, tail = self.context_ids(context, drop)
             if len(head) + len(cand) + len(tail) + longest_suffix <= self.limits.max_prompt_tokens:
                 return JudgePrompt(
                     prefix_ids=tuple(head + cand + tail),

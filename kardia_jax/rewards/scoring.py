@@ -1,7 +1,8 @@
 """The judge's compiled programs: expected rubric scores from the next-token
 distribution over the score tokens "1".."5", with the five dimensions sharing one
-prefill of their common prefix (`score_shared`) or, for reference and benchmarks,
-each dimension reading its whole prompt (`score_naive`).
+prefill of their common prefix and all candidates sharing one prefill of the rubric
+(`score_shared`) or, for reference and benchmarks, each dimension reading its whole
+prompt (`score_naive`).
 
 Pure functions of (graphdef, params, arrays), jitted on shapes: the host buckets
 batch and length, so each bucket compiles once; `TRACES` counts compilations.
@@ -17,7 +18,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from kardia_jax.models.decoder import positions_from_mask
-from kardia_jax.sampling.state import KVCache
 
 TRACES: collections.Counter = collections.Counter()
 _SCORES = jnp.arange(1, 6, dtype=jnp.float32)
@@ -45,8 +45,9 @@ def expected_score(hidden_BD, model, score_ids):
 def score_shared(
     graphdef,
     params,
-    prefix_ids,
-    prefix_mask,
+    head_ids,
+    rest_ids,
+    rest_mask,
     suffix_ids,
     suffix_last,
     score_ids,
@@ -55,42 +56,58 @@ def score_shared(
     sharding=None,
     input_sharding=None,
 ):
-    """Scores [B, 5] and score-token mass [B, 5] for left-padded prefixes [B, P].
+    """Scores [B, 5] and score-token mass [B, 5] of prompts head + rest + suffix.
 
-    The prefix is prefilled once into a cache of P + S slots. Each dimension's
-    suffix (right-padded to S, last real token at `suffix_last`) is then written at
-    slots [P, P + S) of that cache and attends to the prefix and to itself: the
-    next dimension overwrites the same slots, and since attention is causal no
-    query ever sees another dimension's tokens. The cache is carried through a scan
-    over the five dimensions, so it is updated in place, never copied.
+    Three levels of sharing, one cache of C + P + S slots per row:
+    - the head [C] (chat template + rubric, the same for every prompt) runs once,
+      for one row, and its keys and values are broadcast to all B rows;
+    - each row's rest [P] (context + candidate, left-padded) runs once;
+    - each dimension's suffix (right-padded to S, last real token at `suffix_last`)
+      is written at slots [C + P, C + P + S) and attends to everything before it
+      and to itself; the next dimension overwrites the same slots, and attention
+      being causal, no query ever sees another dimension's tokens. The cache rides
+      in the carry of a scan over the five dimensions: updated in place, not copied.
+    Left padding sits between head and rest; positions count real tokens only, so
+    every row sees the positions it would see unpadded.
     """
     TRACES["score_shared"] += 1
     model = nnx.merge(graphdef, params)
     mc = model.config
-    b, p = prefix_ids.shape
+    c = head_ids.shape[0]
+    b, p = rest_ids.shape
     s = suffix_ids.shape[1]
-    prefix_ids = _constrain(prefix_ids, input_sharding)
-    prefix_mask = _constrain(prefix_mask, input_sharding)
-    layer_shape = (b, mc.num_kv_heads, p + s, mc.head_dim)
-    if mc.scan_layers:
-        zeros = _constrain(jnp.zeros((mc.num_layers, *layer_shape), cache_dtype), sharding)
-    else:
-        zeros = tuple(
-            _constrain(jnp.zeros(layer_shape, cache_dtype), sharding) for _ in range(mc.num_layers)
-        )
-    n_real = jnp.sum(prefix_mask, axis=1, dtype=jnp.int32)
-    cache = KVCache(k=zeros, v=zeros, start=p - n_real, index=jnp.int32(0), positions=n_real)
-    kv_mask = cache.kv_mask  # real prefix slots and every suffix slot
-    _, k, v = model.forward_with_cache(
-        prefix_ids, positions_from_mask(prefix_mask), kv_mask, cache.k, cache.v, 0
+    rest_ids = _constrain(rest_ids, input_sharding)
+    rest_mask = _constrain(rest_mask, input_sharding)
+
+    def zeros(rows):
+        shape = (rows, mc.num_kv_heads, c + p + s, mc.head_dim)
+        if mc.scan_layers:
+            return jnp.zeros((mc.num_layers, *shape), cache_dtype)
+        return tuple(jnp.zeros(shape, cache_dtype) for _ in range(mc.num_layers))
+
+    ones = jnp.ones((1, c + p + s), jnp.int32)
+    _, k1, v1 = model.forward_with_cache(
+        head_ids[None], jnp.arange(c)[None], ones, zeros(1), zeros(1), 0
     )
+
+    def rows(x):  # [.., 1, K, slots, H] -> [.., B, K, slots, H], placed on the mesh
+        shape = x.shape[:-4] + (b,) + x.shape[-3:]
+        return _constrain(jnp.broadcast_to(x, shape), sharding)
+
+    k, v = jax.tree.map(rows, k1), jax.tree.map(rows, v1)
+    kv_mask = jnp.concatenate(
+        [jnp.ones((b, c), jnp.int32), rest_mask, jnp.ones((b, s), jnp.int32)], axis=1
+    )
+    positions = c + positions_from_mask(rest_mask)
+    _, k, v = model.forward_with_cache(rest_ids, positions, kv_mask, k, v, c)
+    n_real = c + jnp.sum(rest_mask, axis=1, dtype=jnp.int32)
     positions = n_real[:, None] + jnp.arange(s)[None, :]
 
     def dimension(carry, xs):
         k, v = carry
         ids_S, last = xs
         ids = jnp.broadcast_to(ids_S[None, :], (b, s))
-        hidden, k, v = model.forward_with_cache(ids, positions, kv_mask, k, v, p)
+        hidden, k, v = model.forward_with_cache(ids, positions, kv_mask, k, v, c + p)
         h = jax.lax.dynamic_index_in_dim(hidden, last, axis=1, keepdims=False)  # [B, D]
         return (k, v), expected_score(h, model, score_ids)
 
@@ -99,14 +116,17 @@ def score_shared(
 
 
 @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("input_sharding",))
-def score_naive(graphdef, params, ids_BDT, mask_BDT, score_ids, *, input_sharding=None):
-    """The same scores from five full prompts per candidate ([B, 5, T], left-padded
-    prefix + suffix): no cache, every dimension re-reads the whole prefix."""
+def score_naive(graphdef, params, ids_DBT, mask_DBT, score_ids, *, input_sharding=None):
+    """The same scores from five full prompts per candidate ([5, B, T], left-padded
+    prefix + suffix): no cache, every dimension re-reads the whole prompt. The five
+    run one after another (a scan), B rows at a time, as the shared path does."""
     TRACES["score_naive"] += 1
     model = nnx.merge(graphdef, params)
-    b, d, t = ids_BDT.shape
-    ids = _constrain(ids_BDT.reshape(b * d, t), input_sharding)
-    mask = _constrain(mask_BDT.reshape(b * d, t), input_sharding)
-    hidden = model.hidden_states(ids, mask)[:, -1]  # left padding: the last column
-    scores, mass = expected_score(hidden, model, score_ids)
-    return scores.reshape(b, d), mass.reshape(b, d)
+
+    def dimension(_, xs):
+        ids, mask = (_constrain(x, input_sharding) for x in xs)
+        hidden = model.hidden_states(ids, mask)[:, -1]  # left padding: the last column
+        return None, expected_score(hidden, model, score_ids)
+
+    _, (scores, mass) = jax.lax.scan(dimension, None, (ids_DBT, mask_DBT))
+    return scores.T, mass.T  # [5, B] -> [B, 5]
