@@ -28,18 +28,15 @@ from kardia_jax.rewards import JudgeConfig, KardiaReward, RewardWeights, RubricJ
 from kardia_jax.rl import rollout as R
 from kardia_jax.rl.step import GRPOLoss, completion_log_probs, grpo_step
 from kardia_jax.sampling import Sampler, SamplingConfig
-from kardia_jax.train.checkpoints import Checkpointer, abstract_with_shardings
+from kardia_jax.train.checkpoints import resume_or_init
 from kardia_jax.train.distributed import global_batch, host_rows
 from kardia_jax.train.metrics import MetricsLogger, truncate_jsonl
 from kardia_jax.train.optim import make_optimizer
 from kardia_jax.train.setup import mesh_and_rules, planned_model_config
 from kardia_jax.train.sft import TrainingHalted
 from kardia_jax.train.state import (
-    abstract_train_state,
     batch_sharding,
     data_parallel_size,
-    init_train_state,
-    state_shardings,
 )
 
 
@@ -95,22 +92,9 @@ def run_grpo(config: ConfigDict, workdir: str) -> dict:
     )
     main = jax.process_index() == 0
 
-    ckpt = Checkpointer(
-        os.path.join(workdir, "checkpoints"),
-        max_to_keep=config.checkpoint.max_to_keep,
-        async_save=config.checkpoint.async_save,
+    ckpt, graphdef, state, shardings, start, data_state = resume_or_init(
+        config, cfg, tx, mesh, rules, workdir
     )
-    graphdef, abstract = abstract_train_state(cfg, tx, mesh, rules)
-    shardings = state_shardings(abstract, tx, mesh, rules)
-    restored = ckpt.restore_latest(abstract_with_shardings(abstract, shardings))
-    if restored is None:
-        graphdef, state, _ = init_train_state(
-            cfg, tx, mesh, rules, seed=config.seed, hf_path=config.model.path
-        )
-        start, data_state = 0, None
-    else:
-        start, state, data_state = restored
-        print(f"resumed from step {start}", flush=True)
 
     # The frozen reference: its own parameters on the same mesh, never trained.
     ref = None

@@ -95,3 +95,28 @@ def abstract_with_shardings(state, shardings):
     return jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
     )
+
+
+def resume_or_init(config, cfg, tx, mesh, rules, workdir: str):
+    """The run's checkpointer and its state: restored from the newest readable
+    checkpoint in WORKDIR/checkpoints (straight into the sharded layout), else freshly
+    initialised (from `config.model.path` when set). Returns
+    (checkpointer, graphdef, state, state shardings, start step, data iterator state)."""
+    from kardia_jax.train.state import abstract_train_state, init_train_state, state_shardings
+
+    ckpt = Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        max_to_keep=config.checkpoint.max_to_keep,
+        async_save=config.checkpoint.async_save,
+    )
+    graphdef, abstract = abstract_train_state(cfg, tx, mesh, rules)
+    shardings = state_shardings(abstract, tx, mesh, rules)
+    restored = ckpt.restore_latest(abstract_with_shardings(abstract, shardings))
+    if restored is None:
+        graphdef, state, _ = init_train_state(
+            cfg, tx, mesh, rules, seed=config.seed, hf_path=config.model.path or None
+        )
+        return ckpt, graphdef, state, shardings, 0, None
+    start, state, data_state = restored
+    print(f"resumed from step {start}", flush=True)
+    return ckpt, graphdef, state, shardings, start, data_state

@@ -22,16 +22,13 @@ from kardia_jax.data.validate import load_dialogues
 from kardia_jax.errors import KardiaError
 from kardia_jax.models import save_hf_model
 from kardia_jax.models.decoder import Transformer
-from kardia_jax.train.checkpoints import Checkpointer, abstract_with_shardings
+from kardia_jax.train.checkpoints import resume_or_init
 from kardia_jax.train.distributed import global_batch, host_rows
 from kardia_jax.train.metrics import MetricsLogger, flops_per_token, truncate_jsonl
 from kardia_jax.train.optim import learning_rate_schedule, make_optimizer
 from kardia_jax.train.setup import check_batch, mesh_and_rules, planned_model_config
 from kardia_jax.train.state import (
-    abstract_train_state,
     batch_sharding,
-    init_train_state,
-    state_shardings,
 )
 from kardia_jax.train.step import eval_step, target_bucket, train_step, with_target_index
 
@@ -85,22 +82,9 @@ def run_sft(config: ConfigDict, workdir: str) -> dict:
     lr_fn = learning_rate_schedule(tcfg, total_steps)
     main = jax.process_index() == 0
 
-    ckpt = Checkpointer(
-        os.path.join(workdir, "checkpoints"),
-        max_to_keep=config.checkpoint.max_to_keep,
-        async_save=config.checkpoint.async_save,
+    ckpt, graphdef, state, shardings, start, data_state = resume_or_init(
+        config, cfg, tx, mesh, rules, workdir
     )
-    graphdef, abstract = abstract_train_state(cfg, tx, mesh, rules)
-    shardings = state_shardings(abstract, tx, mesh, rules)
-    restored = ckpt.restore_latest(abstract_with_shardings(abstract, shardings))
-    if restored is None:
-        graphdef, state, _ = init_train_state(
-            cfg, tx, mesh, rules, seed=config.seed, hf_path=config.model.path or None
-        )
-        start, data_state = 0, None
-    else:
-        start, state, data_state = restored
-        print(f"resumed from step {start}", flush=True)
 
     # Every host draws the same global batch and keeps its own rows: the batch
     # stream, padding and shapes are then independent of the number of hosts (a pod
