@@ -249,11 +249,12 @@ class RubricJudge:
         mass = np.zeros((u, len(DIMENSIONS)), np.float32)
         order = sorted(range(u), key=lambda i: len(prefixes[i]))
         step = self._batch_bucket(self.config.max_batch)
-        for lo in range(0, u, step):
-            idx = order[lo : lo + step]
-            chunk = [prefixes[i] for i in idx]
-            fn = self._shared if prefix_sharing else self._naive
-            s, m = jax.device_get(fn(chunk))
+        fn = self._shared if prefix_sharing else self._naive
+        # Every chunk is dispatched before any result is fetched: the host pads the
+        # next chunk while the device runs the last one.
+        chunks = [order[lo : lo + step] for lo in range(0, u, step)]
+        outputs = [fn([prefixes[i] for i in idx]) for idx in chunks]
+        for idx, (s, m) in zip(chunks, jax.device_get(outputs), strict=True):
             scores[idx], mass[idx] = s[: len(idx)], m[: len(idx)]
         return scores, mass
 

@@ -97,6 +97,11 @@ def test_batched_equals_one_at_a_time(which, items, request):
     assert batch.shape == (len(cands), len(DIMENSIONS))
 
 
+def test_chunks_smaller_than_the_batch_keep_row_order(marker_dir, marker_judge, items):
+    small = make_judge(marker_dir, max_batch=2)  # 5 unique prompts: chunks of 2, 2, 1
+    np.testing.assert_allclose(small.score(*items), marker_judge.score(*items), atol=1e-6)
+
+
 @pytest.mark.parametrize("which", ["marker_judge", "random_judge"])
 def test_prefix_shared_equals_five_full_prompts(which, items, request):
     judge = request.getfixturevalue(which)
