@@ -31,3 +31,13 @@ def small_tokenizer(tmp_path_factory):
     from tests.train.conftest import build_small_tokenizer
 
     return build_small_tokenizer(str(tmp_path_factory.mktemp("small_tokenizer")))
+
+
+# The end-to-end tests run whole CLI processes for tens of seconds each; started
+# first, they overlap with the many short tests on the other xdist worker instead of
+# forming a long serial tail.
+_SLOW_FILES = ("test_sft.py", "test_multiprocess.py", "test_grpo_driver.py", "test_sft_recovery.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.path.name not in _SLOW_FILES)
