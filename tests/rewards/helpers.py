@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from kardia_jax.models import ModelConfig, init_model, save_hf_model
+from kardia_jax.models import ModelConfig, abstract_model, save_hf_model
 from kardia_jax.rewards import Rubric
 
 from ..sampling.conftest import char_tokenizer
@@ -75,6 +75,24 @@ def _set(var, value):
     var.set_value(jnp.asarray(value, var.get_value().dtype))
 
 
+def numpy_model(cfg: ModelConfig, seed: int = 0, std: float = 0.02):
+    """A model with N(0, std) kernels and embeddings, unit norms and zero biases,
+    drawn with numpy: `init_model`'s eager random init compiles every op (seconds)."""
+    rng = np.random.default_rng(seed)
+    graphdef, state = nnx.split(abstract_model(cfg))
+    flat = []
+    for path, var in nnx.to_flat_state(state):
+        shape, dtype = var.get_value().shape, var.get_value().dtype
+        if path[-1] == "scale":
+            value = np.ones(shape)
+        elif path[-1] == "bias":
+            value = np.zeros(shape)
+        else:
+            value = std * rng.standard_normal(shape)
+        flat.append((path, var.replace(jnp.asarray(value, dtype))))
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
 def marker_model(path: str):
     """Writes the hand-set judge to `path`; returns its tokenizer.
 
@@ -86,9 +104,7 @@ def marker_model(path: str):
     ALPHA_s y0 + BETA_s y2 of its RMS-normed value y (all other logits 0).
     """
     tok = char_tokenizer()
-    model = init_model(_config(), seed=0)
-    for _, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        _set(var, np.zeros(var.get_value().shape))
+    model = numpy_model(_config(), std=0.0)
     d, v = 32, VOCAB
     emb = np.zeros((v, d), np.float32)
     emb[:, 0] = A
@@ -146,7 +162,7 @@ def random_model(path: str, seed: int = 1):
         rope_theta=1e6,
         scan_layers=True,
     )
-    model = init_model(cfg, seed=seed)
+    model = numpy_model(cfg, seed=seed)
     # Scale the head up so the score distribution is far from uniform: a path that
     # mixes rows or dimensions cannot hide behind near-equal scores.
     _set(model.lm_head.kernel, 40.0 * np.asarray(model.lm_head.kernel.get_value()))
