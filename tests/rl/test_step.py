@@ -108,10 +108,10 @@ def test_microbatches_and_fsdp_match_the_single_pass_update(agg):
     ref_params, ref = run(mesh, rules, loss)
     p = sharding_preset("fsdp")
     fsdp = make_mesh({"data": 1, "fsdp": 4, "tensor": 1}, devices=jax.devices()[:4])
-    for params, m in (
-        run(mesh, rules, loss, microbatches=4),
-        run(fsdp, p.rules, loss, microbatches=2),
-    ):
+    runs = [run(mesh, rules, loss, microbatches=4)]
+    if agg == "token-mean":  # sharding does not depend on the aggregation: check it once
+        runs.append(run(fsdp, p.rules, loss, microbatches=2))
+    for params, m in runs:
         for k in ("loss", "pg_loss", "kl", "clip_frac", "ratio_mean", "entropy"):
             assert abs(float(m[k]) - float(ref[k])) <= 1e-5, (k, m[k], ref[k])
         assert float(m["ratio_min"]) == pytest.approx(float(ref["ratio_min"]), abs=1e-6)

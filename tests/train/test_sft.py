@@ -104,7 +104,7 @@ def _run_until_checkpoint(workdir, args, step, sig):
 
 
 def test_resume_after_sigterm_and_sigkill_is_bit_identical(tmp_path, small_tokenizer):
-    steps, every = 12, 3
+    steps, every = 9, 3
     common = tiny_overrides(
         small_tokenizer, **{"train.steps": steps, "checkpoint.every": every, "export_hf": True}
     )
