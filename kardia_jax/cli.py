@@ -18,6 +18,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("kardia_jax.demo", "run the demo job on the embedded default"),
     "model": ("kardia_jax.models.cli", "inspect, convert and resize Hugging Face checkpoints"),
     "data": ("kardia_jax.data.cli", "validate and inspect KardiaBench data"),
+    "generate": ("kardia_jax.sampling.cli", "generate replies with a checkpoint's chat template"),
+    "chat": ("kardia_jax.sampling.chat", "interactive chat showing the four spans"),
     "sft": ("kardia_jax.train.cli", "cold-start SFT on the easy split"),
     "grpo": ("kardia_jax.rl.cli", "GRPO with rubric rewards on the hard split"),
 }
