@@ -132,14 +132,18 @@ def run_ours(model, prompts, new: int, reps: int):
 def run_hf(hf, prompts, new: int, reps: int, threads: int):
     import torch
 
-    ids = torch.tensor(prompts)
+    device = next(hf.parameters()).device
+    ids = torch.tensor(prompts, device=device)
     kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None, attention_mask=None)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
 
     def gen(n):
         with torch.no_grad():
-            return hf.generate(input_ids=ids, max_new_tokens=n, min_new_tokens=n, **kw)
+            out = hf.generate(input_ids=ids, max_new_tokens=n, min_new_tokens=n, **kw)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return out
 
     try:
         gen(2)  # warm-up
@@ -148,7 +152,7 @@ def run_hf(hf, prompts, new: int, reps: int, threads: int):
         t_total = best_of(lambda: gen(new), reps)
     finally:
         torch.set_num_threads(before)
-    return out[:, ids.shape[1] :].numpy(), t_prefill, t_total
+    return out[:, ids.shape[1] :].cpu().numpy(), t_prefill, t_total
 
 
 def bench_model(name, cfg, batches, prompt_len, new, reps, peaks, with_hf):
@@ -161,6 +165,8 @@ def bench_model(name, cfg, batches, prompt_len, new, reps, peaks, with_hf):
         if with_hf:
             save_hf_model(model, d)
             hf = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+            if jax.default_backend() == "gpu" and torch.cuda.is_available():
+                hf = hf.cuda()  # the same device for both sides
         for b in batches:
             rng = np.random.default_rng(b)
             prompts = rng.integers(3, cfg.vocab_size, (b, prompt_len)).tolist()
@@ -178,7 +184,9 @@ def bench_model(name, cfg, batches, prompt_len, new, reps, peaks, with_hf):
                 # torch's default threads and a single thread: on a shared machine
                 # OpenMP's spinning workers can lose badly to one thread, and the
                 # baseline is whichever is faster here.
-                runs = {t: run_hf(hf, prompts, new, reps, t) for t in sorted({1, os.cpu_count()})}
+                cpu = jax.default_backend() == "cpu"
+                thread_counts = sorted({1, os.cpu_count()}) if cpu else [torch.get_num_threads()]
+                runs = {t: run_hf(hf, prompts, new, reps, t) for t in thread_counts}
                 threads, (ref, hp, ht) = min(runs.items(), key=lambda kv: kv[1][2])
                 row.update(
                     hf_tok_s=b * new / ht,
@@ -238,6 +246,7 @@ def decode_vs_position(cfg: ModelConfig, reps: int, steps: int = 48):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=("tiny", "full"), default="full")
+    ap.add_argument("--models", nargs="+", help="only these models of the size")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=128)
@@ -246,6 +255,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args(argv)
 
+    if jax.default_backend() == "gpu":
+        # Full f32 matmuls on both sides (torch's default; JAX would use TF32).
+        jax.config.update("jax_default_matmul_precision", "highest")
     peaks = {"bytes_per_s": measure_bandwidth(), "flops_per_s": measure_matmul_peak()}
     report = {
         "command": "python bench/sampler.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -259,6 +271,8 @@ def main(argv=None) -> int:
         "models": {},
     }
     for name, make in MODELS[args.size].items():
+        if args.models and name not in args.models:
+            continue
         report["models"][name] = bench_model(
             name,
             make(),

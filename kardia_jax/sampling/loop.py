@@ -38,6 +38,25 @@ def _is_in(tokens_B, ids_E):
     return jnp.any(tokens_B[:, None] == ids_E[None, :], axis=-1)
 
 
+def step_logits(model, hidden_B1D):
+    """`model.logits` for the one new position of a decode step, [B, V] f32.
+
+    On CPU with a tied embedding the projection is a multiply-reduce over D with
+    the vocabulary outermost: for a handful of rows it streams the [V, D] table
+    1.5-2x faster than XLA:CPU's matmul does (reading a transposed operand), and
+    that table is the largest single read of a step (152k x 896 floats for
+    Qwen2.5-0.5B). Other backends and untied heads use the model's own projection.
+    """
+    cfg = model.config
+    if not (cfg.tie_word_embeddings and jax.default_backend() == "cpu"):
+        return model.logits(hidden_B1D)[:, 0]
+    dtype = jnp.dtype(cfg.dtype)
+    emb_VD = model.embed_tokens.embedding[...].astype(dtype)
+    h_BD = hidden_B1D[:, 0].astype(dtype)
+    logits_VB = jnp.sum(emb_VD[:, None, :] * h_BD[None, :, :], axis=-1, dtype=jnp.float32)
+    return logits_VB.T
+
+
 def record(state: SamplingState, tokens_B, logprobs_B, pad_id: int) -> SamplingState:
     """Writes the tokens drawn at `state.step` and updates who has finished and why.
 
@@ -108,7 +127,7 @@ def prefill(
     positions = positions_from_mask(prompt_mask)
     hidden, k, v = model.forward_with_cache(prompt_ids, positions, prompt_mask, zeros, zeros, 0)
     # Only the last position's logits are needed: skips a [B, P, V] projection.
-    logits = model.logits(hidden[:, -1:])[:, 0]
+    logits = step_logits(model, hidden[:, -1:])
 
     def rows(x, axis=0):  # prompt i -> rows i*G .. i*G + G-1
         return x if group == 1 else jnp.repeat(x, group, axis=axis)
@@ -177,7 +196,7 @@ def decode(
         hidden, k, v = model.forward_with_cache(
             last, c.positions[:, None], c.kv_mask, c.k, c.v, c.index
         )
-        logits = model.logits(hidden)[:, 0]
+        logits = step_logits(model, hidden)
         tokens, logprobs = sample(logits, jax.random.fold_in(s.key, s.step), cfg)
         cache = c.replace(
             k=jax.tree.map(lambda x: _constrain(x, sharding), k),

@@ -37,7 +37,10 @@ def hf_greedy(hf, ids, mask):
 
 
 @pytest.mark.parametrize(
-    "variant,scan", [("qwen2_untied", False), ("qwen2_untied", True), ("qwen3", False)]
+    "variant,scan",
+    # Untied and tied heads (the tied one takes the sampler's own projection on CPU),
+    # unrolled and scanned layers, Qwen2 / Qwen3 / Llama.
+    [("qwen2_untied", False), ("qwen2_untied", True), ("qwen3", False), ("llama_tied", False)],
 )
 def test_greedy_equals_transformers_generate(tiny_checkpoint, prompts, left_pad, variant, scan):
     path, hf = tiny_checkpoint(variant)
