@@ -7,14 +7,14 @@ import json
 
 import pytest
 
+from kardia_jax.cli import main
 from kardia_jax.errors import KardiaError
 from kardia_jax.sampling import chat, cli
 
 
 def run(module, argv):
-    parser = argparse.ArgumentParser()
-    module.add_arguments(parser)
-    return module.main(parser.parse_args(argv))
+    """Through the `kardia-jax` dispatcher, as a user runs it."""
+    return main([{cli: "generate", chat: "chat"}[module], *argv])
 
 
 def test_generate_streams_one_prompt_and_writes_jsonl(chat_checkpoint, tmp_path, capsys):
@@ -101,10 +101,12 @@ def test_spans_are_shown_separately():
     assert cli.present_spans("plain text") == {}
 
 
-def test_user_mistakes_raise_kardia_errors(chat_checkpoint, tmp_path):
+def test_user_mistakes_are_one_line_errors(chat_checkpoint, tmp_path, capsys):
     with pytest.raises(KardiaError, match="not one"):
         cli.Session(cli_args(chat_checkpoint, "--stop", "two tokens"))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "no prompt field"}\n')
-    with pytest.raises(KardiaError, match=r"bad.jsonl:1: expected"):
-        cli.read_prompts(str(bad))
+    assert run(cli, ["--model", chat_checkpoint, "--prompts-file", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kardia-jax generate: error: ") and "bad.jsonl:1: expected" in err
+    assert "\n" not in err
