@@ -127,7 +127,9 @@ def prefill(
     positions = positions_from_mask(prompt_mask)
     hidden, k, v = model.forward_with_cache(prompt_ids, positions, prompt_mask, zeros, zeros, 0)
     # Only the last position's logits are needed: skips a [B, P, V] projection.
-    logits = step_logits(model, hidden[:, -1:])
+    # (`model.logits`, not `step_logits`: with a single prompt row XLA:CPU turns the
+    # latter's reduce into something ~6x slower; the decode loop has >= 2 rows.)
+    logits = model.logits(hidden[:, -1:])[:, 0]
 
     def rows(x, axis=0):  # prompt i -> rows i*G .. i*G + G-1
         return x if group == 1 else jnp.repeat(x, group, axis=axis)
