@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("kardia_jax.sampling.chat", "interactive chat showing the four spans"),
     "sft": ("kardia_jax.train.cli", "cold-start SFT on the easy split"),
     "grpo": ("kardia_jax.rl.cli", "GRPO with rubric rewards on the hard split"),
+    "compile-check": ("kardia_jax.train.compile_check", "memory and FLOPs of compiled steps"),
 }
 
 
