@@ -3,6 +3,7 @@
 from kardia_jax.models.checkpoint import load_hf_model, resize_token_embeddings, save_hf_model
 from kardia_jax.models.config import ModelConfig
 from kardia_jax.models.decoder import Transformer, abstract_model, count_params, init_model
+from kardia_jax.models.gguf import gguf_checkpoint, import_gguf, smollm2_checkpoint
 from kardia_jax.models.presets import PRESETS, get_preset
 
 __all__ = [
@@ -12,8 +13,11 @@ __all__ = [
     "abstract_model",
     "count_params",
     "get_preset",
+    "gguf_checkpoint",
+    "import_gguf",
     "init_model",
     "load_hf_model",
     "resize_token_embeddings",
     "save_hf_model",
+    "smollm2_checkpoint",
 ]

