@@ -22,6 +22,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("kardia_jax.sampling.chat", "interactive chat showing the four spans"),
     "sft": ("kardia_jax.train.cli", "cold-start SFT on the easy split"),
     "grpo": ("kardia_jax.rl.cli", "GRPO with rubric rewards on the hard split"),
+    "eval": ("kardia_jax.eval.cli", "evaluate on the test split: emotion accuracy, rubric, report"),
+    "report": ("kardia_jax.eval.report_cli", "rebuild report.html from an eval workdir and logs"),
     "compile-check": ("kardia_jax.train.compile_check", "memory and FLOPs of compiled steps"),
 }
 

@@ -1,0 +1,36 @@
+"""Evaluation on the test split (Emotion Accuracy and the five rubric dimensions,
+beside the paper's Table 2) and the self-contained HTML report.
+
+    from kardia_jax.eval import run_eval
+    results = run_eval(config, "sft/hf", "eval_out", judge_dir="/ckpt/Qwen3-8B")
+    from kardia_jax.eval.report import write_report
+    write_report("report.html", "eval_out", tb_dirs={"sft": "sft", "grpo": "grpo"})
+
+Names are imported lazily: the report needs neither JAX nor a model.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "run_eval": "run",
+    "load_eval_examples": "run",
+    "eval_config": "config",
+    "compute_metrics": "metrics",
+    "bootstrap_ci": "metrics",
+    "Record": "metrics",
+    "results_markdown": "table",
+    "write_report": "report",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,0 +1,64 @@
+"""The evaluation run settings: every field with a comment and a default. The paper
+evaluates on the whole test split and does not publish its decoding settings; greedy
+decoding is our documented choice (one deterministic answer per prompt)."""
+
+from ml_collections import ConfigDict
+
+from kardia_jax.rewards.judge import JudgeConfig
+
+
+def eval_config() -> ConfigDict:
+    """Defaults for a real run (a 3B-7B policy, a separate 8B judge, on a mesh);
+    `configs/eval_*.py` change what their setting needs."""
+    c = ConfigDict()
+    c.sharding = ""  # "" = one device, no mesh; else a preset in configs/sharding/
+    c.mesh = ConfigDict(dict(data=0, fsdp=0, tensor=0))  # axis-size overrides (see sft)
+    c.dcn_mesh = ConfigDict(dict(data=1, fsdp=1, tensor=1))
+
+    c.model = ConfigDict()
+    c.model.path = ""  # the policy's Hugging Face dir (the --model flag wins)
+    c.model.param_dtype = "bfloat16"  # inference only: bf16 weights halve memory
+    c.model.compute_dtype = "bfloat16"
+
+    c.data = ConfigDict()
+    c.data.path = ""  # KardiaBench test file/dir or hub id ("" = bundled sample, test split)
+    c.data.split = "test"  # hub split (a local file is read as given)
+    c.data.tokenizer = ""  # "" = the policy dir's own tokenizer (else built-in Qwen2.5)
+    c.data.mode = "strict"  # strict: stop at a bad record; skip: count and skip it
+    c.data.max_length = 4096  # prompt tokens; older turns are dropped to fit
+
+    c.eval = ConfigDict()
+    c.eval.max_new_tokens = 384  # four spans average ~170 tokens in the paper's data
+    c.eval.batch_size = 32  # prompts per sampler call; completions are flushed per batch
+    c.eval.temperature = 0.0  # 0 = greedy (unpublished in the paper)
+    c.eval.top_p = 1.0
+    c.eval.top_k = 0
+    c.eval.limit = 0  # > 0: a seeded random subset of this many test turns (0 = all)
+    c.eval.seed = 0  # subset choice, sampling, bootstrap and report samples
+    c.eval.bootstrap = 1000  # percentile-bootstrap resamples for the 95% intervals
+    # "dialogue": resample whole dialogues (their turns share persona, situation and
+    # usually the gold label, so they are not independent); "example": single turns.
+    c.eval.bootstrap_unit = "dialogue"
+    c.eval.samples_in_report = 20  # dialogues shown in report.html
+    c.eval.label = ""  # how our row is named in the table ("" = the model dir's name)
+
+    c.judge = ConfigDict()
+    c.judge.path = ""  # evaluation judge dir (--judge wins); "" = rubric not scored
+    c.judge.dtype = "bfloat16"
+    c.judge.batch_size = 64  # completions per judge call; scores are flushed per call
+    d = JudgeConfig()
+    c.judge.rubric = d.rubric  # shipped rubric version or a rubric file
+    c.judge.show_reasoning = d.show_reasoning  # also show understanding / reasoning
+    c.judge.mode = d.mode  # "expected" E[score] over "1".."5" | "generate"
+    c.judge.max_batch = d.max_batch  # candidates per compiled call
+    c.judge.length_buckets = d.length_buckets
+
+    c.report = ConfigDict()
+    c.report.sft = ""  # SFT workdir or its tb/ folder, for training curves ("" = none)
+    c.report.grpo = ""  # GRPO workdir or its tb/ folder
+    return c
+
+
+def judge_settings(jcfg: ConfigDict) -> JudgeConfig:
+    keys = ("rubric", "show_reasoning", "mode", "max_batch", "length_buckets")
+    return JudgeConfig.from_mapping({k: jcfg[k] for k in keys})

@@ -1,0 +1,334 @@
+"""report.html: one self-contained page (inline CSS and SVG, no script, nothing
+fetched) with the results table beside the paper's, a chart of the five rubric
+dimensions, training curves from the TensorBoard logs, the emotion confusion heat
+map and sample dialogues. Model text is untrusted data: every string is escaped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from html import escape
+
+from kardia_jax.errors import DataError
+from kardia_jax.eval import store
+from kardia_jax.eval.events import read_scalars, resolve_logdir
+from kardia_jax.eval.metrics import Record, per_example_rows
+from kardia_jax.eval.svg import bar_chart, line_chart
+from kardia_jax.eval.table import (
+    DIMENSION_TITLES,
+    PAPER_ROWS,
+    PAPER_SOURCE,
+    caveat,
+    fmt_pct,
+    fmt_score,
+    ours_row,
+)
+from kardia_jax.rewards.emotion import extract_emotion
+from kardia_jax.rewards.rubric import DIMENSIONS
+from kardia_jax.rewards.sanitize import candidate_parts
+
+# (panel title, stage, [(legend, tag)]): the tags MetricsLogger writes for
+# kardia_jax/train/sft.py and kardia_jax/rl/grpo.py (prefix "train/" or "eval/").
+CURVES: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
+    ("SFT loss", "sft", (("train", "train/loss"), ("held-out", "eval/loss"))),
+    (
+        "GRPO reward",
+        "grpo",
+        (
+            ("total", "train/reward/total"),
+            ("format", "train/reward/format"),
+            ("emotion", "train/reward/emotion"),
+            ("rubric", "train/reward/rubric"),
+        ),
+    ),
+    (
+        "GRPO rubric reward per dimension (1-5)",
+        "grpo",
+        tuple((DIMENSION_TITLES[d], f"train/reward/rubric/{d}") for d in DIMENSIONS),
+    ),
+    ("GRPO KL to the reference", "grpo", (("kl", "train/kl"),)),
+    (
+        "GRPO completion length (tokens)",
+        "grpo",
+        (("mean", "train/completion/length_mean"), ("max", "train/completion/length_max")),
+    ),
+)
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1120px;color:#1d1d1d;
+ line-height:1.4;padding:0 16px}
+h1{font-size:24px;margin-bottom:4px}h2{font-size:19px;margin-top:32px;
+ border-bottom:1px solid #ddd;padding-bottom:4px}
+.meta{color:#555;font-size:13px}.note{background:#fff7e0;border-left:4px solid #e0b040;
+ padding:8px 12px;font-size:13px;margin:12px 0}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}
+th,td{border:1px solid #ddd;padding:4px 8px;text-align:right}
+th:first-child,td:first-child{text-align:left}
+tr.ours td{background:#eef4ff;font-weight:600}
+.grid{display:flex;flex-wrap:wrap;gap:12px}
+.heat td,.heat th{padding:2px 4px;font-size:11px;text-align:center;min-width:22px}
+.heat th.rot{height:90px;vertical-align:bottom;white-space:nowrap}
+.heat th.rot div{writing-mode:vertical-rl;transform:rotate(180deg)}
+.heat td.diag{outline:2px solid #1d1d1d;outline-offset:-2px}
+.sample{border:1px solid #ddd;border-radius:6px;padding:10px 14px;margin:12px 0}
+.sample h3{font-size:14px;margin:0 0 6px 0}
+.span{margin:4px 0;font-size:13px;white-space:pre-wrap;word-break:break-word}
+.span b{display:inline-block;min-width:118px;color:#555}
+.ok{color:#1f7a3a;font-weight:600}.bad{color:#b02a37;font-weight:600}
+.raw{background:#f6f6f6;padding:6px;font-size:12px;white-space:pre-wrap;
+ word-break:break-word;max-height:220px;overflow:auto}
+.scores{font-size:12px;color:#333}
+"""
+
+
+def _load_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file (run `kardia-jax eval` first)") from None
+    except ValueError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+
+
+def _table_html(results: dict) -> str:
+    head = ["System", "Emotion Acc"] + [DIMENSION_TITLES[d] for d in DIMENSIONS]
+    rows = ["<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>"]
+    ours = ours_row(results)
+    scored = results.get("rubric", {}).get("scored")
+    cells = [f"ours: {results.get('label', 'kardia-jax')}", fmt_pct(ours["emotion_accuracy"])]
+    cells += [fmt_score(ours[d]) if scored else "not scored" for d in DIMENSIONS]
+    rows.append('<tr class="ours">' + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
+    for r in PAPER_ROWS:
+        cells = [f"paper: {r['system']}", fmt_pct(r["emotion_accuracy"])]
+        cells += [fmt_score(r[d]) for d in DIMENSIONS]
+        rows.append("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
+    return "".join(rows) + "</table>"
+
+
+def _ci_table(results: dict) -> str:
+    acc, ff = results["emotion_accuracy"], results["format_failure_rate"]
+    lines = [
+        ("Emotion Accuracy", fmt_pct(acc["value"]), acc["ci95"], fmt_pct, acc["correct"]),
+        ("Format failures", fmt_pct(ff["value"]), ff["ci95"], fmt_pct, ff["count"]),
+    ]
+    rubric = results.get("rubric", {})
+    if rubric.get("scored"):
+        for d in DIMENSIONS:
+            s = rubric["dimensions"][d]
+            lines.append((DIMENSION_TITLES[d], fmt_score(s["mean"]), s["ci95"], fmt_score, None))
+    n = results["counts"]["examples"]
+    out = ["<table><tr><th>Metric</th><th>Value</th><th>95% CI</th><th>Count</th></tr>"]
+    for name, v, ci, f, count in lines:
+        shown = f"{count}/{n}" if count is not None else str(n)
+        out.append(
+            f"<tr><td>{escape(name)}</td><td>{escape(v)}</td>"
+            f"<td>[{escape(f(ci[0]))}, {escape(f(ci[1]))}]</td><td>{shown}</td></tr>"
+        )
+    return "".join(out) + "</table>"
+
+
+def _dimension_chart(results: dict) -> str:
+    rubric = results.get("rubric", {})
+    if not rubric.get("scored"):
+        why = rubric.get("reason", "no judge")
+        return f'<p class="note">Rubric dimensions not scored: {escape(why)}.</p>'
+    cats = [DIMENSION_TITLES[d] for d in DIMENSIONS]
+    dims = rubric["dimensions"]
+    series = [
+        (
+            f"ours ({results.get('label', '')})",
+            [dims[d]["mean"] for d in DIMENSIONS],
+            [tuple(dims[d]["ci95"]) for d in DIMENSIONS],
+        )
+    ]
+    for r in PAPER_ROWS[:2]:
+        series.append((f"paper: {r['system']}", [r[d] for d in DIMENSIONS], []))
+    return bar_chart(
+        cats, series, width=720, height=320, title="Rubric dimensions (1-5), 95% CI whiskers"
+    )
+
+
+def _curves(tb_dirs: dict[str, str | None]) -> str:
+    scalars = {}
+    notes = []
+    for stage in ("sft", "grpo"):
+        logdir = resolve_logdir(tb_dirs.get(stage))
+        if logdir is None:
+            notes.append(f"{stage.upper()}: no log folder given")
+        elif not os.path.isdir(logdir):
+            notes.append(f"{stage.upper()}: {logdir} does not exist")
+        else:
+            scalars[stage] = read_scalars(logdir)
+            if not scalars[stage]:
+                notes.append(f"{stage.upper()}: no scalars in {logdir}")
+    charts = []
+    for title, stage, tags in CURVES:
+        found = scalars.get(stage, {})
+        series = [(name, found[tag]) for name, tag in tags if tag in found]
+        if stage in scalars:
+            charts.append(line_chart(series, title=title))
+    out = ""
+    if notes:
+        out += '<p class="note">' + "<br>".join(escape(n) for n in notes) + "</p>"
+    return out + '<div class="grid">' + "".join(charts) + "</div>"
+
+
+def _heat(results: dict) -> str:
+    conf = results["confusion"]
+    gold, pred, m = conf["gold"], conf["predicted"], conf["matrix"]
+    head = "".join(f'<th class="rot"><div>{escape(p)}</div></th>' for p in pred)
+    rows = [f'<table class="heat"><tr><th>gold \\ predicted</th>{head}<th>n</th></tr>']
+    for i, g in enumerate(gold):
+        total = sum(m[i]) or 1
+        cells = []
+        for j, p in enumerate(pred):
+            c = m[i][j]
+            share = c / total
+            # Correct cells in green, confusions in red; opacity = row share.
+            rgb = "46,150,80" if p == g else "200,60,60"
+            style = f"background:rgba({rgb},{0.08 + 0.85 * share:.2f})" if c else ""
+            cls = ' class="diag"' if p == g else ""
+            cells.append(f'<td{cls} style="{style}">{c if c else ""}</td>')
+        rows.append(f"<tr><th>{escape(g)}</th>{''.join(cells)}<td>{sum(m[i])}</td></tr>")
+    return "".join(rows) + "</table>"
+
+
+def _per_emotion(results: dict) -> str:
+    out = ["<table><tr><th>Gold emotion</th><th>n</th><th>Correct</th><th>Accuracy</th></tr>"]
+    for label, e in results["per_emotion"].items():
+        out.append(
+            f"<tr><td>{escape(label)}</td><td>{e['n']}</td><td>{e['correct']}</td>"
+            f"<td>{escape(fmt_pct(e['accuracy']))}</td></tr>"
+        )
+    return "".join(out) + "</table>"
+
+
+def _pick(ids: list[str], k: int, seed: int) -> list[str]:
+    """k ids chosen by a seeded hash (stable whatever the file order), shown in id order."""
+    ranked = sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).digest())
+    chosen = set(ranked[:k])
+    return [i for i in ids if i in chosen]
+
+
+def _samples(eval_dir: str, results: dict, k: int, seed: int) -> str:
+    comps = store.read_jsonl(os.path.join(eval_dir, store.COMPLETIONS), repair=False)
+    ident = results.get("rubric", {}).get("judge")
+    scores = {}
+    if ident:
+        for r in store.read_jsonl(os.path.join(eval_dir, store.SCORES), repair=False):
+            if r.get("judge") == ident:
+                scores[r["id"]] = r["scores"]
+    by_id = {r["id"]: r for r in comps}
+    chosen = [by_id[i] for i in _pick(list(by_id), k, seed)]
+    checks = per_example_rows(
+        [Record(r["id"], "", r["gold"], r.get("completion", "")) for r in chosen]
+    )
+    out = []
+    for r, c in zip(chosen, checks, strict=True):
+        text = r.get("completion", "")
+        parts = candidate_parts(text)
+        emotion = extract_emotion(text)
+        spans = [
+            ("understanding", parts.understanding),
+            ("reasoning", parts.reasoning),
+            ("emotion", emotion),
+            ("response", parts.response if parts.source in ("spans", "lenient") else None),
+        ]
+        verdict = (
+            f'<span class="ok">correct ({escape(c["gold"])})</span>'
+            if c["correct"]
+            else f'<span class="bad">wrong: predicted {escape(str(c["predicted"]))}, '
+            f"gold {escape(c['gold'])}</span>"
+        )
+        fmt = (
+            '<span class="ok">well formed</span>'
+            if c["format_error"] is None
+            else f'<span class="bad">format failure: {escape(c["format_error"])}</span>'
+        )
+        s = scores.get(r["id"])
+        score_line = (
+            " · ".join(f"{DIMENSION_TITLES[d]} {v:.2f}" for d, v in zip(DIMENSIONS, s, strict=True))
+            if s
+            else "rubric not scored"
+        )
+        body = "".join(
+            f'<div class="span"><b>{name}</b>{escape(v) if v else "<i>(absent)</i>"}</div>'
+            for name, v in spans
+        )
+        raw = (
+            f'<details><summary>raw completion</summary><div class="raw">{escape(text)}</div>'
+            "</details>"
+            if c["format_error"] is not None
+            else ""
+        )
+        out.append(
+            f'<div class="sample"><h3>{escape(r["id"])}</h3>'
+            f'<div class="span"><b>situation</b>{escape(r.get("situation", ""))}</div>'
+            f'<div class="span"><b>user</b>{escape(r.get("user", ""))}</div>'
+            f'<hr>{body}<div class="scores">emotion: {verdict} · {fmt} · '
+            f"finish: {escape(str(r.get('finish_reason', '?')))} · {escape(score_line)}</div>"
+            f"{raw}</div>"
+        )
+    if not out:
+        return "<p>No completions.</p>"
+    return f"<p>{len(out)} of {len(comps)} completions (seeded choice).</p>" + "".join(out)
+
+
+def write_report(
+    out_html: str,
+    eval_dir: str,
+    tb_dirs: dict[str, str | None] | None = None,
+    *,
+    samples: int = 20,
+    seed: int = 0,
+    title: str = "kardia-jax evaluation report",
+) -> str:
+    """Writes the report from an eval workdir (results.json, completions.jsonl,
+    judge_scores.jsonl) and the SFT / GRPO log folders (a run's workdir or its tb/);
+    returns `out_html`."""
+    results = _load_json(os.path.join(eval_dir, store.RESULTS_JSON))
+    c = results["counts"]
+    rubric = results.get("rubric", {})
+    warn = rubric.get("warning")
+    sections = [
+        f"<h1>{escape(title)}</h1>",
+        f'<p class="meta">model {escape(str(results.get("model", "?")))} · data '
+        f"{escape(str(results.get('data', '?')))} · {c['examples']} examples from "
+        f"{c['dialogues']} dialogues · judge {escape(str(rubric.get('judge') or 'none'))}</p>",
+        f'<p class="note">{escape(caveat(results))}<br>Paper source: {escape(PAPER_SOURCE)}.</p>',
+        f'<p class="note">Warning: {escape(warn)}</p>' if warn else "",
+        "<h2>Results beside the paper (Table 2 layout)</h2>",
+        _table_html(results),
+        "<h2>Our figures with bootstrap 95% intervals</h2>",
+        _ci_table(results),
+        f'<p class="meta">{results["bootstrap"]["resamples"]} percentile-bootstrap resamples '
+        f"of {escape(results['bootstrap']['unit'])}s, seed {results['bootstrap']['seed']}; "
+        f"{c.get('hit_token_limit', 0)} completions hit the token limit.</p>",
+        "<h2>Rubric dimensions</h2>",
+        _dimension_chart(results),
+        "<h2>Training curves</h2>",
+        _curves(tb_dirs or {}),
+        "<h2>Emotions</h2>",
+        '<div class="grid"><div>',
+        _per_emotion(results),
+        "</div><div>",
+        _heat(results),
+        "</div></div>",
+        "<h2>Sample dialogues</h2>",
+        _samples(eval_dir, results, samples, seed),
+    ]
+    page = (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        # No script may run and nothing may load, even if escaping were ever missed.
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
+        "style-src 'unsafe-inline'; img-src data:\">"
+        f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>"
+        + "".join(sections)
+        + "</body></html>\n"
+    )
+    os.makedirs(os.path.dirname(os.path.abspath(out_html)), exist_ok=True)
+    store.write_text(out_html, page)
+    return out_html

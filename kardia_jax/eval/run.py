@@ -1,0 +1,368 @@
+"""Evaluation on the test split: generate with our sampler (greedy by default), parse
+the four spans, score Emotion Accuracy and the five rubric dimensions from an
+evaluation judge, and write results.json / results.md / report.html.
+
+Resumable: completions and judge scores are appended to JSONL files in the workdir
+batch by batch (flushed), and an example whose id is already there is never
+generated or judged again; a complete completions file means the policy is never
+even loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+
+from ml_collections import ConfigDict
+
+from kardia_jax.errors import ConfigError, DataError
+from kardia_jax.eval import store
+from kardia_jax.eval.config import judge_settings
+from kardia_jax.eval.metrics import Record, compute_metrics
+from kardia_jax.eval.table import PAPER_ROWS, PAPER_SOURCE, results_markdown
+from kardia_jax.rewards.rubric import DIMENSIONS
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalItem:
+    id: str  # "<file>:<line>#<turn>": stable across runs and machines
+    example: object  # data.TokenizedExample (prompt only), with its dialogue
+
+    @property
+    def dialogue_id(self) -> str:
+        return self.id.rsplit("#", 1)[0]
+
+
+def example_id(example) -> str:
+    # The file's base name, not its path: a workdir resumed from another mount or
+    # machine must find the same ids.
+    return f"{os.path.basename(example.location)}#{example.turn}"
+
+
+def _subset(items: list[EvalItem], limit: int, seed: int) -> list[EvalItem]:
+    """A seeded random subset in file order. Ranked by a hash of the id, so a larger
+    limit keeps every example of a smaller one (a run can be extended)."""
+    if limit <= 0 or limit >= len(items):
+        return items
+
+    def rank(it):
+        return hashlib.sha256(f"{seed}:{it.id}".encode()).digest()
+
+    keep = {it.id for it in sorted(items, key=rank)[:limit]}
+    return [it for it in items if it.id in keep]
+
+
+def load_eval_examples(config: ConfigDict, tokenizer, data_path: str | None = None):
+    """(items, data path, validation report): every assistant turn of the test
+    split as a generation prompt, or `eval.limit` of them."""
+    from kardia_jax.data.examples import build_examples
+    from kardia_jax.data.reader import sample_path
+    from kardia_jax.data.validate import load_dialogues
+
+    path = data_path or config.data.path or str(sample_path("test"))
+    dialogues, report = load_dialogues(path, mode=config.data.mode, split=config.data.split)
+    examples = build_examples(
+        dialogues,
+        tokenizer,
+        max_length=int(config.data.max_length),
+        include_target=False,
+        report=report,
+    )
+    items, seen = [], set()
+    for ex in examples:
+        item = EvalItem(example_id(ex), ex)
+        if item.id in seen:
+            raise DataError(f"{path}: two test examples share the id {item.id}")
+        seen.add(item.id)
+        items.append(item)
+    if not items:
+        raise DataError(f"{path}: no test examples")
+    return _subset(items, int(config.eval.limit), int(config.eval.seed)), path, report
+
+
+def load_eval_tokenizer(config: ConfigDict, model_dir: str):
+    """data.tokenizer when set (the training tokenizer), else the policy dir's own
+    (an SFT export saves it), else the built-in Qwen2.5 one."""
+    if config.data.tokenizer:
+        from kardia_jax.data.tokenizer import load_tokenizer
+
+        return load_tokenizer(config.data.tokenizer)
+    from kardia_jax.sampling.cli import load_tokenizer_for
+
+    return load_tokenizer_for(model_dir)
+
+
+def _mesh(config: ConfigDict):
+    from kardia_jax.sharding import DEFAULT_RULES
+
+    if not config.sharding:
+        return None, DEFAULT_RULES
+    from kardia_jax.train.setup import mesh_and_rules
+
+    return mesh_and_rules(config)
+
+
+class _Policy:
+    """The policy, its sampler and stop ids: loaded only when something is missing."""
+
+    def __init__(self, config: ConfigDict, model_dir: str, tokenizer, mesh, rules):
+        from kardia_jax.models import load_hf_model
+        from kardia_jax.sampling import Sampler, SamplingConfig
+        from kardia_jax.sampling.cli import eos_ids_for
+
+        m = config.model
+        model = load_hf_model(
+            model_dir, m.param_dtype, mesh, compute_dtype=m.compute_dtype, rules=rules
+        )
+        if len(tokenizer) > model.config.vocab_size:
+            raise ConfigError(
+                f"{model_dir}: tokenizer has {len(tokenizer)} tokens but the model only "
+                f"{model.config.vocab_size} embeddings (data.tokenizer={config.data.tokenizer!r})"
+            )
+        self.tokenizer = tokenizer
+        self.eos_ids = eos_ids_for(model.config, tokenizer)
+        pad = tokenizer.pad_token_id
+        self.sampler = Sampler(model, eos_ids=self.eos_ids, pad_id=pad or 0, mesh=mesh, rules=rules)
+        e = config.eval
+        self.sampling = SamplingConfig(
+            temperature=float(e.temperature), top_k=int(e.top_k), top_p=float(e.top_p)
+        )
+
+    def generate(self, items: Sequence[EvalItem], max_new_tokens: int, seed: int) -> list[dict]:
+        prompts = [it.example.prompt_ids.tolist() for it in items]
+        out = self.sampler(prompts, max_new_tokens, self.sampling, seed=seed)
+        rows = []
+        for i, it in enumerate(items):
+            ids = out.ids(i)
+            if ids and ids[-1] in self.eos_ids:  # the end token is not part of the answer
+                ids = ids[:-1]
+            rows.append(
+                {
+                    "id": it.id,
+                    "gold": it.example.emotion,
+                    # The context shown beside the answer in report.html.
+                    "situation": it.example.dialogue.situation,
+                    "user": it.example.dialogue.messages[it.example.turn - 1].content,
+                    "completion": self.tokenizer.decode(ids, skip_special_tokens=False),
+                    "finish_reason": out.finish_reason[i],
+                    "tokens": int(out.lengths[i]),
+                }
+            )
+        return rows
+
+
+def generate_missing(items, path: str, make_policy, config: ConfigDict) -> int:
+    """Generates the items whose ids are not in `path` yet, appending each batch as
+    it finishes; returns how many were generated."""
+    done = {r["id"] for r in store.read_jsonl(path)}
+    todo = [it for it in items if it.id not in done]
+    if not todo:
+        return 0
+    policy = make_policy()
+    # Similar lengths together: less padding, and few (batch, length) buckets to compile.
+    todo.sort(key=lambda it: len(it.example.prompt_ids))
+    bs = int(config.eval.batch_size)
+    if bs < 1:
+        raise ConfigError(f"eval.batch_size={bs}: need >= 1")
+    t0 = time.perf_counter()
+    for k in range(0, len(todo), bs):
+        batch = todo[k : k + bs]
+        # The seed depends on the batch's first id, not its position, so a resumed
+        # run samples what an uninterrupted one would for the same batch.
+        seed = int(config.eval.seed) * 1_000_003 + int(
+            hashlib.sha256(batch[0].id.encode()).hexdigest()[:7], 16
+        )
+        store.append_jsonl(path, policy.generate(batch, int(config.eval.max_new_tokens), seed))
+        n = min(k + bs, len(todo))
+        print(
+            f"eval: generated {n}/{len(todo)} ({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
+    return len(todo)
+
+
+def judge_identity(judge) -> str:
+    """Names the judge and rubric a cached score came from."""
+    name = getattr(judge, "name", "") or type(judge).__name__
+    rubric = getattr(getattr(judge, "rubric", None), "id", "")
+    cfg = getattr(judge, "config", None)
+    extra = f"|{cfg.mode}|reasoning={cfg.show_reasoning}" if hasattr(cfg, "mode") else ""
+    return f"{name}|{rubric}{extra}"
+
+
+def judge_missing(items, completions: dict, judge, path: str, batch_size: int) -> int:
+    """Scores the completions that have no cached score from this judge yet."""
+    from kardia_jax.rewards.prompt import JudgeContext
+
+    ident = judge_identity(judge)
+    done = {r["id"] for r in store.read_jsonl(path) if r.get("judge") == ident}
+    todo = [it for it in items if it.id not in done]
+    if batch_size < 1:
+        raise ConfigError(f"judge.batch_size={batch_size}: need >= 1")
+    t0 = time.perf_counter()
+    for k in range(0, len(todo), batch_size):
+        batch = todo[k : k + batch_size]
+        contexts = [JudgeContext.from_example(it.example) for it in batch]
+        result = judge.evaluate(contexts, [completions[it.id]["completion"] for it in batch])
+        scores = result.scores
+        if getattr(scores, "shape", None) != (len(batch), len(DIMENSIONS)):
+            raise DataError(
+                f"judge returned scores of shape {getattr(scores, 'shape', None)} for "
+                f"{len(batch)} completions; expected ({len(batch)}, {len(DIMENSIONS)})"
+            )
+        store.append_jsonl(
+            path,
+            (
+                {"id": it.id, "judge": ident, "scores": [float(x) for x in scores[i]]}
+                for i, it in enumerate(batch)
+            ),
+        )
+        print(
+            f"eval: judged {min(k + batch_size, len(todo))}/{len(todo)} "
+            f"({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
+    return len(todo)
+
+
+def _label(model_dir: str) -> str:
+    # An SFT / GRPO export is WORKDIR/hf: "hf" alone would name nothing.
+    parts = model_dir.rstrip("/").split("/")
+    return "/".join(parts[-2:]) if parts[-1] == "hf" and len(parts) > 1 else parts[-1]
+
+
+def run_eval(
+    config: ConfigDict,
+    model_dir: str | None,
+    workdir: str,
+    data_path: str | None = None,
+    judge_dir: str | None = None,
+    *,
+    judge=None,
+    report: bool = True,
+) -> dict:
+    """Generates, judges and writes results.json, results.md and (with `report`)
+    report.html in `workdir`; returns the results. `judge` is an already-built object
+    with `evaluate(contexts, completions) -> .scores [N, 5]` (tests, or a caller that
+    holds one); else `judge_dir` or `config.judge.path` is loaded; else the rubric is
+    reported as not scored."""
+    import jax
+
+    if jax.process_count() > 1:
+        raise ConfigError(
+            "eval runs in one process (its resumable files are written by one writer); "
+            "use one host of the pod, or a single-host mesh"
+        )
+    model_dir = model_dir or config.model.path
+    if not model_dir:
+        raise ConfigError("model: pass --model DIR (or set model.path)")
+    model_dir = os.path.abspath(model_dir)
+    os.makedirs(workdir, exist_ok=True)
+    t0 = time.perf_counter()
+    tokenizer = load_eval_tokenizer(config, model_dir)
+    items, data, data_report = load_eval_examples(config, tokenizer, data_path)
+    e = config.eval
+    store.check_manifest(
+        workdir,
+        {
+            "model": model_dir,
+            "data": os.path.abspath(data) if os.path.exists(data) else data,
+            "tokenizer": config.data.tokenizer or "(model dir)",
+            "max_length": int(config.data.max_length),
+            "max_new_tokens": int(e.max_new_tokens),
+            "temperature": float(e.temperature),
+            "top_p": float(e.top_p),
+            "top_k": int(e.top_k),
+            "seed": int(e.seed),
+        },
+    )
+    mesh, rules = _mesh(config)
+
+    comp_path = os.path.join(workdir, store.COMPLETIONS)
+    generated = generate_missing(
+        items,
+        comp_path,
+        lambda: _Policy(config, model_dir, tokenizer, mesh, rules),
+        config,
+    )
+    completions = {r["id"]: r for r in store.read_jsonl(comp_path)}
+    missing = [it.id for it in items if it.id not in completions]
+    if missing:
+        raise DataError(f"{comp_path}: no completion for {missing[0]} after generation")
+
+    judge_dir = judge_dir or config.judge.path
+    judged, ident, scores = 0, None, {}
+    if judge is None and judge_dir:
+        from kardia_jax.rewards import RubricJudge
+
+        judge = RubricJudge.from_pretrained(
+            judge_dir,
+            judge_settings(config.judge),
+            dtype=config.judge.dtype,
+            mesh=mesh,
+            rules=rules,
+        )
+    if judge is not None:
+        ident = judge_identity(judge)
+        score_path = os.path.join(workdir, store.SCORES)
+        judged = judge_missing(items, completions, judge, score_path, int(config.judge.batch_size))
+        scores = {r["id"]: r["scores"] for r in store.read_jsonl(score_path) if r["judge"] == ident}
+
+    records = [
+        Record(
+            id=it.id,
+            dialogue=it.dialogue_id,
+            gold=it.example.emotion,
+            completion=completions[it.id]["completion"],
+            scores=tuple(scores[it.id]) if judge is not None else None,
+        )
+        for it in items
+    ]
+    results = compute_metrics(
+        records, resamples=int(e.bootstrap), seed=int(e.seed), unit=e.bootstrap_unit
+    )
+    finish = [completions[it.id].get("finish_reason") for it in items]
+    results["counts"].update(
+        generated_this_run=generated,
+        judged_this_run=judged,
+        hit_token_limit=finish.count("length"),
+        examples_skipped=sum(data_report.examples_skipped.values()),
+        prompts_truncated=data_report.truncated,
+    )
+    if judge is None:
+        results["rubric"] = {
+            "scored": False,
+            "reason": "no evaluation judge (pass --judge DIR or set judge.path)",
+        }
+    else:
+        results["rubric"]["judge"] = ident
+        if judge_dir and os.path.abspath(judge_dir) == model_dir:
+            results["rubric"]["warning"] = "the judge is the policy checkpoint itself"
+    results.update(
+        label=e.label or _label(model_dir),
+        model=model_dir,
+        data=data,
+        settings=config.to_dict(),
+        paper={"source": PAPER_SOURCE, "rows": list(PAPER_ROWS)},
+        seconds=round(time.perf_counter() - t0, 1),
+    )
+    store.write_text(
+        os.path.join(workdir, store.RESULTS_JSON),
+        json.dumps(results, indent=2, ensure_ascii=False, default=str) + "\n",
+    )
+    store.write_text(os.path.join(workdir, store.RESULTS_MD), results_markdown(results))
+    if report:
+        from kardia_jax.eval.report import write_report
+
+        write_report(
+            os.path.join(workdir, store.REPORT_HTML),
+            workdir,
+            tb_dirs={"sft": config.report.sft, "grpo": config.report.grpo},
+            samples=int(e.samples_in_report),
+            seed=int(e.seed),
+        )
+    return results
