@@ -21,13 +21,29 @@ def grpo_config() -> ConfigDict:
     c.rollout.temperature = 1.0  # unpublished; 1.0 samples the policy itself
     c.rollout.top_p = 1.0  # filters change the sampling distribution: keep off for GRPO
     c.rollout.top_k = 0
-    c.rollout.old_logp = "recompute"  # "recompute" (a forward before the update) | "sampler"
-    c.rollout.dynamic_sampling = True  # refill zero-variance groups with fresh prompts
+    # Log-probs of the sampled tokens under the policy that sampled them (the ratio's
+    # denominator): "recompute" runs one forward before the update (exact for the
+    # update's numerics), "sampler" takes the sampler's (no extra forward; they differ
+    # from the update's by the numerics of the KV-cache path, bf16 especially).
+    c.rollout.old_logp = "recompute"
+    c.rollout.dynamic_sampling = True  # refill zero-variance groups with fresh prompts (DAPO)
     c.rollout.max_refill_rounds = 2  # extra prompt batches drawn per step at most
+    c.rollout.mask_truncated = False  # drop completions cut at max_new_tokens from the loss
 
     c.reward = ConfigDict()
     c.reward.judge_path = ""  # judge checkpoint dir ("" = no judge: rubric weight must be 0)
     c.reward.judge_dtype = "bfloat16"
+    c.reward.judge = ConfigDict()  # the judge's settings (kardia_jax/rewards/judge.py JudgeConfig)
+    c.reward.judge.rubric = "v1"  # shipped rubric version, or a path to a rubric file
+    c.reward.judge.show_reasoning = False  # judge sees the understanding/reasoning spans too
+    c.reward.judge.mode = "expected"  # E[score] over "1".."5" | "generate" (decode and parse)
+    c.reward.judge.max_batch = 32  # candidates per compiled judge call
+    c.reward.judge.length_buckets = (256, 512, 768, 1024, 1536, 2048, 3072, 4096)
+    c.reward.judge.max_candidate_tokens = 512  # longer completions are cut before judging
+    # A custom reward instead of the paper's ("module:callable", called as
+    # fn(texts, contexts, gold_emotions) -> RewardBatch or {"total": [R], ...}), for
+    # verifiable rewards and tests; "" = format + emotion + rubric with the weights below.
+    c.reward.fn = ""
     c.reward.format = 1 / 3  # paper: 1/3 format + 1/3 emotion + 1/3 rubric
     c.reward.emotion = 1 / 3
     c.reward.rubric = 1 / 3

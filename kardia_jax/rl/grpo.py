@@ -6,6 +6,7 @@ passes of clipped-surrogate updates with a KL penalty to the frozen reference.""
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import math
 import os
@@ -65,6 +66,7 @@ def _loss_settings(config) -> GRPOLoss:
 def run_grpo(config: ConfigDict, workdir: str) -> dict:
     if not config.model.path:
         raise ConfigError("model.path: GRPO starts from a policy checkpoint (the SFT export)")
+    _check_settings(config)
     os.makedirs(workdir, exist_ok=True)
     rc, g = config.rollout, config.grpo
     mesh, rules = mesh_and_rules(config)
@@ -85,12 +87,9 @@ def run_grpo(config: ConfigDict, workdir: str) -> dict:
     tx = make_optimizer(config.train, total_steps * g.mu * g.minibatches)
     loss = _loss_settings(config)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    stop_ids = tuple(
-        i
-        for i in (tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>"))
-        if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id
-    )
+    stop_ids = R.stop_token_ids(tokenizer)
     main = jax.process_index() == 0
+    buckets = tuple(config.data.buckets)
 
     ckpt, graphdef, state, shardings, start, data_state = resume_or_init(
         config, cfg, tx, mesh, rules, workdir
@@ -108,20 +107,34 @@ def run_grpo(config: ConfigDict, workdir: str) -> dict:
             scan_layers=cfg.scan_layers,
         )
         ref = nnx.split(resize_token_embeddings(ref_model, cfg.vocab_size))
-    judge = None
-    weights = RewardWeights(config.reward.format, config.reward.emotion, config.reward.rubric)
-    if config.reward.judge_path:
-        judge = RubricJudge.from_pretrained(
-            config.reward.judge_path,
-            JudgeConfig(),
-            dtype=config.reward.judge_dtype,
-            mesh=mesh,
-            rules=rules,
+    if config.reward.judge_path and not config.reward.rubric and not config.reward.fn:
+        raise ConfigError(
+            "reward.judge_path is set but reward.rubric is 0: the judge would never be called"
         )
-    reward_fn = KardiaReward(judge, weights)
+    judge = None
+    if config.reward.judge_path:
+        judge = R.TimedJudge(
+            RubricJudge.from_pretrained(
+                config.reward.judge_path,
+                _judge_settings(config.reward),
+                dtype=config.reward.judge_dtype,
+                mesh=mesh,
+                rules=rules,
+            )
+        )
+    reward_fn = _reward_fn(config.reward, judge)
 
     policy = nnx.merge(graphdef, state.params)
-    sampler = Sampler(policy, eos_ids=stop_ids, pad_id=pad_id, mesh=mesh, rules=rules)
+    # Prompts are bucketed like the update batch (data.buckets), so the sampler and
+    # the step compile at most one program per bucket between them.
+    sampler = Sampler(
+        policy,
+        eos_ids=stop_ids,
+        pad_id=pad_id,
+        mesh=mesh,
+        rules=rules,
+        **({"prompt_buckets": buckets} if buckets else {}),
+    )
     sampling = SamplingConfig(temperature=rc.temperature, top_k=rc.top_k, top_p=rc.top_p)
     dataset = build_prompt_dataset(
         examples,
@@ -129,7 +142,7 @@ def run_grpo(config: ConfigDict, workdir: str) -> dict:
         seed=config.data.seed,
         shard_index=0,
         shard_count=1,
-        buckets=tuple(config.data.buckets) or None,
+        buckets=buckets or None,
         pad_id=pad_id,
     )
     it = iter(dataset)
@@ -163,16 +176,21 @@ def run_grpo(config: ConfigDict, workdir: str) -> dict:
             truncate_jsonl(p, start)
 
     step = start
+    compiles = CompileCounter()
     try:
         while step < total_steps:
             t0 = time.perf_counter()
+            built = compiles.count
+            if judge is not None:
+                judge.reset()
             seed = int(config.seed) * 1_000_003 + step  # rollouts are a function of the step
-            parts, drawn = [], 0
+            parts, drawn, t_sample, t_score = [], 0, 0.0, 0.0
             for round_ in range(1 + (rc.max_refill_rounds if rc.dynamic_sampling else 0)):
                 batch = next(it)
                 drawn += 1
                 index = batch["index"][batch["index"] >= 0]
                 prompts = [examples[i].prompt_ids.tolist() for i in index]
+                t = time.perf_counter()
                 comp = sampler(
                     prompts,
                     rc.max_new_tokens,
@@ -181,8 +199,11 @@ def run_grpo(config: ConfigDict, workdir: str) -> dict:
                     seed=seed * 7 + round_,
                 )
                 texts = R.decode_completions(tokenizer, comp.tokens, comp.lengths, stop_ids)
+                t_sample += time.perf_counter() - t
                 rep = np.repeat(index, rc.group_size)
+                t = time.perf_counter()
                 rewards = R.score(reward_fn, examples, rep, texts)
+                t_score += time.perf_counter() - t
                 parts.append(
                     R.Rollouts(
                         rep,
@@ -200,13 +221,12 @@ def run_grpo(config: ConfigDict, workdir: str) -> dict:
                 )
                 if not rc.dynamic_sampling or useful >= rc.prompts_per_step:
                     break
-            t_rollout = time.perf_counter() - t0
             ro = R.select_groups(parts, rc.group_size, rc.prompts_per_step, rc.dynamic_sampling)
             adv = R.advantages_of(
                 ro.rewards["total"], rc.group_size, g.advantage_scale, float(g.advantage_eps)
             )
-            plen = bucket_length(max(map(len, ro.prompt_ids)), tuple(config.data.buckets))
-            host = R.update_batch(ro, adv, plen, pad_id)
+            plen = bucket_length(max(map(len, ro.prompt_ids)), buckets)
+            host = R.update_batch(ro, adv, plen, pad_id, mask_truncated=rc.mask_truncated)
             t1 = time.perf_counter()
             ids = global_batch(
                 host_rows({k: host[k] for k in ("input_ids", "attention_mask")}), bsh
@@ -216,13 +236,15 @@ def run_grpo(config: ConfigDict, workdir: str) -> dict:
                 if ref is not None
                 else np.zeros_like(host["sampler_logp"])
             )
+            ref_logp = np.asarray(ref_logp) * host["completion_mask"]  # waits for the device
+            t_ref = time.perf_counter() - t1
+            t1 = time.perf_counter()
             if rc.old_logp == "sampler":
                 old_logp = host["sampler_logp"]
             else:
                 old_logp = logp_fn(graphdef, state.params, ids["input_ids"], ids["attention_mask"])
             old_logp = np.asarray(old_logp) * host["completion_mask"]
-            ref_logp = np.asarray(ref_logp) * host["completion_mask"]
-            t_ref = time.perf_counter() - t1
+            t_old = time.perf_counter() - t1
             t2 = time.perf_counter()
             rng = np.random.default_rng(seed)
             metrics = []
@@ -243,20 +265,31 @@ def run_grpo(config: ConfigDict, workdir: str) -> dict:
             metrics = jax.device_get(metrics)
             t_update = time.perf_counter() - t2
             step += 1
+            t_judge = judge.seconds if judge is not None else 0.0
             row = _step_metrics(
                 step,
                 ro,
                 adv,
+                host,
                 metrics,
                 parts,
                 rc.group_size,
+                g.mu,
                 dict(
-                    rollout=t_rollout,
+                    rollout=t_sample,
+                    judge=t_judge,
+                    reward=t_score - t_judge,  # format / emotion / custom rewards
                     reference=t_ref,
+                    old_logp=t_old,
                     update=t_update,
                     total=time.perf_counter() - t0,
                 ),
             )
+            if judge is not None:
+                row.update(judge.metrics())
+            # XLA programs built during this step: 0 after the first step of a bucket
+            # (dynamic sampling and refills must not change any compiled shape).
+            row["compiles"] = compiles.count - built
             row["prompt_batches"] = drawn
             if main:
                 _append(log_path, row)
@@ -282,10 +315,82 @@ def run_grpo(config: ConfigDict, workdir: str) -> dict:
             save_hf_model(
                 nnx.merge(graphdef, state.params), os.path.join(workdir, "hf"), tokenizer=tokenizer
             )
-        return {"step": step, "prompts": len(examples)}
+        return {"step": step, "prompts": len(examples), "reference_model": ref is not None}
     finally:
         logger.close()
         ckpt.close()
+
+
+def _check_settings(config: ConfigDict) -> None:
+    rc, g = config.rollout, config.grpo
+    if rc.old_logp not in ("recompute", "sampler"):
+        raise ConfigError(f"rollout.old_logp={rc.old_logp!r}: expected 'recompute' or 'sampler'")
+    for name, value in (
+        ("rollout.prompts_per_step", rc.prompts_per_step),
+        ("rollout.group_size", rc.group_size),
+        ("rollout.max_new_tokens", rc.max_new_tokens),
+        ("grpo.mu", g.mu),
+        ("grpo.minibatches", g.minibatches),
+    ):
+        if int(value) < 1:
+            raise ConfigError(f"{name}={value}: need >= 1")
+    if rc.group_size < 2 and g.advantage_scale != "none":
+        raise ConfigError("rollout.group_size must be >= 2 for group-normalised advantages")
+    if g.beta < 0:
+        raise ConfigError(f"grpo.beta={g.beta}: need >= 0")
+
+
+def _judge_settings(rcfg: ConfigDict) -> JudgeConfig:
+    """reward.judge (a ConfigDict of `JudgeConfig` fields) -> JudgeConfig."""
+    settings = dict(rcfg.get("judge", {}) or {})
+    limits = settings.pop("max_candidate_tokens", None)
+    if limits is not None:
+        settings["limits"] = {"max_candidate_tokens": int(limits)}
+    try:
+        return JudgeConfig.from_mapping(settings)
+    except (TypeError, ConfigError) as e:
+        raise ConfigError(f"reward.judge: {e}") from None
+
+
+def _reward_fn(rcfg: ConfigDict, judge):
+    """`KardiaReward` with the configured weights, or the custom reward named by
+    `reward.fn` ("module:callable", called as fn(texts, contexts, gold_emotions))."""
+    spec = rcfg.get("fn", "")
+    if not spec:
+        return KardiaReward(judge, RewardWeights(rcfg.format, rcfg.emotion, rcfg.rubric))
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ConfigError(f"reward.fn={spec!r}: expected 'module:callable'")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"reward.fn={spec!r}: cannot import it ({e})") from None
+    if not callable(fn):
+        raise ConfigError(f"reward.fn={spec!r} is not callable")
+    return fn
+
+
+class CompileCounter:
+    """XLA programs built by this process since it was created (jax.monitoring's
+    backend-compile event fires once per new program, persistent-cache hits included)."""
+
+    _total = 0
+    _registered = False
+
+    def __init__(self):
+        if not CompileCounter._registered:
+            jax.monitoring.register_event_duration_secs_listener(CompileCounter._listen)
+            CompileCounter._registered = True
+        self._start = CompileCounter._total
+
+    @staticmethod
+    def _listen(event: str, duration: float, **kwargs) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            CompileCounter._total += 1
+
+    @property
+    def count(self) -> int:
+        return CompileCounter._total - self._start
 
 
 def _logp(graphdef, params, input_ids, attention_mask, *, n, chunk, temperature):
@@ -310,7 +415,7 @@ def _to_devices(part, bsh, vsh):
     return out
 
 
-def _step_metrics(step, ro, adv, metrics, parts, group_size, times) -> dict:
+def _step_metrics(step, ro, adv, host, metrics, parts, group_size, mu, times) -> dict:
     def mean(k):
         return (
             float(np.mean([m[k] for m in metrics if k in m]))
@@ -331,10 +436,26 @@ def _step_metrics(step, ro, adv, metrics, parts, group_size, times) -> dict:
             "advantage/abs_max": float(np.max(np.abs(adv))),
             "completion/length_mean": float(lengths.mean()),
             "completion/length_max": int(lengths.max()),
+            "completion/truncated_fraction": float(
+                np.mean([f == "length" for f in ro.finish_reason])
+            ),
+            "completion/loss_tokens": int(host["completion_mask"].sum()),
+            # Of every group sampled this step (refills included) ...
             "zero_variance_fraction": float(
                 1 - R.informative_groups(pool.rewards["total"], group_size).mean()
             ),
-            "tokens_per_s": float(lengths.sum() / max(times["rollout"], 1e-9)),
+            # ... and of the groups kept for the update (0 when the refills sufficed).
+            "batch/zero_variance_fraction": float(
+                1 - R.informative_groups(ro.rewards["total"], group_size).mean()
+            ),
+            "batch/rows": len(ro),
+            # Sampler throughput (every sampled token, refills included) and the
+            # tokens (prompt + completion) the update passes push through the model.
+            "rollout/tokens_per_s": float(pool.mask.sum() / max(times["rollout"], 1e-9)),
+            "update/tokens_per_s": float(
+                mu * host["attention_mask"].sum() / max(times["update"], 1e-9)
+            ),
+            "tokens_per_s": float(lengths.sum() / max(times["total"], 1e-9)),
         }
     )
     for k in (

@@ -4,10 +4,14 @@ sampling of informative groups, and the static-shape batch the GRPO step takes."
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import numpy as np
 
+from kardia_jax.errors import ConfigError
+from kardia_jax.rewards.combine import RewardBatch
 from kardia_jax.rewards.prompt import JudgeContext
+from kardia_jax.rewards.rubric import DIMENSIONS
 from kardia_jax.rl.core import group_advantages
 
 
@@ -54,6 +58,13 @@ class Rollouts:
         )
 
 
+def stop_token_ids(tokenizer) -> tuple[int, ...]:
+    """The ids that end a completion: the chat turn's end and the text's end, where the
+    tokenizer has them."""
+    ids = (tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>"))
+    return tuple(i for i in ids if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id)
+
+
 def decode_completions(tokenizer, tokens: np.ndarray, lengths: np.ndarray, stop_ids) -> list[str]:
     """Completion text with span markers kept (they are special tokens) and the final
     stop token dropped."""
@@ -66,10 +77,56 @@ def decode_completions(tokenizer, tokens: np.ndarray, lengths: np.ndarray, stop_
     return out
 
 
-def score(reward_fn, examples, index: np.ndarray, texts: list[str]):
+def score(reward_fn, examples, index: np.ndarray, texts: list[str]) -> RewardBatch:
+    """Rewards of `texts`, row i being a completion of `examples[index[i]]`.
+    `reward_fn(texts, contexts, gold_emotions)` is `KardiaReward` or a custom reward
+    (`reward.fn`) returning a `RewardBatch` or a dict of [R] arrays with a "total"."""
     contexts = [JudgeContext.from_example(examples[i]) for i in index]
     gold = [examples[i].emotion for i in index]
-    return reward_fn(texts, contexts, gold)
+    out = reward_fn(texts, contexts, gold)
+    if isinstance(out, dict):
+        out = RewardBatch({k: np.asarray(v, np.float32) for k, v in out.items()}, {})
+    total = np.asarray(out.components.get("total")) if "total" in out.components else None
+    if total is None or total.shape != (len(texts),) or not np.all(np.isfinite(total)):
+        raise ConfigError(
+            f"the reward function returned no finite 'total' of shape ({len(texts)},) "
+            f"(got {None if total is None else total.shape})"
+        )
+    return out
+
+
+class TimedJudge:
+    """A `RubricJudge` seen through `KardiaReward`: times each `evaluate` call (the
+    judge is its own phase of a GRPO step) and keeps the results for the step's logs."""
+
+    def __init__(self, judge):
+        self.judge = judge
+        self.reset()
+
+    def reset(self) -> None:
+        self.seconds = 0.0
+        self.results = []
+
+    def evaluate(self, contexts, completions):
+        t0 = time.perf_counter()
+        result = self.judge.evaluate(contexts, completions)  # scores are on the host
+        self.seconds += time.perf_counter() - t0
+        self.results.append(result)
+        return result
+
+    def metrics(self) -> dict[str, float]:
+        """judge/<dimension> means and judge/<count> sums over every candidate judged
+        since `reset` (refill rounds included), and the score-token mass."""
+        if not self.results:
+            return {}
+        scores = np.concatenate([r.scores for r in self.results])
+        out = {f"judge/{d}": float(scores[:, j].mean()) for j, d in enumerate(DIMENSIONS)}
+        mass = np.concatenate([r.mass.reshape(-1) for r in self.results])
+        if np.any(~np.isnan(mass)):
+            out["judge/score_token_mass"] = float(np.nanmean(mass))
+        for k in self.results[0].counts:
+            out[f"judge/{k}"] = float(sum(r.counts.get(k, 0) for r in self.results))
+        return out
 
 
 def informative_groups(total: np.ndarray, group_size: int) -> np.ndarray:
@@ -93,9 +150,17 @@ def select_groups(parts: list[Rollouts], group_size: int, want: int, dynamic: bo
 
 
 def update_batch(
-    ro: Rollouts, advantages: np.ndarray, prompt_len: int, pad_id: int
+    ro: Rollouts,
+    advantages: np.ndarray,
+    prompt_len: int,
+    pad_id: int,
+    *,
+    mask_truncated: bool = False,
 ) -> dict[str, np.ndarray]:
-    """The GRPO step's layout: prompts left-padded to `prompt_len`, completions after."""
+    """The GRPO step's layout: prompts left-padded to `prompt_len`, completions after.
+    `mask_truncated` drops completions cut at the budget from the loss (DAPO's overlong
+    filtering: their reward judges an unfinished answer); they still count in their
+    group's reward statistics, and the row keeps its shape."""
     r, n = ro.tokens.shape
     ids = np.full((r, prompt_len + n), pad_id, np.int32)
     attn = np.zeros((r, prompt_len + n), np.int32)
@@ -105,6 +170,8 @@ def update_batch(
     mask = ro.mask.astype(np.int32)
     ids[:, prompt_len:] = np.where(mask > 0, ro.tokens, pad_id)
     attn[:, prompt_len:] = mask
+    if mask_truncated:
+        mask = mask * np.asarray([f != "length" for f in ro.finish_reason], np.int32)[:, None]
     return {
         "input_ids": ids,
         "attention_mask": attn,

@@ -1,0 +1,42 @@
+"""GRPO learns: through the real driver (`kardia-jax grpo`: sampler, reward, group
+advantages, the jitted step with KL to the frozen reference), a tiny random policy
+with a verifiable reward (emit span markers) raises its mean reward by >= 0.3."""
+
+import json
+
+import numpy as np
+
+from ..train.conftest import run_cli
+from .conftest import driver_args, read_jsonl
+
+ONE_DEVICE = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+STEPS = 16
+
+
+def test_tiny_policy_learns_a_verifiable_reward(tmp_path, rl_policy, rl_tokenizer, short_data):
+    args = driver_args(
+        tmp_path,
+        rl_policy,
+        rl_tokenizer,
+        short_data,
+        STEPS,
+        **{
+            "reward.fn": "tests.rl.toy_rewards:span_markers",
+            "rollout.group_size": 8,
+            "train.lr": 3e-2,
+            "grpo.beta": 0.04,
+            "rollout.dynamic_sampling": False,
+        },
+    )
+    proc = run_cli(args, ONE_DEVICE)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out
+    log = read_jsonl(tmp_path / "grpo_log.jsonl")
+    reward = np.asarray([r["reward/total"] for r in log])
+    assert len(log) == STEPS
+    early, late = reward[:3].mean(), reward[-3:].mean()
+    assert late - early >= 0.3, (early, late)
+    kl = np.asarray([r["kl"] for r in log])
+    assert np.all(np.isfinite(kl)) and np.all(kl >= 0) and kl[-1] > 0
+    assert [r["compiles"] for r in log[1:]] == [0] * (STEPS - 1)  # one program set
+    assert json.loads(out.strip().splitlines()[-1])["reference_model"] is True
