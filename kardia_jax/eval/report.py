@@ -240,7 +240,7 @@ def _samples(eval_dir: str, results: dict, k: int, seed: int) -> str:
         verdict = (
             f'<span class="ok">correct ({escape(c["gold"])})</span>'
             if c["correct"]
-            else f'<span class="bad">wrong: predicted {escape(str(c["predicted"]))}, '
+            else f'<span class="bad">wrong: predicted {escape(c["predicted"] or "no label")}, '
             f"gold {escape(c['gold'])}</span>"
         )
         fmt = (

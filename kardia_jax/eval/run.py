@@ -250,6 +250,9 @@ def run_eval(
     with `evaluate(contexts, completions) -> .scores [N, 5]` (tests, or a caller that
     holds one); else `judge_dir` or `config.judge.path` is loaded; else the rubric is
     reported as not scored."""
+    model_dir = model_dir or config.model.path
+    if not model_dir:
+        raise ConfigError("model: pass --model DIR (or set model.path)")
     import jax
 
     if jax.process_count() > 1:
@@ -257,9 +260,6 @@ def run_eval(
             "eval runs in one process (its resumable files are written by one writer); "
             "use one host of the pod, or a single-host mesh"
         )
-    model_dir = model_dir or config.model.path
-    if not model_dir:
-        raise ConfigError("model: pass --model DIR (or set model.path)")
     model_dir = os.path.abspath(model_dir)
     os.makedirs(workdir, exist_ok=True)
     t0 = time.perf_counter()

@@ -89,10 +89,7 @@ def bar_chart(
                 f'height="{y(ymin) - y(v_clip):.1f}" fill="{color}"><title>'
                 f"{escape(series[s][0])}: {v:.3f}</title></rect>"
             )
-            out.append(
-                f'<text x="{x + bar_w * 0.46:.1f}" y="{y(v_clip) - 3:.1f}" font-size="10" '
-                f'text-anchor="middle" {_FONT}>{v:.2f}</text>'
-            )
+            label_y = y(v_clip)
             ci = cis[c] if cis else None
             if ci is not None:
                 cx = x + bar_w * 0.46
@@ -101,6 +98,11 @@ def bar_chart(
                     f'<path d="M{cx:.1f} {y(lo):.1f}V{y(hi):.1f}M{cx - 4:.1f} {y(lo):.1f}'
                     f'h8M{cx - 4:.1f} {y(hi):.1f}h8" stroke="#222" fill="none"/>'
                 )
+                label_y = min(label_y, y(hi))  # above the whisker, not through it
+            out.append(
+                f'<text x="{x + bar_w * 0.46:.1f}" y="{label_y - 3:.1f}" font-size="10" '
+                f'text-anchor="middle" {_FONT}>{v:.2f}</text>'
+            )
         out.append(
             f'<text x="{left + (c + 0.5) * group_w:.1f}" y="{height - bottom + 16}" '
             f'font-size="12" text-anchor="middle" {_FONT}>{escape(cat)}</text>'

@@ -1,0 +1,140 @@
+"""report.html: every section, training curves read back from tensorboardX event
+files (a torn file read up to its last intact record), escaped model text, and
+nothing that could run or load."""
+
+import json
+import os
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tensorboardX import SummaryWriter
+
+from kardia_jax.errors import DataError
+from kardia_jax.eval import store
+from kardia_jax.eval.events import read_scalars
+from kardia_jax.eval.metrics import Record, compute_metrics
+from kardia_jax.eval.report import CURVES, write_report
+from kardia_jax.rewards.rubric import DIMENSIONS
+
+# Every element the report may contain: no script, image, frame, link or form.
+SAFE_TAGS = {
+    "html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "br", "hr",
+    "div", "span", "b", "i", "table", "tr", "th", "td", "details", "summary",
+    "svg", "text", "line", "rect", "path", "polyline", "circle",
+}  # fmt: skip
+HOSTILE = "</div><script>alert('x')</script><img src=x onerror=alert(1)> & \"q\""
+
+
+def elements(html: str) -> tuple[set[str], set[str]]:
+    """The element names and attribute names in a page, as a browser parses it."""
+    tags, attrs = set(), set()
+
+    class P(HTMLParser):
+        def handle_starttag(self, tag, a):
+            tags.add(tag)
+            attrs.update(k for k, _ in a)
+
+    P().feed(html)
+    return tags, attrs
+
+
+def log(logdir, tag_values: dict[str, list[float]], start: int = 1):
+    # Two writers within one second would share a file name: the suffix keeps both.
+    w = SummaryWriter(logdir, filename_suffix=f".{start}")
+    for tag, values in tag_values.items():
+        for k, v in enumerate(values):
+            w.add_scalar(tag, v, start + k)
+    w.close()
+
+
+def test_scalars_read_back_and_resumed_steps_keep_the_later_value(tmp_path):
+    log(str(tmp_path), {"train/loss": [3.0, 2.0, 1.5]})
+    log(str(tmp_path), {"train/loss": [9.0, 1.0]}, start=3)  # a resumed run re-logs step 3
+    scalars = read_scalars(str(tmp_path))
+    assert scalars["train/loss"] == [(1, 3.0), (2, 2.0), (3, 9.0), (4, 1.0)]
+    # A file cut mid-record (killed writer) is read up to its last intact record.
+    path = sorted(os.path.join(tmp_path, f) for f in os.listdir(tmp_path))[-1]
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[:-7])
+    assert read_scalars(str(tmp_path))["train/loss"][-1] == (3, 9.0)
+
+
+def make_eval_dir(path, n=24):
+    rng = np.random.default_rng(0)
+    records, rows, scores = [], [], []
+    golds = ["sad", "proud", "afraid"]
+    for i in range(n):
+        gold = golds[i % 3]
+        pred = gold if i % 4 else "angry"
+        text = (
+            f"<|understanding_begin|>u{i}<|understanding_end|>"
+            f"<|reasoning_begin|>r<|reasoning_end|><|emotion_begin|>{pred}<|emotion_end|>"
+            f"<|response_begin|>reply {i} {HOSTILE}<|response_end|>"
+        )
+        s = [float(x) for x in rng.integers(1, 6, len(DIMENSIONS))]
+        rid = f"t.jsonl:{i // 2 + 1}#{2 * (i % 2) + 2}"
+        records.append(Record(rid, rid.split("#")[0], gold, text, tuple(s)))
+        rows.append({"id": rid, "gold": gold, "completion": text, "user": HOSTILE, "situation": ""})
+        scores.append({"id": rid, "judge": "j", "scores": s})
+    results = compute_metrics(records, resamples=100)
+    results["rubric"]["judge"] = "j"
+    results.update(label="lab<el>", model="m", data="d")
+    os.makedirs(path, exist_ok=True)
+    store.write_text(os.path.join(path, store.RESULTS_JSON), json.dumps(results))
+    store.append_jsonl(os.path.join(path, store.COMPLETIONS), rows)
+    store.append_jsonl(os.path.join(path, store.SCORES), scores)
+    return results
+
+
+def test_report_has_every_section_and_escapes_model_text(tmp_path):
+    make_eval_dir(tmp_path / "eval")
+    log(str(tmp_path / "sft" / "tb"), {"train/loss": [4.0, 3.0, 2.5], "eval/loss": [3.2]})
+    grpo = {tag: [0.1, 0.2, 0.4] for _, stage, tags in CURVES if stage == "grpo" for _, tag in tags}
+    log(str(tmp_path / "grpo" / "tb"), grpo)
+    out = write_report(
+        str(tmp_path / "r.html"),
+        str(tmp_path / "eval"),
+        tb_dirs={"sft": str(tmp_path / "sft"), "grpo": str(tmp_path / "grpo" / "tb")},
+        samples=20,
+    )
+    html = Path(out).read_text(encoding="utf-8")
+    for heading in (
+        "Results beside the paper (Table 2 layout)",
+        "Our figures with bootstrap 95% intervals",
+        "Rubric dimensions",
+        "Training curves",
+        "Emotions",
+        "Sample dialogues",
+    ):
+        assert f"<h2>{heading}</h2>" in html
+    for title, _, _ in CURVES:  # every curve panel drawn, each with data
+        assert f'aria-label="{title}"' in html.replace("&#x27;", "'")
+    assert html.count("<polyline") >= sum(len(t) for _, _, t in CURVES) - 1  # eval/loss: a dot
+    assert html.count('<div class="sample">') == 20
+    assert "20 of 24 completions" in html
+    # Escaped, so the page shows the text and nothing runs or loads.
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
+    assert "lab&lt;el&gt;" in html
+    tags, attrs = elements(html)
+    assert tags <= SAFE_TAGS, tags - SAFE_TAGS
+    assert not {a for a in attrs if a.startswith("on") or a in ("src", "href")}
+    assert "@import" not in html and "url(" not in html
+    assert "default-src 'none'" in html
+    assert "65.78%" in html and "not comparable as equals" in html
+    assert 'class="heat"' in html and 'class="diag"' in html
+
+
+def test_report_without_logs_or_judge_says_so(tmp_path):
+    results = make_eval_dir(tmp_path)
+    results.pop("rubric")
+    results["rubric"] = {"scored": False, "reason": "no evaluation judge"}
+    store.write_text(str(tmp_path / store.RESULTS_JSON), json.dumps(results))
+    html = Path(write_report(str(tmp_path / "r.html"), str(tmp_path))).read_text("utf-8")
+    assert "Rubric dimensions not scored: no evaluation judge" in html
+    assert "SFT: no log folder given" in html and "rubric not scored" in html
+    with pytest.raises(DataError, match="results.json: no such file"):
+        write_report(str(tmp_path / "x.html"), str(tmp_path / "missing"))
