@@ -47,6 +47,19 @@ def test_dynamic_sampling_refills_zero_variance_groups_at_fixed_shape():
     np.testing.assert_array_equal(a["attention_mask"][1], [0, 0, 0, 1, 1, 1, 1])  # 1-token prompt
 
 
+def test_truncated_completions_can_be_masked_from_the_loss():
+    ro = fake_rollouts([0, 1, 1, 0])
+    ro.finish_reason = ["eos", "length", "stop", "length"]
+    keep = update_batch(ro, np.arange(4.0), prompt_len=4, pad_id=0)
+    drop = update_batch(ro, np.arange(4.0), prompt_len=4, pad_id=0, mask_truncated=True)
+    np.testing.assert_array_equal(drop["completion_mask"].sum(1), [3, 0, 3, 0])
+    np.testing.assert_array_equal(drop["sampler_logp"][[1, 3]], 0.0)
+    np.testing.assert_array_equal(drop["sampler_logp"][[0, 2]], keep["sampler_logp"][[0, 2]])
+    # Only the loss mask changes: the rows keep their tokens, attention and advantage.
+    for k in ("input_ids", "attention_mask", "advantages"):
+        np.testing.assert_array_equal(drop[k], keep[k])
+
+
 @pytest.fixture(scope="module")
 def sft_policy(tmp_path_factory, small_tokenizer):
     workdir = tmp_path_factory.mktemp("sft")

@@ -38,5 +38,6 @@ def test_tiny_policy_learns_a_verifiable_reward(tmp_path, rl_policy, rl_tokenize
     assert late - early >= 0.3, (early, late)
     kl = np.asarray([r["kl"] for r in log])
     assert np.all(np.isfinite(kl)) and np.all(kl >= 0) and kl[-1] > 0
+    assert log[0]["compiles"] > 0
     assert [r["compiles"] for r in log[1:]] == [0] * (STEPS - 1)  # one program set
     assert json.loads(out.strip().splitlines()[-1])["reference_model"] is True

@@ -59,6 +59,7 @@ def test_dynamic_sampling_refills_planted_groups_without_recompiling(
         assert np.all(examples == examples[:, :1])  # whole groups, in order
         assert np.all(rewards.max(1) > rewards.min(1))  # none of zero variance
     # The refills and the changing mix of prompts reuse the first step's programs.
+    assert log[0]["compiles"] > 0  # the counter sees the first step's compiles
     assert [r["compiles"] for r in log[1:]] == [0, 0]
 
 
