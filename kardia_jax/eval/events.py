@@ -55,6 +55,7 @@ def event_files(logdir: str) -> list[str]:
 def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
     """tag -> [(step, value)] sorted by step. A step logged twice (a run resumed from
     an earlier checkpoint logs it again) keeps the later write."""
+    from google.protobuf.message import DecodeError
     from tensorboardX.proto import event_pb2
 
     by_tag: dict[str, dict[int, tuple[float, float]]] = {}
@@ -63,7 +64,7 @@ def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
             event = event_pb2.Event()
             try:
                 event.ParseFromString(payload)
-            except Exception:  # noqa: BLE001 - a bad frame that passed its CRC: skip it
+            except DecodeError:  # a frame that passed its CRC yet is no Event: skip it
                 continue
             if not event.HasField("summary"):
                 continue
