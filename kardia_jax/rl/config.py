@@ -29,6 +29,10 @@ def grpo_config() -> ConfigDict:
     c.rollout.dynamic_sampling = True  # refill zero-variance groups with fresh prompts (DAPO)
     c.rollout.max_refill_rounds = 2  # extra prompt batches drawn per step at most
     c.rollout.mask_truncated = False  # drop completions cut at max_new_tokens from the loss
+    # Zero-variance groups left in the batch (all of them without dynamic sampling, or
+    # when the refills ran out): False keeps them (advantage 0: KL only), True drops
+    # them from the loss entirely.
+    c.rollout.mask_zero_variance = False
 
     c.reward = ConfigDict()
     c.reward.judge_path = ""  # judge checkpoint dir ("" = no judge: rubric weight must be 0)

@@ -226,7 +226,13 @@ def run_grpo(config: ConfigDict, workdir: str) -> dict:
                 ro.rewards["total"], rc.group_size, g.advantage_scale, float(g.advantage_eps)
             )
             plen = bucket_length(max(map(len, ro.prompt_ids)), buckets)
-            host = R.update_batch(ro, adv, plen, pad_id, mask_truncated=rc.mask_truncated)
+            keep = R.loss_rows(
+                ro,
+                rc.group_size,
+                truncated=rc.mask_truncated,
+                zero_variance=rc.mask_zero_variance,
+            )
+            host = R.update_batch(ro, adv, plen, pad_id, keep_rows=keep)
             t1 = time.perf_counter()
             ids = global_batch(
                 host_rows({k: host[k] for k in ("input_ids", "attention_mask")}), bsh
@@ -291,12 +297,13 @@ def run_grpo(config: ConfigDict, workdir: str) -> dict:
             # (dynamic sampling and refills must not change any compiled shape).
             row["compiles"] = compiles.count - built
             row["prompt_batches"] = drawn
+            row["updates"] = len(metrics)  # optimizer steps: mu x minibatches
             if main:
                 _append(log_path, row)
                 logger.scalars(step, {k: v for k, v in row.items() if isinstance(v, int | float)})
                 logger.progress(step, {"reward": row["reward/total"], "kl": row.get("kl", 0.0)})
                 if config.log.ledger:
-                    _write_ledger(ledger, step, ro, adv)
+                    _write_ledger(ledger, step, ro, adv, examples)
                 for i in range(min(config.log.text_samples, len(ro))):
                     logger.text(
                         step, f"sample/{i}", f"reward {ro.rewards['total'][i]:.3f}\n\n{ro.texts[i]}"
@@ -484,14 +491,17 @@ def _append(path, row):
         f.write(json.dumps(row) + "\n")
 
 
-def _write_ledger(path, step, ro, adv):
+def _write_ledger(path, step, ro, adv, examples):
     with open(path, "a", encoding="utf-8") as f:
         for i in range(len(ro)):
+            ex = examples[int(ro.example_index[i])]
             f.write(
                 json.dumps(
                     {
                         "step": step,
                         "example": int(ro.example_index[i]),
+                        # the prompt: the record and the assistant turn it asks for
+                        "prompt": f"{ex.location} messages[{ex.turn}]",
                         "completion": ro.texts[i],
                         "finish_reason": ro.finish_reason[i],
                         "advantage": float(adv[i]),

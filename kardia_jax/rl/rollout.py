@@ -149,18 +149,33 @@ def select_groups(parts: list[Rollouts], group_size: int, want: int, dynamic: bo
     return pool.take(rows)
 
 
+def loss_rows(
+    ro: Rollouts, group_size: int, *, truncated: bool = False, zero_variance: bool = False
+) -> np.ndarray:
+    """[R] bool: the completions that enter the loss. `truncated=True` drops those cut
+    at the budget (DAPO's overlong filtering: the reward judged an unfinished answer;
+    they still count in their group's statistics); `zero_variance=True` drops groups
+    whose rewards are all equal (no policy-gradient signal) so that they neither add
+    KL nor dilute the token-mean normaliser: the masking alternative to refilling."""
+    keep = np.ones(len(ro), bool)
+    if truncated:
+        keep &= np.asarray([f != "length" for f in ro.finish_reason], bool)
+    if zero_variance:
+        keep &= np.repeat(informative_groups(ro.rewards["total"], group_size), group_size)
+    return keep
+
+
 def update_batch(
     ro: Rollouts,
     advantages: np.ndarray,
     prompt_len: int,
     pad_id: int,
     *,
-    mask_truncated: bool = False,
+    keep_rows: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """The GRPO step's layout: prompts left-padded to `prompt_len`, completions after.
-    `mask_truncated` drops completions cut at the budget from the loss (DAPO's overlong
-    filtering: their reward judges an unfinished answer); they still count in their
-    group's reward statistics, and the row keeps its shape."""
+    Rows not in `keep_rows` (see `loss_rows`) get an empty loss mask; the row keeps its
+    tokens, so the batch shape never changes."""
     r, n = ro.tokens.shape
     ids = np.full((r, prompt_len + n), pad_id, np.int32)
     attn = np.zeros((r, prompt_len + n), np.int32)
@@ -170,8 +185,8 @@ def update_batch(
     mask = ro.mask.astype(np.int32)
     ids[:, prompt_len:] = np.where(mask > 0, ro.tokens, pad_id)
     attn[:, prompt_len:] = mask
-    if mask_truncated:
-        mask = mask * np.asarray([f != "length" for f in ro.finish_reason], np.int32)[:, None]
+    if keep_rows is not None:
+        mask = mask * np.asarray(keep_rows, np.int32)[:, None]
     return {
         "input_ids": ids,
         "attention_mask": attn,

@@ -9,7 +9,13 @@ import time
 import numpy as np
 import pytest
 
-from kardia_jax.rl.rollout import Rollouts, informative_groups, select_groups, update_batch
+from kardia_jax.rl.rollout import (
+    Rollouts,
+    informative_groups,
+    loss_rows,
+    select_groups,
+    update_batch,
+)
 
 from ..train.conftest import run_cli, tiny_overrides
 from ..train.test_sft import TINY
@@ -47,14 +53,19 @@ def test_dynamic_sampling_refills_zero_variance_groups_at_fixed_shape():
     np.testing.assert_array_equal(a["attention_mask"][1], [0, 0, 0, 1, 1, 1, 1])  # 1-token prompt
 
 
-def test_truncated_completions_can_be_masked_from_the_loss():
-    ro = fake_rollouts([0, 1, 1, 0])
-    ro.finish_reason = ["eos", "length", "stop", "length"]
-    keep = update_batch(ro, np.arange(4.0), prompt_len=4, pad_id=0)
-    drop = update_batch(ro, np.arange(4.0), prompt_len=4, pad_id=0, mask_truncated=True)
-    np.testing.assert_array_equal(drop["completion_mask"].sum(1), [3, 0, 3, 0])
-    np.testing.assert_array_equal(drop["sampler_logp"][[1, 3]], 0.0)
-    np.testing.assert_array_equal(drop["sampler_logp"][[0, 2]], keep["sampler_logp"][[0, 2]])
+def test_truncated_and_zero_variance_rows_can_be_masked_from_the_loss():
+    ro = fake_rollouts([0, 1, 1, 1, 0, 1])  # groups: informative, constant, informative
+    ro.finish_reason = ["eos", "length", "stop", "stop", "length", "eos"]
+    assert loss_rows(ro, 2).tolist() == [True] * 6
+    assert loss_rows(ro, 2, truncated=True).tolist() == [1, 0, 1, 1, 0, 1]
+    assert loss_rows(ro, 2, zero_variance=True).tolist() == [1, 1, 0, 0, 1, 1]
+    both = loss_rows(ro, 2, truncated=True, zero_variance=True)
+    assert both.tolist() == [1, 0, 0, 0, 0, 1]
+    keep = update_batch(ro, np.arange(6.0), prompt_len=4, pad_id=0)
+    drop = update_batch(ro, np.arange(6.0), prompt_len=4, pad_id=0, keep_rows=both)
+    np.testing.assert_array_equal(drop["completion_mask"].sum(1), [3, 0, 0, 0, 0, 3])
+    np.testing.assert_array_equal(drop["sampler_logp"][1:5], 0.0)
+    np.testing.assert_array_equal(drop["sampler_logp"][[0, 5]], keep["sampler_logp"][[0, 5]])
     # Only the loss mask changes: the rows keep their tokens, attention and advantage.
     for k in ("input_ids", "attention_mask", "advantages"):
         np.testing.assert_array_equal(drop[k], keep[k])

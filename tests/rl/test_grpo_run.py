@@ -38,6 +38,8 @@ def test_dynamic_sampling_refills_planted_groups_without_recompiling(
                 "rollout.group_size": group,
                 "rollout.max_refill_rounds": 3,
                 "grpo.beta": 0.0,
+                "grpo.mu": 2,  # two passes of two minibatches: the same programs
+                "grpo.minibatches": 2,
             },
         )
     )
@@ -49,6 +51,8 @@ def test_dynamic_sampling_refills_planted_groups_without_recompiling(
     # ... and every update batch is full (4 prompts x 4) and free of constant groups.
     assert all(r["batch/rows"] == 16 and r["batch/zero_variance_fraction"] == 0 for r in log)
     assert all("kl" not in r for r in log)
+    # mu = 2 x 2 minibatches: after the first update the policy has moved (ratio != 1).
+    assert all(r["updates"] == 4 and r["ratio_min"] < 1.0 < r["ratio_max"] for r in log)
     assert CONSTANT.issubset(e for e, _, _ in DIALOGUES)  # planted among the prompts
     rows = read_jsonl(tmp_path / "rollouts.jsonl")
     assert len(rows) == steps * 16
