@@ -190,7 +190,11 @@ def test_f32_gguf_round_trips_to_the_original_checkpoint(tmp_path, tied):
     ref = torch_logits(hf, ids, mask)
     ours = np.asarray(load_hf_model(out)(jnp.asarray(ids), jnp.asarray(mask)))
     assert np.abs(ours - ref)[mask.astype(bool)].max() <= 1e-4
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    theirs, info = transformers.AutoModelForCausalLM.from_pretrained(
+        out, dtype=torch.float32, output_loading_info=True
+    )
+    assert not any(info.values()), f"transformers reported {info}"
+    theirs.eval()
     assert np.abs(torch_logits(theirs, ids, mask) - ref)[mask.astype(bool)].max() <= 1e-5
 
 
