@@ -300,7 +300,7 @@ def run_eval(
         from kardia_jax.rewards import RubricJudge
 
         judge = RubricJudge.from_pretrained(
-            judge_dir,
+            os.path.abspath(judge_dir),  # its name keys the score cache: one spelling
             judge_settings(config.judge),
             dtype=config.judge.dtype,
             mesh=mesh,
