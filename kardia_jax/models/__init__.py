@@ -1,4 +1,5 @@
-"""Decoder models (Qwen2/2.5, Qwen3, Llama) and their Hugging Face checkpoints."""
+"""Decoder models (Qwen2/2.5, Qwen3, Llama), their Hugging Face checkpoints, and GGUF
+import (llama.cpp files, SmolLM2-135M-Instruct)."""
 
 from kardia_jax.models.checkpoint import load_hf_model, resize_token_embeddings, save_hf_model
 from kardia_jax.models.config import ModelConfig

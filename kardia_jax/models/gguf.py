@@ -169,10 +169,10 @@ def hf_config_from_gguf(g: GGUFFile) -> dict:
     if "token_embd.weight" not in g.tensors:
         raise CheckpointError(f"{g.path}: missing tensor 'token_embd.weight'")
     vocab = g.shape("token_embd.weight")[0]
-    if key("vocab_size") in g._fields and int(g.get(key("vocab_size"))) != vocab:
+    stated = g.get(key("vocab_size"))
+    if stated is not None and int(stated) != vocab:
         raise CheckpointError(
-            f"{g.path}: {arch}.vocab_size={g.get(key('vocab_size'))} but token_embd.weight has "
-            f"{vocab} rows"
+            f"{g.path}: {arch}.vocab_size={stated} but token_embd.weight has {vocab} rows"
         )
     bias = sorted(n for n in g.tensors if n.endswith(".bias"))
     if bias:
