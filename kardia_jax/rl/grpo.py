@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import json
 import math
 import os
 import time
@@ -26,9 +25,11 @@ from kardia_jax.data.validate import load_dialogues
 from kardia_jax.errors import ConfigError, KardiaError
 from kardia_jax.models import load_hf_model, resize_token_embeddings, save_hf_model
 from kardia_jax.rewards import JudgeConfig, KardiaReward, RewardWeights, RubricJudge
+from kardia_jax.rl import metrics as M
 from kardia_jax.rl import rollout as R
 from kardia_jax.rl.step import GRPOLoss, completion_log_probs, grpo_step
 from kardia_jax.sampling import Sampler, SamplingConfig
+from kardia_jax.sampling.sampler import PROMPT_BUCKETS
 from kardia_jax.train.checkpoints import resume_or_init
 from kardia_jax.train.distributed import global_batch, host_rows
 from kardia_jax.train.metrics import MetricsLogger, truncate_jsonl
@@ -89,7 +90,9 @@ def run_grpo(config: ConfigDict, workdir: str) -> dict:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     stop_ids = R.stop_token_ids(tokenizer)
     main = jax.process_index() == 0
-    buckets = tuple(config.data.buckets)
+    # Prompt lengths are padded to these for the sampler and the update alike (the
+    # sampler's powers of two when none are configured).
+    buckets = tuple(config.data.buckets) or PROMPT_BUCKETS
 
     ckpt, graphdef, state, shardings, start, data_state = resume_or_init(
         config, cfg, tx, mesh, rules, workdir
@@ -125,15 +128,10 @@ def run_grpo(config: ConfigDict, workdir: str) -> dict:
     reward_fn = _reward_fn(config.reward, judge)
 
     policy = nnx.merge(graphdef, state.params)
-    # Prompts are bucketed like the update batch (data.buckets), so the sampler and
-    # the step compile at most one program per bucket between them.
+    # Prompts are bucketed like the update batch, so the sampler and the step compile
+    # at most one program per bucket between them.
     sampler = Sampler(
-        policy,
-        eos_ids=stop_ids,
-        pad_id=pad_id,
-        mesh=mesh,
-        rules=rules,
-        **({"prompt_buckets": buckets} if buckets else {}),
+        policy, eos_ids=stop_ids, pad_id=pad_id, mesh=mesh, rules=rules, prompt_buckets=buckets
     )
     sampling = SamplingConfig(temperature=rc.temperature, top_k=rc.top_k, top_p=rc.top_p)
     dataset = build_prompt_dataset(
@@ -142,7 +140,7 @@ def run_grpo(config: ConfigDict, workdir: str) -> dict:
         seed=config.data.seed,
         shard_index=0,
         shard_count=1,
-        buckets=buckets or None,
+        buckets=buckets,
         pad_id=pad_id,
     )
     it = iter(dataset)
@@ -176,7 +174,7 @@ def run_grpo(config: ConfigDict, workdir: str) -> dict:
             truncate_jsonl(p, start)
 
     step = start
-    compiles = CompileCounter()
+    compiles = M.CompileCounter()
     try:
         while step < total_steps:
             t0 = time.perf_counter()
@@ -272,7 +270,7 @@ def run_grpo(config: ConfigDict, workdir: str) -> dict:
             t_update = time.perf_counter() - t2
             step += 1
             t_judge = judge.seconds if judge is not None else 0.0
-            row = _step_metrics(
+            row = M.step_metrics(
                 step,
                 ro,
                 adv,
@@ -299,11 +297,11 @@ def run_grpo(config: ConfigDict, workdir: str) -> dict:
             row["prompt_batches"] = drawn
             row["updates"] = len(metrics)  # optimizer steps: mu x minibatches
             if main:
-                _append(log_path, row)
+                M.append_jsonl(log_path, row)
                 logger.scalars(step, {k: v for k, v in row.items() if isinstance(v, int | float)})
                 logger.progress(step, {"reward": row["reward/total"], "kl": row.get("kl", 0.0)})
                 if config.log.ledger:
-                    _write_ledger(ledger, step, ro, adv, examples)
+                    M.write_ledger(ledger, step, ro, adv, examples)
                 for i in range(min(config.log.text_samples, len(ro))):
                     logger.text(
                         step, f"sample/{i}", f"reward {ro.rewards['total'][i]:.3f}\n\n{ro.texts[i]}"
@@ -377,29 +375,6 @@ def _reward_fn(rcfg: ConfigDict, judge):
     return fn
 
 
-class CompileCounter:
-    """XLA programs built by this process since it was created (jax.monitoring's
-    backend-compile event fires once per new program, persistent-cache hits included)."""
-
-    _total = 0
-    _registered = False
-
-    def __init__(self):
-        if not CompileCounter._registered:
-            jax.monitoring.register_event_duration_secs_listener(CompileCounter._listen)
-            CompileCounter._registered = True
-        self._start = CompileCounter._total
-
-    @staticmethod
-    def _listen(event: str, duration: float, **kwargs) -> None:
-        if event == "/jax/core/compile/backend_compile_duration":
-            CompileCounter._total += 1
-
-    @property
-    def count(self) -> int:
-        return CompileCounter._total - self._start
-
-
 def _logp(graphdef, params, input_ids, attention_mask, *, n, chunk, temperature):
     model = nnx.merge(graphdef, params)
     return completion_log_probs(
@@ -420,93 +395,3 @@ def _to_devices(part, bsh, vsh):
     out = global_batch({k: v for k, v in local.items() if k not in _VECTOR_KEYS}, bsh)
     out.update(global_batch({k: local[k] for k in _VECTOR_KEYS}, vsh))
     return out
-
-
-def _step_metrics(step, ro, adv, host, metrics, parts, group_size, mu, times) -> dict:
-    def mean(k):
-        return (
-            float(np.mean([m[k] for m in metrics if k in m]))
-            if any(k in m for m in metrics)
-            else None
-        )
-
-    lengths = ro.mask.sum(1)
-    pool = R.Rollouts.concat(parts)
-    row = {"step": step}
-    for k, v in ro.rewards.items():
-        row[f"reward/{k}"] = float(np.mean(v))
-        row[f"reward/{k}_std"] = float(np.std(v))
-    row.update(
-        {
-            "advantage/mean": float(np.mean(adv)),
-            "advantage/std": float(np.std(adv)),
-            "advantage/abs_max": float(np.max(np.abs(adv))),
-            "completion/length_mean": float(lengths.mean()),
-            "completion/length_max": int(lengths.max()),
-            "completion/truncated_fraction": float(
-                np.mean([f == "length" for f in ro.finish_reason])
-            ),
-            "completion/loss_tokens": int(host["completion_mask"].sum()),
-            # Of every group sampled this step (refills included) ...
-            "zero_variance_fraction": float(
-                1 - R.informative_groups(pool.rewards["total"], group_size).mean()
-            ),
-            # ... and of the groups kept for the update (0 when the refills sufficed).
-            "batch/zero_variance_fraction": float(
-                1 - R.informative_groups(ro.rewards["total"], group_size).mean()
-            ),
-            "batch/rows": len(ro),
-            # Sampler throughput (every sampled token, refills included) and the
-            # tokens (prompt + completion) the update passes push through the model.
-            "rollout/tokens_per_s": float(pool.mask.sum() / max(times["rollout"], 1e-9)),
-            "update/tokens_per_s": float(
-                mu * host["attention_mask"].sum() / max(times["update"], 1e-9)
-            ),
-            "tokens_per_s": float(lengths.sum() / max(times["total"], 1e-9)),
-        }
-    )
-    for k in (
-        "loss",
-        "pg_loss",
-        "kl",
-        "entropy",
-        "clip_frac",
-        "clip_frac_low",
-        "clip_frac_high",
-        "ratio_mean",
-        "grad_norm",
-        "skipped",
-    ):
-        v = mean(k)
-        if v is not None:
-            row[k] = v
-    row["ratio_min"] = float(min(m["ratio_min"] for m in metrics))
-    row["ratio_max"] = float(max(m["ratio_max"] for m in metrics))
-    row.update({f"time/{k}_s": v for k, v in times.items()})
-    return row
-
-
-def _append(path, row):
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def _write_ledger(path, step, ro, adv, examples):
-    with open(path, "a", encoding="utf-8") as f:
-        for i in range(len(ro)):
-            ex = examples[int(ro.example_index[i])]
-            f.write(
-                json.dumps(
-                    {
-                        "step": step,
-                        "example": int(ro.example_index[i]),
-                        # the prompt: the record and the assistant turn it asks for
-                        "prompt": f"{ex.location} messages[{ex.turn}]",
-                        "completion": ro.texts[i],
-                        "finish_reason": ro.finish_reason[i],
-                        "advantage": float(adv[i]),
-                        **{f"reward/{k}": float(v[i]) for k, v in ro.rewards.items()},
-                    }
-                )
-                + "\n"
-            )
