@@ -41,3 +41,5 @@ def test_tiny_policy_learns_a_verifiable_reward(tmp_path, rl_policy, rl_tokenize
     assert log[0]["compiles"] > 0
     assert [r["compiles"] for r in log[1:]] == [0] * (STEPS - 1)  # one program set
     assert json.loads(out.strip().splitlines()[-1])["reference_model"] is True
+    events = b"".join(p.read_bytes() for p in (tmp_path / "tb").rglob("*tfevents*"))
+    assert b"train/kl" in events and b"train/reward/total" in events

@@ -90,13 +90,14 @@ def test_judge_in_the_loop_is_a_timed_phase_with_its_scores_logged(
                 "reward.judge.max_batch": 8,
                 "reward.judge.max_candidate_tokens": 96,
                 "rollout.dynamic_sampling": False,
+                "rollout.old_logp": "sampler",  # no recompute: the sampler's log-probs
             },
         )
     )
     log = read_jsonl(tmp_path / "run" / "grpo_log.jsonl")
     for r in log:
         assert r["time/judge_s"] > 0
-        for phase in ("rollout", "reference", "old_logp", "update", "total"):
+        for phase in ("rollout", "reference", "update", "total"):
             assert r[f"time/{phase}_s"] > 0, phase
         parts = sum(r[f"time/{p}_s"] for p in ("rollout", "judge", "reference", "update"))
         assert parts <= r["time/total_s"]
@@ -106,6 +107,10 @@ def test_judge_in_the_loop_is_a_timed_phase_with_its_scores_logged(
             assert 1.0 <= r[f"reward/rubric/{dim}"] <= 5.0
         assert 0.0 < r["reward/rubric"] <= 1.0
         assert r["rollout/tokens_per_s"] > 0 and r["update/tokens_per_s"] > 0
+        # One on-policy pass from the sampler's log-probs: they equal the update's own
+        # (f32), so the ratio is 1 and nothing is clipped.
+        assert abs(r["ratio_min"] - 1) < 1e-3 and abs(r["ratio_max"] - 1) < 1e-3
+        assert r["clip_frac"] == 0 and r["time/old_logp_s"] < 0.01
     # The ledger's totals are the configured mix of the components.
     for r in read_jsonl(tmp_path / "run" / "rollouts.jsonl"):
         mix = 0.25 * r["reward/format"] + 0.25 * r["reward/emotion"] + 0.5 * r["reward/rubric"]
