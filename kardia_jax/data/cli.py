@@ -126,7 +126,16 @@ def show(args) -> int:
 
 
 def split_difficulty(args) -> int:
+    import sys
+    import time
+
     from kardia_jax.rl.difficulty import DifficultySettings, split_difficulty
+
+    t0 = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        rate = done / max(time.perf_counter() - t0, 1e-9)
+        print(f"sampled {done}/{total} prompts ({rate:.2f} prompts/s)", file=sys.stderr)
 
     settings = DifficultySettings(
         samples=args.samples,
@@ -152,6 +161,7 @@ def split_difficulty(args) -> int:
         max_length=args.max_length,
         mode=args.mode,
         split=args.split,
+        progress=progress,
     )
     print(json.dumps(result))
     return 0

@@ -72,8 +72,10 @@ def sample_rewards(
     reward_fn: Callable,
     settings: DifficultySettings,
     stop_ids: Sequence[int] = (),
+    progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
-    """[len(examples), samples] rewards of completions sampled for each prompt."""
+    """[len(examples), samples] rewards of completions sampled for each prompt;
+    `progress(done, total)` is called after each sampler call."""
     from kardia_jax.sampling import SamplingConfig
 
     sampling = SamplingConfig(
@@ -95,6 +97,8 @@ def sample_rewards(
         texts = R.decode_completions(tokenizer, comp.tokens, comp.lengths, stop_ids)
         rewards = R.score(reward_fn, examples, np.repeat(idx, n), texts)
         out[idx] = np.asarray(rewards.total, np.float32).reshape(len(idx), n)
+        if progress is not None:
+            progress(lo + len(idx), len(order))
     return out
 
 
@@ -198,6 +202,7 @@ def split_difficulty(
     mode: str = "strict",
     split: str = "train",
     reward_fn: Callable | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Samples, scores, splits and writes; returns {"counts": ..., "files": ...}.
 
@@ -217,6 +222,8 @@ def split_difficulty(
         raise ConfigError(f"--judge {judge_dir}: not a Hugging Face checkpoint (no config.json)")
     if max_length < 16:
         raise ConfigError(f"--max-length {max_length} is too small")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ConfigError(f"--out {out_dir}: exists and is not a folder")
     if weights is None:
         weights = (1 / 3, 1 / 3, 1 / 3) if judge_dir else (0.5, 0.5, 0.0)
     if len(weights) != 3:
@@ -243,7 +250,9 @@ def split_difficulty(
         judge = RubricJudge.from_pretrained(judge_dir, dtype=judge_dtype) if judge_dir else None
         reward_fn = KardiaReward(judge if weights[2] else None, RewardWeights(*weights))
 
-    rewards = sample_rewards(sampler, tokenizer, examples, reward_fn, settings, stop_ids)
+    rewards = sample_rewards(
+        sampler, tokenizer, examples, reward_fn, settings, stop_ids, progress=progress
+    )
     result = split_by_reward(dialogues, examples, rewards, settings.threshold)
     raw = read_raw_records(data_path, split, {d.location for d in dialogues})
     meta = {

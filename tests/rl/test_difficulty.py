@@ -99,7 +99,9 @@ def test_cli_writes_files_that_validate_and_feed_grpo(
     argv += ["--out", str(tmp_path), "--samples", "2", "--max-new-tokens", "8"]
     argv += ["--dtype", "float32", "--max-length", "256", "--threshold", "0.25"]
     assert main(argv) == 0, capsys.readouterr().err
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out, err = capsys.readouterr()
+    result = json.loads(out.strip().splitlines()[-1])
+    assert err.strip().splitlines()[-1].startswith("sampled 12/12 prompts")
     assert result["counts"]["hard"] == 8 and result["files"]["easy"] == str(tmp_path / "easy.jsonl")
     assert len(read_jsonl(tmp_path / "hard.jsonl")) == 8 and not read_jsonl(tmp_path / "easy.jsonl")
     report = json.loads((tmp_path / "difficulty.json").read_text())
@@ -128,5 +130,8 @@ def test_bad_input_is_refused_naming_the_file_or_flag(tmp_path, rl_policy, capsy
     assert main([*base, "--model", rl_policy, "--weights", "0", "0", "1"]) == 2
     assert "a rubric weight needs --judge" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing written on refusal
+    (tmp_path / "file").write_text("")
+    assert main([*base[:-1], str(tmp_path / "file"), "--model", rl_policy]) == 2
+    assert "--out" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="--turns"):
         DifficultySettings(turns="first")
