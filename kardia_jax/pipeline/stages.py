@@ -1,0 +1,222 @@
+"""Runs the stages in order, each into its own folder of the workdir, and records a
+stage as done only once its outputs are complete. A rerun skips done stages and
+re-enters the interrupted one, whose own checkpoints (SFT, GRPO) or append-only
+files (eval) make it resume rather than restart.
+
+    WORKDIR/data/      validation report of the input
+    WORKDIR/split/     easy.jsonl, hard.jsonl (only with split.enabled)
+    WORKDIR/sft/       SFT checkpoints, TensorBoard logs, hf/ (the SFT policy)
+    WORKDIR/grpo/      GRPO checkpoints, logs, rollout ledger, hf/ (the final policy)
+    WORKDIR/eval/      completions, scores, results.json, results.md
+    WORKDIR/report.html
+    WORKDIR/pipeline/  one <stage>.json per finished stage (its summary)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+from ml_collections import ConfigDict
+
+from kardia_jax.errors import ConfigError
+
+STAGES = ("validate", "split", "sft", "grpo", "eval", "report")
+
+
+def resolve_checkpoint(spec: str, field: str) -> str | None:
+    """ "" -> None, "smollm2" -> the imported SmolLM2 dir, else an existing HF dir."""
+    if not spec:
+        return None
+    if spec == "smollm2":
+        from kardia_jax.models.gguf import smollm2_checkpoint
+
+        return str(smollm2_checkpoint())
+    if not (Path(spec) / "config.json").is_file():
+        raise ConfigError(f"{field}={spec!r}: not a Hugging Face checkpoint dir (no config.json)")
+    return spec
+
+
+class Pipeline:
+    def __init__(self, config: ConfigDict, workdir: str, log: Callable[[str], None] = print):
+        self.c = config
+        self.workdir = workdir
+        self.log = log
+        self.main = jax.process_index() == 0
+        self.marks = os.path.join(workdir, "pipeline")
+
+    # -- bookkeeping -------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.workdir, *parts)
+
+    def done(self, stage: str) -> dict | None:
+        try:
+            with open(os.path.join(self.marks, f"{stage}.json")) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+        except json.JSONDecodeError:
+            return None  # a torn marker: the stage is rerun (and resumes)
+
+    def mark(self, stage: str, summary: dict) -> None:
+        if not self.main:
+            return
+        os.makedirs(self.marks, exist_ok=True)
+        final = os.path.join(self.marks, f"{stage}.json")
+        tmp = final + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(summary, f, indent=1, default=str)
+        os.replace(tmp, final)
+
+    # -- settings shared by the stages -------------------------------------------
+    def policy(self) -> str | None:
+        return resolve_checkpoint(self.c.policy, "policy")
+
+    def judge(self, for_eval: bool = False) -> str | None:
+        if for_eval and self.c.eval_judge:
+            return resolve_checkpoint(self.c.eval_judge, "eval_judge")
+        return resolve_checkpoint(self.c.judge, "judge")
+
+    def tokenizer(self) -> str:
+        return self.c.tokenizer or self.policy() or ""
+
+    def data(self, stage: str) -> str:
+        """The input file for a stage: the difficulty split's output when it ran."""
+        split = self.done("split")
+        if split and not split.get("skipped") and stage in ("sft", "grpo"):
+            return self.path("split", "easy.jsonl" if stage == "sft" else "hard.jsonl")
+        return self.c.data_path
+
+    # -- stages ------------------------------------------------------------------
+    def validate(self) -> dict:
+        from kardia_jax.data.validate import load_dialogues
+
+        base = self.c.data_path or "sample"
+        summary = {}
+        for split in ("train", "test"):
+            path = f"{base}:{split}" if base == "sample" else base
+            _, report = load_dialogues(path, mode=self.c.sft.data.mode)
+            summary[split] = {"dialogues": report.dialogues, "skipped": dict(report.skipped)}
+            self.log(
+                f"  {split}: {report.dialogues} dialogues, {sum(report.skipped.values())} skipped"
+            )
+            if base != "sample":
+                break  # one file: the stages pick their split by its fields
+        return summary
+
+    def split(self) -> dict:
+        if not self.c.split.enabled:
+            return {"skipped": True}
+        from kardia_jax.rl.difficulty import split_difficulty
+
+        s = self.c.split
+        return split_difficulty(
+            model=self.policy(),
+            data=self.c.data_path or "sample:train",
+            out_dir=self.path("split"),
+            samples=s.samples,
+            threshold=s.threshold,
+            max_new_tokens=s.max_new_tokens,
+            judge=self.judge(),
+            tokenizer=self.tokenizer() or None,
+        )
+
+    def sft(self) -> dict:
+        from kardia_jax.train.sft import run_sft
+
+        cfg = copy.deepcopy(self.c.sft)
+        cfg.model.path = self.policy() or cfg.model.path
+        cfg.data.path = self.data("sft")
+        cfg.data.tokenizer = self.tokenizer()
+        cfg.export_hf = True
+        result = run_sft(cfg, self.path("sft"))
+        self.log(f"  step {result['step']}: loss {result['loss']:.3f}")
+        return {k: v for k, v in result.items() if k != "data_report"}
+
+    def grpo(self) -> dict:
+        from kardia_jax.rl.grpo import run_grpo
+
+        cfg = copy.deepcopy(self.c.grpo)
+        cfg.model.path = self.path("sft", "hf")
+        cfg.grpo.reference_path = ""  # the SFT policy is the reference
+        cfg.data.path = self.data("grpo")
+        cfg.data.tokenizer = self.path("sft", "hf")  # with the span markers SFT added
+        cfg.reward.judge_path = self.judge() or ""
+        cfg.export_hf = True
+        return run_grpo(cfg, self.path("grpo"))
+
+    def eval(self) -> dict:
+        from kardia_jax.eval import run_eval
+
+        cfg = copy.deepcopy(self.c.eval)
+        run_eval(
+            cfg,
+            model_dir=self.final_policy(),
+            workdir=self.path("eval"),
+            data_path=self.c.data_path or None,
+            judge_dir=self.judge(for_eval=True),
+            report=False,  # the report stage adds the training curves
+        )
+        with open(self.path("eval", "results.json")) as f:
+            return {"results": self.path("eval", "results.json"), **_headline(json.load(f))}
+
+    def report(self) -> dict:
+        from kardia_jax.eval.report import write_report
+
+        out = self.path("report.html")
+        write_report(
+            out,
+            self.path("eval"),
+            tb_dirs={"sft": self.path("sft"), "grpo": self.path("grpo")},
+        )
+        return {"report": out}
+
+    def final_policy(self) -> str:
+        grpo_hf = self.path("grpo", "hf")
+        return grpo_hf if self.done("grpo") else self.path("sft", "hf")
+
+    # -- driver ------------------------------------------------------------------
+    def run(self, stages: tuple[str, ...] = STAGES) -> dict:
+        os.makedirs(self.workdir, exist_ok=True)
+        summaries = {}
+        for stage in stages:
+            prior = self.done(stage)
+            if prior is not None:
+                self.log(f"== {stage}: done earlier, skipped")
+                summaries[stage] = prior
+                continue
+            self.log(f"== {stage}")
+            t0 = time.perf_counter()
+            summary = getattr(self, stage)()
+            summary = {**summary, "seconds": round(time.perf_counter() - t0, 1)}
+            self.mark(stage, summary)
+            summaries[stage] = summary
+            self.log(f"   ({summary['seconds']} s)")
+            if stage == "eval":
+                self.log("   " + json.dumps({k: v for k, v in summary.items() if k != "results"}))
+        return summaries
+
+
+def _headline(results: dict) -> dict:
+    """The few numbers worth printing at the end of a run."""
+    out = {
+        "examples": results["counts"]["examples"],
+        "emotion_accuracy": results["emotion_accuracy"]["value"],
+        "format_failure_rate": results["format_failure_rate"]["value"],
+    }
+    rubric = results.get("rubric", {})
+    if rubric.get("scored"):
+        out["rubric"] = {d: v["mean"] for d, v in rubric.get("dimensions", {}).items()}
+    return out
+
+
+def run_pipeline(config: ConfigDict, workdir: str, stages=STAGES, log=print) -> dict:
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
+    return Pipeline(config, workdir, log).run(tuple(stages))
