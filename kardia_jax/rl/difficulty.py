@@ -123,31 +123,41 @@ def split_by_reward(
 
 
 def write_split(
-    split: DifficultySplit, raw: dict[str, object], out_dir: str, report: dict
+    split: DifficultySplit, data_path: str, data_split: str, out_dir: str, report: dict
 ) -> dict[str, str]:
-    """easy.jsonl / hard.jsonl (the input records, unchanged, in input order) and the
-    report; each file is written beside and renamed, so a crash leaves no half file."""
+    """easy.jsonl / hard.jsonl hold the input records as read (before any
+    normalisation), in input order, streamed from a second read of the source; each
+    file is written beside and renamed, so a crash leaves no half file."""
+    from kardia_jax.data.reader import iter_records
+
     os.makedirs(out_dir, exist_ok=True)
     paths = {
         "easy": os.path.join(out_dir, EASY_FILE),
         "hard": os.path.join(out_dir, HARD_FILE),
         "report": os.path.join(out_dir, REPORT_FILE),
     }
-    for side in ("easy", "hard"):
-        lines = [
-            json.dumps(raw[d.location], ensure_ascii=False, default=str)
-            for d in getattr(split, side)
-        ]
-        _write_atomic(paths[side], "".join(line + "\n" for line in lines))
-    _write_atomic(paths["report"], json.dumps(report, indent=1) + "\n")
-    return paths
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
+    side = {d.location: "easy" for d in split.easy}
+    side.update({d.location: "hard" for d in split.hard})
+    written = 0
+    with (
+        open(paths["easy"] + ".tmp", "w", encoding="utf-8") as easy,
+        open(paths["hard"] + ".tmp", "w", encoding="utf-8") as hard,
+    ):
+        files = {"easy": easy, "hard": hard}
+        for location, raw in iter_records(data_path, data_split):
+            if location in side:
+                files[side[location]].write(json.dumps(raw, ensure_ascii=False, default=str))
+                files[side[location]].write("\n")
+                written += 1
+    if written != len(side):  # the source changed between the two reads
+        raise DataError(f"{data_path}: records changed while the split was computed")
+    for k in ("easy", "hard"):
+        os.replace(paths[k] + ".tmp", paths[k])
+    tmp = paths["report"] + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+        f.write(json.dumps(report, indent=1) + "\n")
+    os.replace(tmp, paths["report"])
+    return paths
 
 
 def build_report(split: DifficultySplit, dialogues: Sequence[Dialogue], meta: dict) -> dict:
@@ -174,17 +184,6 @@ def build_report(split: DifficultySplit, dialogues: Sequence[Dialogue], meta: di
         "prompts": sum(len(p) for p in split.prompt_rewards.values()),
     }
     return {**meta, "counts": counts, "dialogues": rows}
-
-
-def read_raw_records(path: str, split: str, locations: set[str]) -> dict[str, object]:
-    """The input records (as read, before any normalisation) of the accepted dialogues."""
-    from kardia_jax.data.reader import iter_records
-
-    raw = {loc: rec for loc, rec in iter_records(path, split) if loc in locations}
-    missing = locations - raw.keys()
-    if missing:  # the source changed between the two reads
-        raise DataError(f"{path}: records changed while reading ({sorted(missing)[0]})")
-    return raw
 
 
 def split_difficulty(
@@ -247,14 +246,15 @@ def split_difficulty(
     stop_ids = R.stop_token_ids(tokenizer)
     sampler = Sampler(model, eos_ids=stop_ids, pad_id=pad)
     if reward_fn is None:
-        judge = RubricJudge.from_pretrained(judge_dir, dtype=judge_dtype) if judge_dir else None
-        reward_fn = KardiaReward(judge if weights[2] else None, RewardWeights(*weights))
+        judge = None
+        if judge_dir and weights[2]:
+            judge = RubricJudge.from_pretrained(judge_dir, dtype=judge_dtype)
+        reward_fn = KardiaReward(judge, RewardWeights(*weights))
 
     rewards = sample_rewards(
         sampler, tokenizer, examples, reward_fn, settings, stop_ids, progress=progress
     )
     result = split_by_reward(dialogues, examples, rewards, settings.threshold)
-    raw = read_raw_records(data_path, split, {d.location for d in dialogues})
     meta = {
         "model": model_dir,
         "data": str(data_path),
@@ -264,5 +264,5 @@ def split_difficulty(
         "skipped": {**report.skipped, **report.examples_skipped},
     }
     full = build_report(result, dialogues, meta)
-    paths = write_split(result, raw, out_dir, full)
+    paths = write_split(result, data_path, split, out_dir, full)
     return {"counts": full["counts"], "files": paths}
