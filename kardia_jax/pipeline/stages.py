@@ -112,18 +112,25 @@ class Pipeline:
     def split(self) -> dict:
         if not self.c.split.enabled:
             return {"skipped": True}
-        from kardia_jax.rl.difficulty import split_difficulty
+        from kardia_jax.rl.difficulty import DifficultySettings, split_difficulty
 
         s = self.c.split
+        policy = self.policy()
+        if policy is None:
+            raise ConfigError("split.enabled needs a policy checkpoint (policy=...) to sample")
         return split_difficulty(
-            model=self.policy(),
-            data=self.c.data_path or "sample:train",
-            out_dir=self.path("split"),
-            samples=s.samples,
-            threshold=s.threshold,
-            max_new_tokens=s.max_new_tokens,
-            judge=self.judge(),
-            tokenizer=self.tokenizer() or None,
+            policy,
+            self.c.data_path or "sample:train",
+            self.path("split"),
+            DifficultySettings(
+                samples=s.samples, threshold=s.threshold, max_new_tokens=s.max_new_tokens
+            ),
+            tokenizer_dir=self.tokenizer() or None,
+            judge_dir=self.judge(),
+            judge_dtype=self.c.grpo.reward.judge_dtype,
+            dtype=self.c.sft.model.param_dtype,
+            max_length=self.c.grpo.data.max_length,
+            mode=self.c.sft.data.mode,
         )
 
     def sft(self) -> dict:
