@@ -110,12 +110,11 @@ def run_grpo(config: ConfigDict, workdir: str) -> dict:
             scan_layers=cfg.scan_layers,
         )
         ref = nnx.split(resize_token_embeddings(ref_model, cfg.vocab_size))
-    if config.reward.judge_path and not config.reward.rubric and not config.reward.fn:
-        raise ConfigError(
-            "reward.judge_path is set but reward.rubric is 0: the judge would never be called"
-        )
     judge = None
-    if config.reward.judge_path:
+    if config.reward.judge_path and not _uses_judge(config.reward):
+        # e.g. a pipeline that names one judge for evaluation and a 0 rubric weight here
+        print("reward.judge_path not loaded: reward.rubric is 0 (or reward.fn is set)")
+    elif config.reward.judge_path:
         judge = R.TimedJudge(
             RubricJudge.from_pretrained(
                 config.reward.judge_path,
@@ -343,6 +342,18 @@ def _check_settings(config: ConfigDict) -> None:
         raise ConfigError("rollout.group_size must be >= 2 for group-normalised advantages")
     if g.beta < 0:
         raise ConfigError(f"grpo.beta={g.beta}: need >= 0")
+    # Reward settings fail here, before any model is loaded.
+    rw = config.reward
+    if _uses_judge(rw) and not rw.judge_path:
+        raise ConfigError(f"reward.rubric={rw.rubric} needs a judge: set reward.judge_path")
+    if rw.judge_path:
+        _judge_settings(rw)
+    if rw.get("fn", ""):
+        _reward_fn(rw, None)
+
+
+def _uses_judge(rw: ConfigDict) -> bool:
+    return bool(rw.rubric) and not rw.get("fn", "")
 
 
 def _judge_settings(rcfg: ConfigDict) -> JudgeConfig:
