@@ -114,9 +114,9 @@ class TimedJudge:
         self.results.append(result)
         return result
 
-    def metrics(self) -> dict[str, float]:
+    def metrics(self) -> dict[str, float | str]:
         """judge/<dimension> means and judge/<count> sums over every candidate judged
-        since `reset` (refill rounds included), and the score-token mass."""
+        since `reset` (refill rounds included), the score-token mass, the rubric id."""
         if not self.results:
             return {}
         scores = np.concatenate([r.scores for r in self.results])
@@ -126,6 +126,7 @@ class TimedJudge:
             out["judge/score_token_mass"] = float(np.nanmean(mass))
         for k in self.results[0].counts:
             out[f"judge/{k}"] = float(sum(r.counts.get(k, 0) for r in self.results))
+        out["judge/rubric"] = self.results[0].rubric_id  # text: the JSONL log only
         return out
 
 

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from ..rewards.helpers import TEST_RUBRIC_TEXT, marker_model
+from ..rewards.helpers import TEST_RUBRIC, TEST_RUBRIC_TEXT, marker_model
 from ..train.conftest import run_cli
 from .conftest import DIALOGUES, as_groups, driver_args, read_jsonl
 from .toy_rewards import CONSTANT
@@ -102,6 +102,8 @@ def test_judge_in_the_loop_is_a_timed_phase_with_its_scores_logged(
         parts = sum(r[f"time/{p}_s"] for p in ("rollout", "judge", "reference", "update"))
         assert parts <= r["time/total_s"]
         assert r["judge/candidates"] == 16 and r["judge/judged"] > 0
+        # the configured rubric file scored this step (its hash is in the id)
+        assert r["judge/rubric"].endswith(TEST_RUBRIC.sha256[:12])
         for dim in ("relevance", "fluency", "empathy", "persona_consistency", "safety"):
             assert 1.0 <= r[f"judge/{dim}"] <= 5.0
             assert 1.0 <= r[f"reward/rubric/{dim}"] <= 5.0
