@@ -1,0 +1,31 @@
+"""The paper's Table 2 run, end to end: Qwen2.5-3B-Instruct policy, SFT on the easy
+split (configs/sft_qwen2p5_3b.py), GRPO on the hard split with a Qwen3-8B judge
+(configs/grpo_qwen2p5_3b.py), evaluation on the whole test split with an evaluation
+judge (configs/eval_qwen2p5_3b.py). Checkpoints come from a local dir (or a hub
+download made beforehand); `model.path` of each stage is filled in by the pipeline.
+
+  kardia-jax pipeline --config configs/pipeline_qwen2p5.py --workdir /runs/kardia-3b \
+      --config.policy=/ckpt/Qwen2.5-3B-Instruct --config.judge=/ckpt/Qwen3-8B \
+      --config.data_path=/data/KardiaBench
+
+On a TPU pod: launch/tpu_run.sh --tpu NAME --zone ZONE -- <the command above>.
+For the 7B policy use configs/pipeline_qwen2p5.py:7b.
+"""
+
+from pathlib import Path
+
+from kardia_jax.config_files import load_config
+from kardia_jax.pipeline import pipeline_config
+
+HERE = Path(__file__).resolve().parent
+
+
+def get_config(size: str = "3b"):
+    if size not in ("3b", "7b"):
+        raise ValueError(f"pipeline_qwen2p5.py:{size}: expected 3b or 7b")
+    c = pipeline_config()
+    c.sft = load_config(str(HERE / f"sft_qwen2p5_{size}.py"))
+    c.grpo = load_config(str(HERE / f"grpo_qwen2p5_{size}.py"))
+    c.eval = load_config(str(HERE / "eval_qwen2p5_3b.py"))
+    c.eval.eval.label = f"Qwen2.5-{size.upper()} Kardia (ours)"
+    return c
