@@ -113,7 +113,8 @@ def run_grpo(config: ConfigDict, workdir: str) -> dict:
     judge = None
     if config.reward.judge_path and not _uses_judge(config.reward):
         # e.g. a pipeline that names one judge for evaluation and a 0 rubric weight here
-        print("reward.judge_path not loaded: reward.rubric is 0 (or reward.fn is set)")
+        if main:
+            print("reward.judge_path not loaded: reward.rubric is 0 (or reward.fn is set)")
     elif config.reward.judge_path:
         judge = R.TimedJudge(
             RubricJudge.from_pretrained(
