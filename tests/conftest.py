@@ -36,7 +36,16 @@ def small_tokenizer(tmp_path_factory):
 # The end-to-end tests run whole CLI processes for tens of seconds each; started
 # first, they overlap with the many short tests on the other xdist worker instead of
 # forming a long serial tail.
-_SLOW_FILES = ("test_sft.py", "test_multiprocess.py", "test_grpo_driver.py", "test_sft_recovery.py")
+_SLOW_FILES = (
+    "test_pipeline.py",
+    "test_sft.py",
+    "test_multiprocess.py",
+    "test_grpo_driver.py",
+    "test_sft_recovery.py",
+    "test_grpo_learning.py",
+    "test_grpo_run.py",
+    "test_gguf.py",
+)
 
 
 def pytest_collection_modifyitems(config, items):
