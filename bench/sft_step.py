@@ -97,10 +97,23 @@ def timed(fn):
     return time.perf_counter() - t
 
 
-def matmul_peaks(dtype: str, n: int = 2048, reps: int = 5) -> dict:
+def set_threads(threads: int) -> int:
+    """The same thread budget for both sides. Must run before JAX starts its backend
+    (XLA reads XLA_FLAGS then). On a shared, busy machine one thread per side is the
+    steadier comparison: a two-thread program waits at every barrier for a thread
+    the OS has descheduled."""
+    if threads == 1:
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+        ).strip()
+    return threads or os.cpu_count()
+
+
+def matmul_peaks(dtype: str, threads: int, n: int = 2048, reps: int = 5) -> dict:
     """FLOP/s of an [n, n] x [n, n] matmul in `dtype` (f32 accumulation), JAX and torch."""
     import torch
 
+    torch.set_num_threads(threads)
     a = jnp.ones((n, n), dtype) / n
     f = jax.jit(lambda a: jnp.matmul(a, a, preferred_element_type=jnp.float32))
     f(a).block_until_ready()
@@ -189,8 +202,7 @@ class TorchStep:
         return float(loss.detach())
 
 
-def bench_model(name, cfg, args, peak) -> dict:
-    import torch
+def bench_model(name, cfg, args, peak, threads: int) -> dict:
 
     from kardia_jax.models import save_hf_model
 
@@ -218,17 +230,9 @@ def bench_model(name, cfg, args, peak) -> dict:
         with tempfile.TemporaryDirectory() as d:
             # The same initial weights on both sides.
             save_hf_model(nnx.merge(ours.graphdef, ours.state.params), d)
-            cpu = jax.default_backend() == "cpu"
-            counts = (
-                sorted({1, os.cpu_count()})
-                if cpu and not args.torch_default_threads_only
-                else [None]
-            )
             torch_step = TorchStep(d, batch, args.dtype)
-            for c in counts:  # one model, timed at each thread count
-                threads = c or torch.get_num_threads()
-                hf[threads] = functools.partial(torch_step, threads)
-                runs[f"torch{threads}"] = []
+            hf[threads] = functools.partial(torch_step, threads)
+            runs[f"torch{threads}"] = []
     # The first step's loss on each side, from the same weights: a check that the two
     # compute the same thing.
     first_loss = {"ours": float(ours()["loss"])}
@@ -270,14 +274,17 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch step")
     ap.add_argument(
-        "--torch-default-threads-only",
-        action="store_true",
-        help="on CPU, skip timing torch with one thread as well (the faster is kept)",
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for both sides (0: all cores; 1: XLA's single-threaded Eigen "
+        "and torch.set_num_threads(1)); the matmul peak is measured with the same setting",
     )
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args(argv)
+    threads = set_threads(args.threads)
 
-    peaks = matmul_peaks(args.dtype)
+    peaks = matmul_peaks(args.dtype, threads)
     peak = max(peaks.values())
     report = {
         "command": "python bench/sft_step.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -287,6 +294,7 @@ def main(argv=None) -> int:
         "loadavg_start": os.getloadavg(),
         "jax": jax.__version__,
         "dtype": args.dtype,
+        "threads": threads,
         "matmul_peak_flops": peaks,
         "models": {},
     }
@@ -300,7 +308,7 @@ def main(argv=None) -> int:
     for name, make in MODELS[args.size].items():
         if args.models and name not in args.models:
             continue
-        report["models"][name] = bench_model(name, make(), args, peak)
+        report["models"][name] = bench_model(name, make(), args, peak, threads)
     report["loadavg_end"] = os.getloadavg()
     text = json.dumps(report, indent=2)
     print(text)
