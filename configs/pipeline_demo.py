@@ -28,6 +28,7 @@ def get_config():
     c.sft = load_config(str(HERE / "sft_tiny.py"))
     c.sft.model.init = {}  # start from the policy checkpoint, not a random shape
     c.sft.model.vocab_multiple = 64  # 49,152 + 8 span markers -> 49,216 rows
+    c.sft.model.scan_layers = True  # 5.5 GB of activations at batch 4 x 512 (9 GB unrolled)
     c.sft.data.max_length = 512  # older turns are dropped to fit
     c.sft.data.buckets = (256, 512)
     c.sft.data.heldout_fraction = 0.1
@@ -40,6 +41,13 @@ def get_config():
 
     c.grpo = load_config(str(HERE / "grpo_tiny.py"))
     c.grpo.model.vocab_multiple = 64
+    # 8 rollouts x (512 prompt + 128 completion) tokens per update: without remat the
+    # saved activations (attention probabilities above all) take 17 GB; remat keeps
+    # 1.8 GB (`kardia-jax compile-check`). Remat only pays off with scanned layers: with
+    # unrolled ones XLA:CPU schedules every layer's recomputation up front.
+    c.grpo.model.scan_layers = True
+    c.grpo.model.remat = "full"
+    c.grpo.rollout.unroll_layers = True  # decode through unrolled layers (faster on CPU)
     c.grpo.rollout.prompts_per_step = 2
     c.grpo.rollout.group_size = 4
     c.grpo.rollout.max_new_tokens = 128  # room for the four spans

@@ -15,6 +15,7 @@ files (eval) make it resume rather than restart.
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import os
 import time
@@ -200,6 +201,10 @@ class Pipeline:
             self.log(f"== {stage}")
             t0 = time.perf_counter()
             summary = getattr(self, stage)()
+            # Stages run one after another in this process: drop the last stage's
+            # models, optimizer state and compiled programs before the next loads its own.
+            gc.collect()
+            jax.clear_caches()
             summary = {**summary, "seconds": round(time.perf_counter() - t0, 1)}
             self.mark(stage, summary)
             summaries[stage] = summary

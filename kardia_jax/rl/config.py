@@ -21,6 +21,10 @@ def grpo_config() -> ConfigDict:
     c.rollout.temperature = 1.0  # unpublished; 1.0 samples the policy itself
     c.rollout.top_p = 1.0  # filters change the sampling distribution: keep off for GRPO
     c.rollout.top_k = 0
+    # With model.scan_layers, decode through unrolled copies of the layer weights: a
+    # layer scan slices every layer's weights and cache at each decode step, which
+    # costs most where decoding is memory-bound (CPU, small batches).
+    c.rollout.unroll_layers = False
     # Log-probs of the sampled tokens under the policy that sampled them (the ratio's
     # denominator): "recompute" runs one forward before the update (exact for the
     # update's numerics), "sampler" takes the sampler's (no extra forward; they differ

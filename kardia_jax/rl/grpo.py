@@ -131,7 +131,13 @@ def run_grpo(config: ConfigDict, workdir: str) -> dict:
     # Prompts are bucketed like the update batch, so the sampler and the step compile
     # at most one program per bucket between them.
     sampler = Sampler(
-        policy, eos_ids=stop_ids, pad_id=pad_id, mesh=mesh, rules=rules, prompt_buckets=buckets
+        policy,
+        eos_ids=stop_ids,
+        pad_id=pad_id,
+        mesh=mesh,
+        rules=rules,
+        prompt_buckets=buckets,
+        unroll_layers=rc.unroll_layers,
     )
     sampling = SamplingConfig(temperature=rc.temperature, top_k=rc.top_k, top_p=rc.top_p)
     dataset = build_prompt_dataset(
