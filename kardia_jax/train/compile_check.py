@@ -174,8 +174,10 @@ def compile_check(config, devices=None) -> dict:
     programs = []
 
     if not grpo:
+        from kardia_jax.train.setup import check_batch
         from kardia_jax.train.step import train_step
 
+        check_batch(config.train.global_batch, config.train.microbatches, mesh, rules)
         b, t = int(config.train.global_batch), int(length)
         i32 = jnp.int32
         batch = {k: _struct((b, t), i32, bsh) for k in ("input_ids", "attention_mask", "loss_mask")}
@@ -205,9 +207,17 @@ def compile_check(config, devices=None) -> dict:
     else:
         from kardia_jax.rl.grpo import _logp, _loss_settings, _update_shardings
         from kardia_jax.rl.step import grpo_step
+        from kardia_jax.train.state import data_parallel_size
 
         rc, g = config.rollout, config.grpo
         rows = int(rc.prompts_per_step) * int(rc.group_size)
+        dp = data_parallel_size(mesh, rules)
+        if rows % int(g.minibatches) or (rows // int(g.minibatches)) % dp:
+            raise ConfigError(  # the GRPO driver's own check
+                f"rollout.prompts_per_step x rollout.group_size = {rows} rows must split into "
+                f"grpo.minibatches={g.minibatches} minibatches divisible by the data-parallel "
+                f"size {dp}"
+            )
         mb_rows, n = rows // int(g.minibatches), int(rc.max_new_tokens)
         t = int(length) + n
         loss = _loss_settings(config)

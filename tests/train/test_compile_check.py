@@ -107,3 +107,13 @@ def test_cli_fails_cleanly_for_an_impossible_budget(small_tokenizer):
     assert "kardia-jax compile-check: error: sft_train_step needs" in out
     assert "over the budget of 1e-06 GiB per device (--budget-gib)" in out
     assert "Traceback" not in out
+
+
+def test_batch_that_does_not_split_over_the_mesh_is_refused(small_tokenizer):
+    from kardia_jax.errors import ConfigError
+
+    config = load_config(
+        SFT, [f"--config.data.tokenizer={small_tokenizer}", "--config.train.microbatches=2"]
+    )  # 8 rows / 2 microbatches = 4 rows per microbatch over 8 devices
+    with pytest.raises(ConfigError, match="not divisible by the data-parallel size 8"):
+        compile_check(config)
