@@ -22,6 +22,7 @@ import functools
 import gc
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -224,31 +225,53 @@ def bench_model(name, cfg, args, peaks: dict, threads: int) -> dict:
     row["ours_compile_s"] = ours.compile_s
     row.update({f"ours_{k}": v for k, v in ours.memory().items()})
 
-    runs = {"ours": []}
-    hf, torch_step = {}, None
-    if not args.no_torch:
+    runs = {"ours": [], "torch": []}
+    d = tempfile.mkdtemp()
+    if not args.no_torch:  # the same initial weights on both sides
         from flax import nnx
 
-        with tempfile.TemporaryDirectory() as d:
-            # The same initial weights on both sides.
-            save_hf_model(nnx.merge(ours.graphdef, ours.state.params), d)
-            torch_step = TorchStep(d, batch, args.dtype)
-            hf[threads] = functools.partial(torch_step, threads)
-            runs[f"torch{threads}"] = []
+        save_hf_model(nnx.merge(ours.graphdef, ours.state.params), d)
+
+    def probe():
+        for k, v in matmul_peaks(args.dtype, threads).items():
+            peaks[k] = max(peaks[k], v)
+
+    def torch_side():
+        step = TorchStep(d, batch, args.dtype)
+        return functools.partial(step, threads)
+
     # The first step's loss on each side, from the same weights: a check that the two
     # compute the same thing.
     first_loss = {"ours": float(ours()["loss"])}
-    if hf:
-        first_loss["torch"] = next(iter(hf.values()))()
-    gc.collect()
-    # Interleaved repetitions: a load spike on the shared machine hits both sides.
-    for _ in range(args.reps):
-        for k, v in matmul_peaks(args.dtype, threads).items():
-            peaks[k] = max(peaks[k], v)
-        runs["ours"].append(timed(ours))
-        for k, step in hf.items():
-            runs[f"torch{k}"].append(timed(step))
-
+    if args.sequential:
+        # Only one side in memory at a time (the 0.5B shape's two AdamW states and
+        # activations do not fit this shared machine together).
+        for _ in range(args.reps):
+            probe()
+            runs["ours"].append(timed(ours))
+        del ours
+        gc.collect()
+        if not args.no_torch:
+            step = torch_side()
+            first_loss["torch"] = step()
+            for _ in range(args.reps):
+                probe()
+                runs["torch"].append(timed(step))
+            del step
+    else:
+        step = None if args.no_torch else torch_side()
+        if step is not None:
+            first_loss["torch"] = step()
+        gc.collect()
+        # Interleaved repetitions: a load spike on the shared machine hits both sides.
+        for _ in range(args.reps):
+            probe()
+            runs["ours"].append(timed(ours))
+            if step is not None:
+                runs["torch"].append(timed(step))
+        del ours, step
+    shutil.rmtree(d, ignore_errors=True)
+    runs = {k: v for k, v in runs.items() if v}
     best = {k: min(v) for k, v in runs.items()}
     peak = max(peaks.values())
     row["matmul_peak_flops"] = dict(peaks)
@@ -257,14 +280,12 @@ def bench_model(name, cfg, args, peaks: dict, threads: int) -> dict:
     row["ours_mfu"] = step_flops / best["ours"] / peak
     row["step_times"] = runs
     row["first_loss"] = first_loss
-    if hf:
-        k = min((k for k in best if k.startswith("torch")), key=best.get)
-        row["torch_threads"] = int(k.removeprefix("torch"))
-        row["torch_step_s"] = best[k]
-        row["torch_tok_s"] = n_tokens / best[k]
-        row["torch_mfu"] = step_flops / best[k] / peak
-        row["ratio"] = best[k] / best["ours"]
-    del ours, hf, torch_step
+    row["interleaved"] = not args.sequential
+    if "torch" in best:
+        row["torch_step_s"] = best["torch"]
+        row["torch_tok_s"] = n_tokens / best["torch"]
+        row["torch_mfu"] = step_flops / best["torch"] / peak
+        row["ratio"] = best["torch"] / best["ours"]
     gc.collect()
     return row
 
@@ -279,6 +300,11 @@ def main(argv=None) -> int:
     ap.add_argument("--remat", default="none", help="our remat policy: none|full|dots|...")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch step")
+    ap.add_argument(
+        "--sequential",
+        action="store_true",
+        help="time ours, free it, then torch (less memory; not interleaved)",
+    )
     ap.add_argument(
         "--threads",
         type=int,
