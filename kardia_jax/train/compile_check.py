@@ -49,11 +49,22 @@ class ProgramReport:
     # `train_flops` per device. XLA's figure counts a loop body once (the layer scan,
     # the log-prob chunks, microbatches), so below this estimate it is a lower bound.
     estimate_flops: float | None = None
+    # Arrays the run keeps on the device meanwhile that are not this program's
+    # arguments (GRPO: the frozen reference's parameters; the train state while the
+    # log-prob forward runs).
+    resident_bytes: int = 0
 
     @property
     def peak_bytes(self) -> int:
-        """Live at the peak: arguments + outputs not aliased to them + temporaries."""
-        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+        """Live at the peak: arguments + outputs not aliased to them + temporaries +
+        other resident arrays."""
+        return (
+            self.argument_bytes
+            + self.output_bytes
+            - self.alias_bytes
+            + self.temp_bytes
+            + self.resident_bytes
+        )
 
     def as_dict(self) -> dict:
         return {**dataclasses.asdict(self), "peak_bytes": self.peak_bytes}
@@ -109,7 +120,7 @@ def _mesh(config, devices):
     return make_mesh(axes, devices=devices), tuple(tuple(r) for r in preset.rules)
 
 
-def _report(name: str, shapes: str, compiled, estimate=None) -> ProgramReport:
+def _report(name: str, shapes: str, compiled, estimate=None, resident=0) -> ProgramReport:
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     if isinstance(cost, list | tuple):  # older JAX: one dict per program
@@ -124,6 +135,7 @@ def _report(name: str, shapes: str, compiled, estimate=None) -> ProgramReport:
         code_bytes=int(mem.generated_code_size_in_bytes),
         flops=float((cost or {}).get("flops", float("nan"))),
         estimate_flops=estimate,
+        resident_bytes=int(resident),
     )
 
 
@@ -207,7 +219,7 @@ def compile_check(config, devices=None) -> dict:
     else:
         from kardia_jax.rl.grpo import _logp, _loss_settings, _update_shardings
         from kardia_jax.rl.step import grpo_step
-        from kardia_jax.train.state import data_parallel_size
+        from kardia_jax.train.state import data_parallel_size, param_bytes_per_device
 
         rc, g = config.rollout, config.grpo
         rows = int(rc.prompts_per_step) * int(rc.group_size)
@@ -245,7 +257,12 @@ def compile_check(config, devices=None) -> dict:
         compiled = step.lower(state, batch).compile()
         est = train_flops(cfg, mb_rows, t, n) / n_dev
         shapes = f"{mb_rows} rollouts x ({length} prompt + {n} completion) tokens"
-        programs.append(_report("grpo_update_step", shapes, compiled, est))
+        params_bytes = param_bytes_per_device(abstract.params, shardings.params)
+        state_bytes = param_bytes_per_device(abstract, shardings)
+        ref_bytes = params_bytes if loss.beta > 0 else 0
+        if ref_bytes:
+            shapes += f"; + frozen reference {ref_bytes / GIB:.3f} GiB resident"
+        programs.append(_report("grpo_update_step", shapes, compiled, est, ref_bytes))
 
         logp = jax.jit(
             functools.partial(_logp, n=n, chunk=loss.logit_chunk, temperature=loss.temperature),
@@ -255,8 +272,12 @@ def compile_check(config, devices=None) -> dict:
         ids = _struct((rows, t), i32, bsh)
         compiled = logp.lower(graphdef, state.params, ids, ids).compile()
         est = train_flops(cfg, rows, t, n) / 3 / n_dev  # forward only
+        # Its arguments are one set of parameters; the train state and (with beta > 0)
+        # the other set stay resident.
+        resident = state_bytes - params_bytes + ref_bytes
+        shapes = f"{rows} rollouts; + train state / reference {resident / GIB:.3f} GiB resident"
         programs.append(
-            _report("grpo_log_probs (reference / old policy)", f"{rows} rollouts", compiled, est)
+            _report("grpo_log_probs (reference / old policy)", shapes, compiled, est, resident)
         )
     return {
         "mesh": dict(mesh.shape),
@@ -284,7 +305,8 @@ def check_budget(programs: list[ProgramReport], budget_gib: float | None, source
         raise MemoryBudgetExceeded(
             f"{p.name} needs {p.peak_bytes / GIB:.3f} GiB per device (arguments "
             f"{p.argument_bytes / GIB:.3f} + outputs {p.output_bytes / GIB:.3f} - donated "
-            f"{p.alias_bytes / GIB:.3f} + temporaries {p.temp_bytes / GIB:.3f} GiB), over the "
+            f"{p.alias_bytes / GIB:.3f} + temporaries {p.temp_bytes / GIB:.3f} + other resident "
+            f"{p.resident_bytes / GIB:.3f} GiB), over the "
             f"budget of {budget_gib:g} GiB per device ({source}). Try more devices, "
             "sharding=fsdp, model.remat=full, train.microbatches or a shorter data.buckets"
         )

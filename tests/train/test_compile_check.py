@@ -76,6 +76,11 @@ def test_grpo_tiny_compiles_update_and_log_probs(small_tokenizer, tmp_path):
     assert all(p.peak_bytes > 0 and p.flops > 0 for p in programs)
     # The update holds the optimizer state too; the log-prob forward only the params.
     assert programs[0].argument_bytes > 2 * programs[1].argument_bytes
+    # beta > 0: the frozen reference's parameters stay on the devices throughout.
+    assert config.grpo.beta > 0
+    update, logp = programs
+    assert update.resident_bytes == pytest.approx(logp.argument_bytes, rel=0.05)
+    assert logp.resident_bytes == pytest.approx(update.argument_bytes, rel=0.05)
 
 
 def test_budget_check_names_the_program_and_the_budget():
