@@ -99,15 +99,20 @@ def timed(fn):
 
 
 def set_threads(threads: int) -> int:
-    """The same thread budget for both sides. Must run before JAX starts its backend
-    (XLA reads XLA_FLAGS then). On a shared, busy machine one thread per side is the
-    steadier comparison: a two-thread program waits at every barrier for a thread
-    the OS has descheduled."""
+    """The same CPU budget for both sides: the process is pinned to `threads` cores
+    (XLA sizes its pools from the affinity mask at backend start; torch also gets
+    `set_num_threads`). Must run before JAX starts its backend. On a shared, busy
+    machine one core per side is the steadier comparison: a two-thread program waits
+    at every barrier for a thread the OS has descheduled."""
+    if not threads:
+        return os.cpu_count()
     if threads == 1:
         os.environ["XLA_FLAGS"] = (
             os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
         ).strip()
-    return threads or os.cpu_count()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:threads]))
+    return threads
 
 
 def matmul_peaks(dtype: str, threads: int, n: int = 2048, reps: int = 3) -> dict:
