@@ -51,6 +51,9 @@ def sft_config() -> ConfigDict:
     c.train.weight_decay = 0.0  # unpublished; 0 keeps the cold start close to the base model
     c.train.clip_norm = 1.0  # global-norm clipping (0 = off)
     c.train.gather_targets = True  # project only target positions onto the vocabulary
+    # Updates of the span markers' vocabulary rows (the tokens we add) are scaled by
+    # this: > 1 lets a short cold start learn to emit them (1 = plain AdamW).
+    c.train.new_token_lr_scale = 1.0
     c.train.max_nonfinite = 5  # stop after this many non-finite updates in a row
 
     c.checkpoint = ConfigDict()

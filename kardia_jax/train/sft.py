@@ -17,7 +17,7 @@ from kardia_jax.data.examples import build_examples
 from kardia_jax.data.pipeline import build_sft_dataset, steps_per_epoch
 from kardia_jax.data.reader import sample_path
 from kardia_jax.data.splits import profile_split, stage_split
-from kardia_jax.data.tokenizer import load_tokenizer
+from kardia_jax.data.tokenizer import load_tokenizer, span_marker_ids
 from kardia_jax.data.validate import load_dialogues
 from kardia_jax.errors import KardiaError
 from kardia_jax.models import save_hf_model
@@ -78,7 +78,9 @@ def run_sft(config: ConfigDict, workdir: str) -> dict:
 
     per_epoch = steps_per_epoch(len(train_examples), tcfg.global_batch, jax.process_count())
     total_steps = int(tcfg.steps) if tcfg.steps > 0 else int(tcfg.epochs * per_epoch)
-    tx = make_optimizer(tcfg, total_steps)
+    # The span markers are the last tokens added to the tokenizer: their rows (and the
+    # padding rows after them) are the ones `train.new_token_lr_scale` speeds up.
+    tx = make_optimizer(tcfg, total_steps, first_new_row=min(span_marker_ids(tokenizer).values()))
     lr_fn = learning_rate_schedule(tcfg, total_steps)
     main = jax.process_index() == 0
 
