@@ -85,8 +85,17 @@ MODELS = {
     "full": {"smollm2_135m": smollm2_135m, "qwen2p5_0p5b": lambda: get_preset("qwen2p5_0p5b")},
 }
 
+
+class _Settings(types.SimpleNamespace):
+    """Attribute access plus `.get`, as `make_optimizer` reads a ConfigDict (no
+    ml_collections needed here)."""
+
+    def get(self, key, default=None):
+        return getattr(self, key, default)
+
+
 # The optimizer settings of `configs/sft_*.py` (the paper's recipe).
-TRAIN = types.SimpleNamespace(
+TRAIN = _Settings(
     lr=1e-4, warmup_steps=0, min_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0,
     clip_norm=1.0,
 )  # fmt: skip
