@@ -57,15 +57,24 @@ def tiny_overrides(tokenizer_dir: str, **extra) -> list[str]:
     return [f"--config.{k}={v}" for k, v in base.items()]
 
 
-def run_cli(args: list[str], env_extra: dict | None = None, **kw) -> subprocess.Popen:
-    """`python -m kardia_jax.cli ...` in a child with the test JAX settings."""
+def run_cli(
+    args: list[str], env_extra: dict | None = None, *, optimize: bool = False, **kw
+) -> subprocess.Popen:
+    """`python -m kardia_jax.cli ...` in a child with the test JAX settings. Children
+    of tiny models are compile-bound like the in-process tests and keep the cheapest
+    LLVM level (tests/conftest.py); `optimize=True` is for children whose time goes
+    into running (a 152k vocabulary), where the default level wins."""
     import jax
 
+    from ..conftest import FAST_COMPILE_FLAG
+
     env = dict(os.environ)
+    env.update(env_extra or {})
+    flags = env.get("XLA_FLAGS", "").replace(FAST_COMPILE_FLAG, "").strip()
+    env["XLA_FLAGS"] = flags if optimize else f"{flags} {FAST_COMPILE_FLAG}".strip()
     # Children share the suite's persistent compilation cache.
     env["JAX_COMPILATION_CACHE_DIR"] = jax.config.jax_compilation_cache_dir
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    env.update(env_extra or {})
     return subprocess.Popen(
         [sys.executable, "-m", "kardia_jax.cli", *args],
         env=env,
