@@ -23,45 +23,11 @@ import time
 
 import jax
 import numpy as np
+from shapes import smollm2_135m, tiny  # bench/shapes.py
 
 from kardia_jax.data import load_dialogues, load_tokenizer, sample_path, turn_examples
-from kardia_jax.models import ModelConfig, count_params, init_model
+from kardia_jax.models import count_params, init_model
 from kardia_jax.rewards import JudgeConfig, JudgeContext, RubricJudge, scoring
-
-
-def smollm2_135m(vocab: int) -> ModelConfig:
-    """HuggingFaceTB/SmolLM2-135M's config.json, vocabulary aside."""
-    return ModelConfig(
-        family="llama",
-        vocab_size=vocab,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_layers=30,
-        num_heads=9,
-        num_kv_heads=3,
-        head_dim=64,
-        rope_theta=100_000.0,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=True,
-        max_position_embeddings=8192,
-    )
-
-
-def tiny(vocab: int) -> ModelConfig:
-    return ModelConfig(
-        family="qwen2",
-        vocab_size=vocab,
-        hidden_size=256,
-        intermediate_size=768,
-        num_layers=4,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=64,
-        qkv_bias=True,
-        tie_word_embeddings=True,
-        max_position_embeddings=8192,
-    )
-
 
 MODELS = {"tiny": ("tiny", tiny), "full": ("smollm2_135m", smollm2_135m)}
 

@@ -21,49 +21,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from shapes import MODELS, tiny  # bench/shapes.py
 
-from kardia_jax.models import ModelConfig, count_params, get_preset, init_model, save_hf_model
+from kardia_jax.models import ModelConfig, count_params, init_model, save_hf_model
 from kardia_jax.sampling import Sampler
-
-
-def smollm2_135m() -> ModelConfig:
-    """HuggingFaceTB/SmolLM2-135M's config.json."""
-    return ModelConfig(
-        family="llama",
-        vocab_size=49_152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_layers=30,
-        num_heads=9,
-        num_kv_heads=3,
-        head_dim=64,
-        rope_theta=100_000.0,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=True,
-        max_position_embeddings=8192,
-    )
-
-
-def tiny() -> ModelConfig:
-    return ModelConfig(
-        family="qwen2",
-        vocab_size=4096,
-        hidden_size=256,
-        intermediate_size=768,
-        num_layers=4,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=64,
-        qkv_bias=True,
-        tie_word_embeddings=True,
-        max_position_embeddings=4096,
-    )
-
-
-MODELS = {
-    "tiny": {"tiny": tiny},
-    "full": {"smollm2_135m": smollm2_135m, "qwen2p5_0p5b": lambda: get_preset("qwen2p5_0p5b")},
-}
 
 
 def best_of(fn, reps: int) -> float:

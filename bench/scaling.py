@@ -28,7 +28,8 @@ from kardia_jax.models import abstract_model, get_preset
 from kardia_jax.models.logprobs import token_log_probs
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sft_step import RULES, TRAIN, OursStep, smollm2_135m, tiny  # noqa: E402
+from sft_step import RULES, TRAIN, OursStep  # noqa: E402
+from shapes import smollm2_135m, tiny  # noqa: E402
 
 GIB = 2**30
 

@@ -31,8 +31,9 @@ import types
 import jax
 import jax.numpy as jnp
 import numpy as np
+from shapes import MODELS  # bench/shapes.py
 
-from kardia_jax.models import ModelConfig, get_preset
+from kardia_jax.models import ModelConfig
 from kardia_jax.sharding import make_mesh
 from kardia_jax.train.metrics import flops_per_token
 from kardia_jax.train.optim import make_optimizer
@@ -44,46 +45,6 @@ RULES = (("batch", ("data", "fsdp")),) + tuple(
     (a, None)
     for a in ("length", "vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "layers")
 )
-
-
-def smollm2_135m() -> ModelConfig:
-    """HuggingFaceTB/SmolLM2-135M's config.json."""
-    return ModelConfig(
-        family="llama",
-        vocab_size=49_152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_layers=30,
-        num_heads=9,
-        num_kv_heads=3,
-        head_dim=64,
-        rope_theta=100_000.0,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=True,
-        max_position_embeddings=8192,
-    )
-
-
-def tiny() -> ModelConfig:
-    return ModelConfig(
-        family="qwen2",
-        vocab_size=4096,
-        hidden_size=256,
-        intermediate_size=768,
-        num_layers=4,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=64,
-        qkv_bias=True,
-        tie_word_embeddings=True,
-        max_position_embeddings=4096,
-    )
-
-
-MODELS = {
-    "tiny": {"tiny": tiny},
-    "full": {"smollm2_135m": smollm2_135m, "qwen2p5_0p5b": lambda: get_preset("qwen2p5_0p5b")},
-}
 
 
 class _Settings(types.SimpleNamespace):

@@ -1,5 +1,6 @@
 """Named model presets: the published shapes of the Qwen2.5 and Qwen3 checkpoints the
-paper uses (backbones and judge), for shape-only planning and tests without weights.
+paper uses (backbones and judge), and of SmolLM2-135M-Instruct (the demo's real
+model), for shape-only planning, benchmarks and tests without weights.
 
 Loading a real checkpoint always goes through its own `config.json`
 (`ModelConfig.from_pretrained`); these presets only mirror those files.
@@ -85,6 +86,26 @@ def qwen3_8b() -> ModelConfig:
     )
 
 
+def smollm2_135m() -> ModelConfig:
+    """HuggingFaceTB/SmolLM2-135M(-Instruct): Llama architecture, the demo's model."""
+    return ModelConfig(
+        family="llama",
+        vocab_size=49_152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_layers=30,
+        num_heads=9,
+        num_kv_heads=3,
+        head_dim=64,
+        rope_theta=100_000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        max_position_embeddings=8192,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+
+
 PRESETS = {
     "qwen2p5_0p5b": qwen2p5_0p5b,
     "qwen2p5_1p5b": qwen2p5_1p5b,
@@ -94,6 +115,7 @@ PRESETS = {
     "qwen2p5_32b": qwen2p5_32b,
     "qwen2p5_72b": qwen2p5_72b,
     "qwen3_8b": qwen3_8b,
+    "smollm2_135m": smollm2_135m,
 }
 
 

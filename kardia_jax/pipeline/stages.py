@@ -161,9 +161,8 @@ class Pipeline:
     def eval(self) -> dict:
         from kardia_jax.eval import run_eval
 
-        cfg = copy.deepcopy(self.c.eval)
         run_eval(
-            cfg,
+            self.c.eval,
             model_dir=self.final_policy(),
             workdir=self.path("eval"),
             data_path=self.c.data_path or None,
