@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from shapes import MODELS  # bench/shapes.py
 
+from kardia_jax.host import keep_freed_memory
 from kardia_jax.models import ModelConfig
 from kardia_jax.sharding import make_mesh
 from kardia_jax.train.metrics import flops_per_token
@@ -289,6 +290,7 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args(argv)
+    malloc = "kept" if keep_freed_memory() else "system"  # before XLA starts threads
     threads = set_threads(args.threads)
 
     peaks = matmul_peaks(args.dtype, threads)
@@ -297,6 +299,7 @@ def main(argv=None) -> int:
         "device": str(jax.devices()[0].device_kind),
         "backend": jax.default_backend(),
         "cpu_count": os.cpu_count(),
+        "host_malloc": malloc,
         "loadavg_start": os.getloadavg(),
         "jax": jax.__version__,
         "dtype": args.dtype,
