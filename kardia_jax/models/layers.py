@@ -125,16 +125,26 @@ def _matmul_2d_bwd(n_in, dtype, out_dtype, x_dtype, res, g):
     x2, w2 = _as_2d(x, w, n_in)
     w2 = w2.astype(dtype)
     g2 = g.reshape(x2.shape[0], w2.shape[1]).astype(dtype)
-    dx = jnp.dot(g2, w2.T, preferred_element_type=jnp.float32)
+    # dx = g W^T: XLA:CPU runs the f32 form (W contracted on its minor dim) on its
+    # fast kernels, but upcasts the bf16 one to f32; a materialised W^T keeps it bf16.
+    w_t = w2.T if jnp.dtype(dtype) == jnp.float32 else _transposed(w2)
+    dx = jnp.dot(g2, w_t, preferred_element_type=jnp.float32)
     m, k, n = x2.shape[0], x2.shape[1], w2.shape[1]
-    # dW = x^T g: transpose whichever side moves fewer bytes into a real array (the
-    # barrier keeps XLA from folding the transpose back into the dot).
+    # dW = x^T g: materialise whichever transpose moves fewer bytes.
     if m * k <= m * n + k * n:
-        dw = jnp.dot(jax.lax.optimization_barrier(x2.T), g2, preferred_element_type=jnp.float32)
+        dw = jnp.dot(_transposed(x2), g2, preferred_element_type=jnp.float32)
     else:
-        dw_t = jnp.dot(jax.lax.optimization_barrier(g2.T), x2, preferred_element_type=jnp.float32)
-        dw = jax.lax.optimization_barrier(dw_t).T
+        dw = _transposed(jnp.dot(_transposed(g2), x2, preferred_element_type=jnp.float32))
     return dx.astype(x_dtype).reshape(x.shape), dw.astype(w.dtype).reshape(w.shape)
+
+
+def _transposed(a_MN):
+    """a.T as a real [N, M] array. A plain transpose is folded back into the dot that
+    consumes it (making the dot non-canonical again); through a unit third dim XLA
+    keeps it. (An optimization_barrier also keeps it, but XLA:CPU then computes a
+    bf16 dot in f32 at half the speed.)"""
+    m, n = a_MN.shape
+    return jnp.transpose(a_MN[:, :, None], (1, 0, 2)).reshape(n, m)
 
 
 _matmul_2d.defvjp(_matmul_2d_fwd, _matmul_2d_bwd)
