@@ -12,7 +12,6 @@ Dtype policy: parameters are stored in `param_dtype`; matmuls run in the compute
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from kardia_jax.models import cpu_matmul
 from kardia_jax.models.config import ModelConfig
 
 _INIT_STD = 0.02  # transformers' initializer_range for these families
@@ -76,7 +76,7 @@ class Dense(nnx.Module):
         dtype = jnp.dtype(self.dtype)
         kernel = self.kernel[...]
         if jax.default_backend() == "cpu":
-            y = _matmul_cpu(x, kernel, self.n_in, dtype, jnp.dtype(out_dtype or dtype))
+            y = cpu_matmul.matmul(x, kernel, self.n_in, dtype, jnp.dtype(out_dtype or dtype))
         else:
             y = jnp.tensordot(
                 x.astype(dtype),
@@ -87,67 +87,6 @@ class Dense(nnx.Module):
         if self.bias is not None:
             y = y + _lead(self.bias[...].astype(y.dtype), y.ndim)
         return y
-
-
-# XLA:CPU hands a dot to its fast kernels (YNNPACK) only in the canonical form
-# [M, K] x [K, N] with row-major operands, and only with an f32 result for bf16
-# inputs; any other dot falls back to a generic kernel 2-4x slower. Autodiff of a
-# plain tensordot gives the weight gradient as x^T g with both operands transposed,
-# which XLA:CPU then runs as that slow dot after transposing the larger operand
-# (measured on SmolLM2-135M's MLP, one core: 251 ms forward + backward, 176 ms in
-# the form below). So on CPU every projection runs as 2-D canonical dots with f32
-# results, forward and backward; other backends keep the plain tensordot.
-def _as_2d(x, w, n_in):
-    k = math.prod(w.shape[:n_in])
-    return x.reshape(-1, k), w.reshape(k, -1)
-
-
-def _matmul_cpu(x, w, n_in, dtype, out_dtype):
-    return _matmul_2d(x, w, n_in, dtype, out_dtype, jnp.dtype(x.dtype))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _matmul_2d(x, w, n_in, dtype, out_dtype, x_dtype):
-    del x_dtype
-    x2, w2 = _as_2d(x, w, n_in)
-    y = jnp.dot(x2.astype(dtype), w2.astype(dtype), preferred_element_type=jnp.float32)
-    return y.astype(out_dtype).reshape(x.shape[: x.ndim - n_in] + w.shape[n_in:])
-
-
-def _matmul_2d_fwd(x, w, n_in, dtype, out_dtype, x_dtype):
-    # Saves the input in the compute dtype, as autodiff of the plain form would.
-    return _matmul_2d(x, w, n_in, dtype, out_dtype, x_dtype), (x.astype(dtype), w)
-
-
-def _matmul_2d_bwd(n_in, dtype, out_dtype, x_dtype, res, g):
-    del out_dtype
-    x, w = res
-    x2, w2 = _as_2d(x, w, n_in)
-    w2 = w2.astype(dtype)
-    g2 = g.reshape(x2.shape[0], w2.shape[1]).astype(dtype)
-    # dx = g W^T: XLA:CPU runs the f32 form (W contracted on its minor dim) on its
-    # fast kernels, but upcasts the bf16 one to f32; a materialised W^T keeps it bf16.
-    w_t = w2.T if jnp.dtype(dtype) == jnp.float32 else _transposed(w2)
-    dx = jnp.dot(g2, w_t, preferred_element_type=jnp.float32)
-    m, k, n = x2.shape[0], x2.shape[1], w2.shape[1]
-    # dW = x^T g: materialise whichever transpose moves fewer bytes.
-    if m * k <= m * n + k * n:
-        dw = jnp.dot(_transposed(x2), g2, preferred_element_type=jnp.float32)
-    else:
-        dw = _transposed(jnp.dot(_transposed(g2), x2, preferred_element_type=jnp.float32))
-    return dx.astype(x_dtype).reshape(x.shape), dw.astype(w.dtype).reshape(w.shape)
-
-
-def _transposed(a_MN):
-    """a.T as a real [N, M] array. A plain transpose is folded back into the dot that
-    consumes it (making the dot non-canonical again); through a unit third dim XLA
-    keeps it. (An optimization_barrier also keeps it, but XLA:CPU then computes a
-    bf16 dot in f32 at half the speed.)"""
-    m, n = a_MN.shape
-    return jnp.transpose(a_MN[:, :, None], (1, 0, 2)).reshape(n, m)
-
-
-_matmul_2d.defvjp(_matmul_2d_fwd, _matmul_2d_bwd)
 
 
 class Embed(nnx.Module):
@@ -262,7 +201,11 @@ _ATTN_MIN_BLOCK = 64  # rows per block at least (shorter: a single block)
 
 
 def _attention_block(q_BTNH, k_BSKH, v_BSKH, mask_BTS, dtype):
-    """Attention of T queries against S keys with float32 logits and softmax."""
+    """Attention of T queries against S keys with float32 logits and softmax.
+
+    (On CPU a hand-written backward of this, softmax backward and the four dots in
+    canonical forms, measured the same as autodiff's inside a whole layer: 850 vs
+    850 ms for 3 SmolLM2 layers, f32. Autodiff differentiates it.)"""
     b, t, n, h = q_BTNH.shape
     k = k_BSKH.shape[2]
     q = q_BTNH.reshape(b, t, k, n // k, h).astype(dtype)
