@@ -37,6 +37,7 @@ from flax import nnx
 from kardia_jax.config_files import load_config
 from kardia_jax.data.pipeline import bucket_length
 from kardia_jax.data.tokenizer import load_tokenizer
+from kardia_jax.host import keep_freed_memory
 from kardia_jax.models import ModelConfig, init_model
 from kardia_jax.rewards import JudgeConfig, KardiaReward, RewardWeights, RubricJudge
 from kardia_jax.rl import rollout as R
@@ -154,6 +155,9 @@ class GRPOBench:
         if judge:
             jcfg = policy_shape(size, vocab)
             rubric_judge = RubricJudge(init_model(jcfg, seed=1), self.tokenizer, JudgeConfig())
+            # As the driver does (rl/grpo.py): length buckets compiled up front.
+            longest = max(config.data.buckets) + rc.max_new_tokens
+            rubric_judge.warm_up(self.rows, max_tokens=int(1.5 * longest))
         self.reward_fn = KardiaReward(rubric_judge, weights)
         tok = self.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -304,6 +308,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-judge", action="store_true")
     ap.add_argument("--out", help="also write the JSON here")
     args, overrides = ap.parse_known_args(argv)
+    keep_freed_memory()  # before XLA starts its threads: kardia_jax/host.py
 
     jax.config.update("jax_enable_compilation_cache", False)
     config = load_config(args.config, overrides)

@@ -26,6 +26,7 @@ import numpy as np
 from shapes import smollm2_135m, tiny  # bench/shapes.py
 
 from kardia_jax.data import load_dialogues, load_tokenizer, sample_path, turn_examples
+from kardia_jax.host import keep_freed_memory
 from kardia_jax.models import count_params, init_model
 from kardia_jax.rewards import JudgeConfig, JudgeContext, RubricJudge, scoring
 
@@ -60,6 +61,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args(argv)
+    keep_freed_memory()  # before XLA starts its threads: kardia_jax/host.py
 
     tok = load_tokenizer()
     name, make = MODELS[args.size]

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from shapes import MODELS, tiny  # bench/shapes.py
 
+from kardia_jax.host import keep_freed_memory
 from kardia_jax.models import ModelConfig, count_params, init_model, save_hf_model
 from kardia_jax.sampling import Sampler
 
@@ -215,6 +216,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-hf", action="store_true", help="skip transformers")
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args(argv)
+    keep_freed_memory()  # before XLA starts its threads: kardia_jax/host.py
 
     if jax.default_backend() == "gpu":
         # Full f32 matmuls on both sides (torch's default; JAX would use TF32).

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from kardia_jax.host import keep_freed_memory
 from kardia_jax.models import abstract_model, get_preset
 from kardia_jax.models.logprobs import token_log_probs
 
@@ -156,6 +157,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args(argv)
+    keep_freed_memory()  # before XLA starts its threads: kardia_jax/host.py
 
     report = {
         "command": "python bench/scaling.py " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from kardia_jax.errors import KardiaError
+from kardia_jax.host import keep_freed_memory
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -46,6 +47,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()  # before the subcommand's import starts XLA's threads
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
     # `--config.a.b=value` overrides of an ml_collections run config pass through.

@@ -19,6 +19,10 @@ if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " " + FAST_COMPILE_FLAG
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from kardia_jax.host import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()  # as the CLI does, before XLA starts its threads
+
 import jax  # noqa: E402
 
 _CACHE = os.environ.get(

@@ -125,6 +125,15 @@ def run_grpo(config: ConfigDict, workdir: str) -> dict:
                 rules=rules,
             )
         )
+        # The judge's length buckets compiled now, at one batch size, so that no step
+        # after the first compiles (kardia_jax/rewards/judge.py, `warm_up`). Its
+        # prompts hold the policy prompt's dialogue and the completion, in another
+        # tokenizer: buckets up to 1.5x the policy's longest (a longer one compiles
+        # when first needed).
+        longest = max(config.data.buckets) + rc.max_new_tokens
+        n_programs, seconds = judge.judge.warm_up(rows, max_tokens=int(1.5 * longest))
+        if main and n_programs:
+            print(f"judge: compiled {n_programs} length buckets in {seconds:.1f} s")
     reward_fn = _reward_fn(config.reward, judge)
 
     policy = nnx.merge(graphdef, state.params)

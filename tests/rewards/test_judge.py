@@ -128,6 +128,50 @@ def test_each_bucket_compiles_once(random_judge, contexts):
     assert scoring.score_shared._cache_size() == before[1]
 
 
+_LOWERINGS = []  # one entry per program lowered (a new program: traced, then compiled)
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, _secs, **_kw: (
+        _LOWERINGS.append(event)
+        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration"
+        else None
+    )
+)
+
+
+def test_warm_up_leaves_nothing_to_compile(random_dir, contexts):
+    # A fresh judge, as the GRPO driver builds one: warm_up compiles each length
+    # bucket at one batch size; then calls with any number of rows and lengths in
+    # two buckets lower no new program (the persistent compilation cache would hide
+    # a compile, not a lowering).
+    buckets = (128, 256, 512)
+    judge = make_judge(random_dir, overrides=SCANNED, length_buckets=buckets)
+    assert judge.warm_up(rows=8)[0] == 3
+    calls = [(rows, words) for rows in (1, 3, 8, 11) for words in (2, 60)]  # 11: two chunks
+
+    def judge_all(j):
+        for rows, words in calls:
+            j.score([contexts[i % 2] for i in range(rows)], [spans("word " * words)] * rows)
+
+    head = len(judge.builder.head_ids)
+    hit = {
+        judge._length_bucket(len(p.prefix_ids) - head)
+        for words in (2, 60)
+        for p in judge.prompts(contexts, [spans("word " * words)] * len(contexts))
+    }
+    assert hit == {128, 256}  # the calls below span two buckets
+
+    start = len(_LOWERINGS)
+    judge_all(judge)
+    assert _LOWERINGS[start:] == []
+    # The same calls on a judge without warm_up lower programs: the check can fail.
+    start = len(_LOWERINGS)
+    judge_all(make_judge(random_dir, overrides=SCANNED, length_buckets=buckets))
+    assert len(_LOWERINGS) > start
+    # max_tokens stops at the first bucket that holds it.
+    cold = make_judge(random_dir, overrides=SCANNED, length_buckets=buckets)
+    assert cold.warm_up(rows=2, max_tokens=200)[0] == 2
+
+
 def test_scores_on_the_policy_mesh_match_one_device(random_dir, random_judge, items):
     mesh = make_mesh({"data": 4, "tensor": 2})
     judge = make_judge(random_dir, mesh=mesh, overrides=SCANNED)
