@@ -143,7 +143,7 @@ def test_warm_up_leaves_nothing_to_compile(random_dir, contexts):
     # bucket at one batch size; then calls with any number of rows and lengths in
     # two buckets lower no new program (the persistent compilation cache would hide
     # a compile, not a lowering).
-    buckets = (128, 256, 512)
+    buckets = (256, 512, 768)
     judge = make_judge(random_dir, overrides=SCANNED, length_buckets=buckets)
     assert judge.warm_up(rows=8)[0] == 3
     calls = [(rows, words) for rows in (1, 3, 8, 11) for words in (2, 60)]  # 11: two chunks
@@ -158,7 +158,7 @@ def test_warm_up_leaves_nothing_to_compile(random_dir, contexts):
         for words in (2, 60)
         for p in judge.prompts(contexts, [spans("word " * words)] * len(contexts))
     }
-    assert hit == {128, 256}  # the calls below span two buckets
+    assert hit == {256, 512}  # the calls below span two buckets
 
     start = len(_LOWERINGS)
     judge_all(judge)
@@ -169,7 +169,7 @@ def test_warm_up_leaves_nothing_to_compile(random_dir, contexts):
     assert len(_LOWERINGS) > start
     # max_tokens stops at the first bucket that holds it.
     cold = make_judge(random_dir, overrides=SCANNED, length_buckets=buckets)
-    assert cold.warm_up(rows=2, max_tokens=200)[0] == 2
+    assert cold.warm_up(rows=2, max_tokens=300)[0] == 2
 
 
 def test_scores_on_the_policy_mesh_match_one_device(random_dir, random_judge, items):
