@@ -9,8 +9,12 @@ with the chunk size, not with T x V.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+
+from kardia_jax.models import cpu_matmul
 
 
 def _chunk_stats(model, h_BCD, t_BC, with_entropy: bool, temperature: float = 1.0):
@@ -66,3 +70,96 @@ def sequence_log_probs(
     return token_log_probs(
         model, hidden[:, :-1], input_ids[:, 1:], chunk=chunk, with_entropy=with_entropy
     )
+
+
+def weighted_log_prob_sum(model, hidden_BKD, targets_BK, weight_BK, *, chunk: int = 256):
+    """sum(weight * log p(targets | hidden)) in f32: the SFT loss's numerator, with
+    the gradient formed in the same pass over the vocabulary as the value.
+
+    Differentiated, `token_log_probs` projects each chunk onto the vocabulary three
+    times (forward, rematerialised forward, backward: four matmul passes with the
+    two of the backward). A loss linear in log p has d/d logits = weight * (onehot -
+    softmax), known in the forward pass, so here each chunk's logits are formed once
+    and both gradients (hidden states, output weights) accumulate right away: three
+    matmul passes, the same peak memory (one chunk's logits, plus the gradient of the
+    output weights, which autodiff materialises too). Without differentiation it is
+    the plain chunked sum. Chunks are `chunk` positions of every row.
+    """
+    b, k, d = hidden_BKD.shape
+    rows = b * min(chunk, k)
+    n = -(-(b * k) // rows) * rows
+    pad = n - b * k
+    h = jnp.pad(hidden_BKD.reshape(b * k, d), ((0, pad), (0, 0)))
+    y = jnp.pad(targets_BK.reshape(-1), (0, pad))
+    w = jnp.pad(weight_BK.reshape(-1).astype(jnp.float32), (0, pad))
+    chunks = (h.reshape(-1, rows, d), y.reshape(-1, rows), w.reshape(-1, rows))
+    dtype = jnp.dtype(model.config.dtype)
+    if model.lm_head is None:  # tied: the embedding table [V, D]
+        return _fused_sum(chunks, model.embed_tokens.embedding[...], True, dtype)
+    return _fused_sum(chunks, model.lm_head.kernel[...], False, dtype)
+
+
+def _chunk_logits(h_CD, w_out, vocab_major: bool, dtype):
+    spec = "CD,VD->CV" if vocab_major else "CD,DV->CV"
+    return jnp.einsum(
+        spec, h_CD.astype(dtype), w_out.astype(dtype), preferred_element_type=jnp.float32
+    )
+
+
+def _chunk_logp(logits_CV, y_C):
+    lse = jax.nn.logsumexp(logits_CV, axis=-1)
+    tgt = jnp.take_along_axis(logits_CV, y_C[:, None], axis=-1)[:, 0]
+    return tgt - lse, lse
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _fused_sum(chunks, w_out, vocab_major: bool, dtype):
+    def body(total, xs):
+        h, y, wt = xs
+        logp, _ = _chunk_logp(_chunk_logits(h, w_out, vocab_major, dtype), y)
+        return total + jnp.sum(logp * wt), None
+
+    return jax.lax.scan(body, jnp.zeros((), jnp.float32), chunks)[0]
+
+
+def _fused_sum_fwd(chunks, w_out, vocab_major: bool, dtype):
+    h_all = chunks[0]
+    d = h_all.shape[-1]
+    v = w_out.shape[0] if vocab_major else w_out.shape[1]
+    cpu = jax.default_backend() == "cpu"
+
+    def body(carry, xs):
+        total, dw_DV = carry
+        h, y, wt = xs
+        logits = _chunk_logits(h, w_out, vocab_major, dtype)
+        logp, lse = _chunk_logp(logits, y)
+        p = jnp.exp(logits - lse[:, None])
+        onehot = jax.nn.one_hot(y, v, dtype=jnp.float32)
+        g = ((onehot - p) * wt[:, None]).astype(dtype)  # d sum / d logits
+        w_c = w_out.astype(dtype)
+        dh = jnp.einsum(
+            "CV,VD->CD" if vocab_major else "CV,DV->CD", g, w_c, preferred_element_type=jnp.float32
+        )
+        # dW^T [D, V] = h^T g: canonical with only the small h^T moved (on CPU a
+        # real transpose; see models/cpu_matmul.py), one transpose at the end.
+        h_t = cpu_matmul.transposed(h.astype(dtype)) if cpu else h.astype(dtype).T
+        dw_DV = dw_DV + jnp.dot(h_t, g, preferred_element_type=jnp.float32)
+        return (total + jnp.sum(logp * wt), dw_DV), dh.astype(h.dtype)
+
+    init = (jnp.zeros((), jnp.float32), jnp.zeros((d, v), jnp.float32))
+    (total, dw_DV), dh = jax.lax.scan(body, init, chunks)
+    dw = (
+        cpu_matmul.transposed(dw_DV)
+        if (vocab_major and cpu)
+        else (dw_DV.T if vocab_major else dw_DV)
+    )
+    return total, (dh, dw.astype(w_out.dtype))
+
+
+def _fused_sum_bwd(vocab_major, dtype, res, ct):
+    del vocab_major, dtype
+    dh, dw = res
+    return (dh * ct.astype(dh.dtype), None, None), dw * ct.astype(dw.dtype)
+
+
+_fused_sum.defvjp(_fused_sum_fwd, _fused_sum_bwd)

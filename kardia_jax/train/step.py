@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from kardia_jax.models.logprobs import sequence_log_probs, token_log_probs
+from kardia_jax.models.logprobs import sequence_log_probs, weighted_log_prob_sum
 from kardia_jax.train.state import TrainState
 
 
@@ -58,9 +58,10 @@ def sum_token_nll(graphdef, params, batch, logit_chunk: int = 256):
     index = batch["target_index"]
     hidden = jnp.take_along_axis(model.hidden_states(*args), index[..., None], axis=1)
     targets = jnp.take_along_axis(ids, index + 1, axis=1)
-    logp = token_log_probs(model, hidden, targets, chunk=logit_chunk)
     weight = batch["target_weight"].astype(jnp.float32)
-    return -jnp.sum(logp * weight), jnp.sum(weight)
+    # Linear in log p: the value and its gradient in one pass over the vocabulary.
+    logp_sum = weighted_log_prob_sum(model, hidden, targets, weight, chunk=logit_chunk)
+    return -logp_sum, jnp.sum(weight)
 
 
 def _microbatches(batch, n: int):
