@@ -26,6 +26,7 @@ import jax
 from ml_collections import ConfigDict
 
 from kardia_jax.errors import ConfigError
+from kardia_jax.host import release_freed_memory
 
 STAGES = ("validate", "split", "sft", "grpo", "eval", "report")
 
@@ -204,6 +205,7 @@ class Pipeline:
             # models, optimizer state and compiled programs before the next loads its own.
             gc.collect()
             jax.clear_caches()
+            release_freed_memory()  # and give their memory back (kardia_jax/host.py)
             summary = {**summary, "seconds": round(time.perf_counter() - t0, 1)}
             self.mark(stage, summary)
             summaries[stage] = summary

@@ -23,6 +23,7 @@ from kardia_jax.data.splits import stage_split
 from kardia_jax.data.tokenizer import load_tokenizer
 from kardia_jax.data.validate import load_dialogues
 from kardia_jax.errors import ConfigError, KardiaError
+from kardia_jax.host import HeapGuard
 from kardia_jax.models import load_hf_model, resize_token_embeddings, save_hf_model
 from kardia_jax.rewards import JudgeConfig, KardiaReward, RewardWeights, RubricJudge
 from kardia_jax.rl import metrics as M
@@ -190,8 +191,10 @@ def run_grpo(config: ConfigDict, workdir: str) -> dict:
 
     step = start
     compiles = M.CompileCounter()
+    heap_guard = HeapGuard()  # kept host memory, bounded (kardia_jax/host.py)
     try:
         while step < total_steps:
+            heap_guard()
             t0 = time.perf_counter()
             built = compiles.count
             if judge is not None:

@@ -20,6 +20,7 @@ from kardia_jax.data.splits import profile_split, stage_split
 from kardia_jax.data.tokenizer import load_tokenizer, span_marker_ids
 from kardia_jax.data.validate import load_dialogues
 from kardia_jax.errors import KardiaError
+from kardia_jax.host import HeapGuard
 from kardia_jax.models import save_hf_model
 from kardia_jax.models.decoder import Transformer
 from kardia_jax.train.checkpoints import resume_or_init
@@ -207,10 +208,12 @@ def run_sft(config: ConfigDict, workdir: str) -> dict:
 
     eval_loss = None
     step = start
+    heap_guard = HeapGuard()  # kept host memory, bounded (kardia_jax/host.py)
     try:
         while step < total_steps:
             batch = next(it)
             state, metrics = step_fn(state, _prepare(batch, bsh, tcfg.gather_targets))
+            heap_guard()
             step += 1
             pending.append((step, metrics, batch["input_ids"].shape[1], 0.0))
             if step % config.log.every == 0 or step == total_steps:

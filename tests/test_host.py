@@ -1,0 +1,28 @@
+"""Host memory settings: freed memory stays resident (no page faults next time),
+and HeapGuard hands it back once the process has grown past its working set."""
+
+import sys
+
+import numpy as np
+import pytest
+
+from kardia_jax import host
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="glibc malloc settings: Linux only"
+)
+
+
+def test_freed_memory_is_kept_and_the_guard_releases_it():
+    assert host.keep_freed_memory()  # conftest applied it already: idempotent
+    guard = host.HeapGuard(factor=1.05)
+    assert not guard()  # measures the working set
+    base = host._rss_bytes()
+    size = 256 << 20
+    block = np.ones(size // 8)  # touched: resident
+    del block
+    kept = host._rss_bytes()
+    assert kept - base > 0.9 * size  # freed, still resident: reused without faults
+    assert guard()  # grown past 1.05 x the working set: trimmed
+    assert host._rss_bytes() < kept - 0.9 * size
+    assert guard.trims == 1
