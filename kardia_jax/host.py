@@ -92,11 +92,22 @@ class HeapGuard:
         self.trims = 0
         self._base = 0
         self._measure = True
+        self._shapes = set()
 
-    def __call__(self) -> bool:
-        """True when it trimmed."""
+    def __call__(self, shape=None) -> bool:
+        """True when it trimmed. `shape`: the coming step's input shape; the first
+        step of a new shape runs a new program whose buffers would not fit the holes
+        the others left, so the free pages go back first (a step's temporaries then
+        come from returned pages, not from pages on top of the kept ones)."""
         if not _applied:
             return False
+        if shape is not None and shape not in self._shapes:
+            self._shapes.add(shape)
+            if len(self._shapes) > 1:
+                _load_libc().malloc_trim(0)
+                self.trims += 1
+                self._measure = True
+                return True
         rss = _rss_bytes()
         if self._measure:  # the working set: the first step after a start or a trim
             self._base, self._measure = max(self._base, rss), False

@@ -212,8 +212,8 @@ def run_sft(config: ConfigDict, workdir: str) -> dict:
     try:
         while step < total_steps:
             batch = next(it)
+            heap_guard(shape=batch["input_ids"].shape)
             state, metrics = step_fn(state, _prepare(batch, bsh, tcfg.gather_targets))
-            heap_guard()
             step += 1
             pending.append((step, metrics, batch["input_ids"].shape[1], 0.0))
             if step % config.log.every == 0 or step == total_steps:
