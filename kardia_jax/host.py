@@ -15,8 +15,9 @@ still let 1.37 million faults through per SmolLM2-135M step.
 
 `keep_freed_memory()` makes the process keep what it frees (one arena, no mmap,
 no trimming), as tcmalloc, the allocator of TPU VM images, does by design. The
-cost is that the resident size stays at its peak instead of shrinking between
-steps. `KARDIA_JAX_MALLOC=system` leaves glibc's defaults alone.
+cost is a larger resident size; `release_freed_memory()` (the pipeline, between
+stages) and `HeapGuard` (the training loops) bound it. `KARDIA_JAX_MALLOC=system`
+leaves glibc's defaults alone.
 """
 
 from __future__ import annotations
@@ -104,17 +105,15 @@ class HeapGuard:
         if shape is not None and shape not in self._shapes:
             self._shapes.add(shape)
             if len(self._shapes) > 1:
-                _load_libc().malloc_trim(0)
-                self.trims += 1
-                self._measure = True
-                return True
+                return self._trim()
         rss = _rss_bytes()
         if self._measure:  # the working set: the first step after a start or a trim
             self._base, self._measure = max(self._base, rss), False
             return False
-        if rss <= self.factor * self._base:
-            return False
-        _load_libc().malloc_trim(0)
+        return rss > self.factor * self._base and self._trim()
+
+    def _trim(self) -> bool:
+        release_freed_memory()
         self.trims += 1
         self._measure = True
         return True

@@ -26,3 +26,12 @@ def test_freed_memory_is_kept_and_the_guard_releases_it():
     assert guard()  # grown past 1.05 x the working set: trimmed
     assert host._rss_bytes() < kept - 0.9 * size
     assert guard.trims == 1
+
+
+def test_the_first_step_of_a_new_shape_releases_memory():
+    guard = host.HeapGuard(factor=100.0)  # growth alone never trims here
+    assert not guard(shape=(2, 256))  # the first shape: nothing to release
+    assert not guard(shape=(2, 256))
+    assert guard(shape=(2, 512))  # a new program's buffers: free pages go back first
+    assert not guard(shape=(2, 256)) and not guard(shape=(2, 512))  # seen before
+    assert guard.trims == 1

@@ -21,12 +21,18 @@ def _chunk_stats(model, h_BCD, t_BC, with_entropy: bool, temperature: float = 1.
     logits = model.logits(h_BCD)  # [B, C, V] f32
     if temperature != 1.0:  # the distribution the sampler drew from
         logits = logits / temperature
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    tgt = jnp.take_along_axis(logits, t_BC[..., None], axis=-1)[..., 0]
+    logp, lse = _target_logp(logits, t_BC)
     if not with_entropy:
-        return tgt - lse, None
+        return logp, None
     p = jnp.exp(logits - lse[..., None])
-    return tgt - lse, lse - jnp.sum(p * logits, axis=-1)
+    return logp, lse - jnp.sum(p * logits, axis=-1)
+
+
+def _target_logp(logits, targets):
+    """(log p(targets), logsumexp) over the last axis of f32 logits."""
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    tgt = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return tgt - lse, lse
 
 
 def token_log_probs(
@@ -106,17 +112,11 @@ def _chunk_logits(h_CD, w_out, vocab_major: bool, dtype):
     )
 
 
-def _chunk_logp(logits_CV, y_C):
-    lse = jax.nn.logsumexp(logits_CV, axis=-1)
-    tgt = jnp.take_along_axis(logits_CV, y_C[:, None], axis=-1)[:, 0]
-    return tgt - lse, lse
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _fused_sum(chunks, w_out, vocab_major: bool, dtype):
     def body(total, xs):
         h, y, wt = xs
-        logp, _ = _chunk_logp(_chunk_logits(h, w_out, vocab_major, dtype), y)
+        logp, _ = _target_logp(_chunk_logits(h, w_out, vocab_major, dtype), y)
         return total + jnp.sum(logp * wt), None
 
     return jax.lax.scan(body, jnp.zeros((), jnp.float32), chunks)[0]
@@ -132,7 +132,7 @@ def _fused_sum_fwd(chunks, w_out, vocab_major: bool, dtype):
         total, dw_DV = carry
         h, y, wt = xs
         logits = _chunk_logits(h, w_out, vocab_major, dtype)
-        logp, lse = _chunk_logp(logits, y)
+        logp, lse = _target_logp(logits, y)
         p = jnp.exp(logits - lse[:, None])
         onehot = jax.nn.one_hot(y, v, dtype=jnp.float32)
         g = ((onehot - p) * wt[:, None]).astype(dtype)  # d sum / d logits
@@ -148,11 +148,9 @@ def _fused_sum_fwd(chunks, w_out, vocab_major: bool, dtype):
 
     init = (jnp.zeros((), jnp.float32), jnp.zeros((d, v), jnp.float32))
     (total, dw_DV), dh = jax.lax.scan(body, init, chunks)
-    dw = (
-        cpu_matmul.transposed(dw_DV)
-        if (vocab_major and cpu)
-        else (dw_DV.T if vocab_major else dw_DV)
-    )
+    dw = dw_DV
+    if vocab_major:  # the tied table is [V, D]
+        dw = cpu_matmul.transposed(dw_DV) if cpu else dw_DV.T
     return total, (dh, dw.astype(w_out.dtype))
 
 

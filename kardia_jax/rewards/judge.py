@@ -279,9 +279,8 @@ class RubricJudge:
         head = list(self.builder.head_ids)
         buckets = self.config.length_buckets
         if max_tokens is not None:
-            buckets = [b for b in buckets if b < max_tokens] + [
-                b for b in buckets if b >= max_tokens
-            ][:1]
+            top = self._length_bucket(min(max_tokens, buckets[-1]))
+            buckets = [b for b in buckets if b <= top]
         n = 0
         for length in buckets:
             if self.config.prefix_sharing:
