@@ -116,15 +116,32 @@ class Transformer(nnx.Module):
         x = self._run_layers(x, sin, cos, mask)
         return self._pin(self.norm(x, out_dtype=jnp.float32))
 
+    def init_cache(self, batch: int, slots: int, dtype):
+        """Empty KV caches for `forward_with_cache`: keys [B, K, H, S] and values
+        [B, K, S, H] per layer (keys transposed: see `layers.cached_attention`),
+        stacked [L, ...] with `scan_layers`, else tuples of L arrays."""
+        cfg = self.config
+        k_shape = (batch, cfg.num_kv_heads, cfg.head_dim, slots)
+        v_shape = (batch, cfg.num_kv_heads, slots, cfg.head_dim)
+        if cfg.scan_layers:
+            return (
+                jnp.zeros((cfg.num_layers, *k_shape), dtype),
+                jnp.zeros((cfg.num_layers, *v_shape), dtype),
+            )
+        k = tuple(jnp.zeros(k_shape, dtype) for _ in range(cfg.num_layers))
+        v = tuple(jnp.zeros(v_shape, dtype) for _ in range(cfg.num_layers))
+        return k, v
+
     def forward_with_cache(self, input_ids, positions, kv_mask_BS, cache_k, cache_v, index):
         """T new tokens through the layers against a KV cache (prefill and decode).
 
         `positions` [B, T] are the tokens' rope positions; `kv_mask_BS` marks the
         cache slots that hold real tokens (left padding is 0); the new keys and
         values are written at slots [index, index + T), and each query attends
-        causally to slots <= its own. The caches are kv-head-major: one stacked
-        [L, B, K, S, H] array each with `scan_layers` (carried by the layer scan),
-        else a tuple of L [B, K, S, H] arrays (each updated in place, no slicing).
+        causally to slots <= its own. The caches are laid out as `init_cache` makes
+        them: keys [B, K, H, S] and values [B, K, S, H] per layer, one stacked
+        [L, ...] array each with `scan_layers` (carried by the layer scan), else a
+        tuple of L arrays (each updated in place, no slicing).
         Returns the final-normed hidden states [B, T, D] (f32; project only the
         rows you need with `logits`) and the updated caches.
         """
@@ -154,10 +171,12 @@ class Transformer(nnx.Module):
             x, k_l, v_l = nnx.merge(graphdef, layer_state).with_cache(
                 x, sin, cos, mask, k_l, v_l, index
             )
-            at = (i, 0, 0, index, 0)
-            new = (k_l.shape[0], k_l.shape[1], t, k_l.shape[3])
-            ck = jax.lax.dynamic_update_slice(ck, jax.lax.dynamic_slice(k_l, at[1:], new)[None], at)
-            cv = jax.lax.dynamic_update_slice(cv, jax.lax.dynamic_slice(v_l, at[1:], new)[None], at)
+            b, k, h = k_l.shape[:3]
+            at_k, at_v = (i, 0, 0, 0, index), (i, 0, 0, index, 0)
+            k_new = jax.lax.dynamic_slice(k_l, at_k[1:], (b, k, h, t))
+            v_new = jax.lax.dynamic_slice(v_l, at_v[1:], (b, k, t, h))
+            ck = jax.lax.dynamic_update_slice(ck, k_new[None], at_k)
+            cv = jax.lax.dynamic_update_slice(cv, v_new[None], at_v)
             return (self._pin(x), ck, cv, i + 1), None
 
         init = (x, cache_k, cache_v, jnp.zeros((), jnp.int32))

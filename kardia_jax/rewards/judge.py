@@ -24,7 +24,7 @@ from kardia_jax.errors import ConfigError, DataError
 from kardia_jax.rewards import scoring
 from kardia_jax.rewards.prompt import JudgeContext, JudgePrompt, PromptBuilder, PromptLimits
 from kardia_jax.rewards.rubric import DIMENSIONS, Rubric, load_rubric
-from kardia_jax.sampling.state import batch_shards, cache_sharding
+from kardia_jax.sampling.state import batch_shards, cache_sharding, default_cache_dtype
 from kardia_jax.sharding import DEFAULT_RULES, Rules, logical_to_spec
 
 MODES = ("expected", "generate")
@@ -332,7 +332,7 @@ class RubricJudge:
             jax.device_put(self._suffix_ids),
             jax.device_put(self._suffix_last),
             jax.device_put(self._score_ids),
-            cache_dtype=mc.dtype,
+            cache_dtype=default_cache_dtype(mc.dtype),
             sharding=cache_sharding(self.mesh, self.rules, shape, stacked=mc.scan_layers),
             input_sharding=self._input_sharding((b, p)),
         )

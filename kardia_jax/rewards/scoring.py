@@ -72,29 +72,23 @@ def score_shared(
     """
     TRACES["score_shared"] += 1
     model = nnx.merge(graphdef, params)
-    mc = model.config
     c = head_ids.shape[0]
     b, p = rest_ids.shape
     s = suffix_ids.shape[1]
     rest_ids = _constrain(rest_ids, input_sharding)
     rest_mask = _constrain(rest_mask, input_sharding)
 
-    def zeros(rows):
-        shape = (rows, mc.num_kv_heads, c + p + s, mc.head_dim)
-        if mc.scan_layers:
-            return jnp.zeros((mc.num_layers, *shape), cache_dtype)
-        return tuple(jnp.zeros(shape, cache_dtype) for _ in range(mc.num_layers))
-
     ones = jnp.ones((1, c + p + s), jnp.int32)
-    _, k1, v1 = model.forward_with_cache(
-        head_ids[None], jnp.arange(c)[None], ones, zeros(1), zeros(1), 0
-    )
+    k0, v0 = model.init_cache(1, c + p + s, cache_dtype)
+    _, k1, v1 = model.forward_with_cache(head_ids[None], jnp.arange(c)[None], ones, k0, v0, 0)
 
-    def rows(x):  # [.., 1, K, slots, H] -> [.., B, K, slots, H], placed on the mesh
+    def rows(x, sharding):  # one row [.., 1, K, ., .] -> B rows, placed on the mesh
         shape = x.shape[:-4] + (b,) + x.shape[-3:]
         return _constrain(jnp.broadcast_to(x, shape), sharding)
 
-    k, v = jax.tree.map(rows, k1), jax.tree.map(rows, v1)
+    k_sharding, v_sharding = sharding if sharding is not None else (None, None)
+    k = jax.tree.map(lambda x: rows(x, k_sharding), k1)
+    v = jax.tree.map(lambda x: rows(x, v_sharding), v1)
     kv_mask = jnp.concatenate(
         [jnp.ones((b, c), jnp.int32), rest_mask, jnp.ones((b, s), jnp.int32)], axis=1
     )

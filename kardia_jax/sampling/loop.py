@@ -34,6 +34,17 @@ def _constrain(x, sharding):
     return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
 
 
+def _constrain_cache(k, v, shardings):
+    """Places the key and value caches (pytrees) by `state.cache_sharding`'s pair."""
+    if shardings is None:
+        return k, v
+    k_sharding, v_sharding = shardings
+    return (
+        jax.tree.map(lambda x: _constrain(x, k_sharding), k),
+        jax.tree.map(lambda x: _constrain(x, v_sharding), v),
+    )
+
+
 def _is_in(tokens_B, ids_E):
     return jnp.any(tokens_B[:, None] == ids_E[None, :], axis=-1)
 
@@ -119,13 +130,9 @@ def prefill(
     model = nnx.merge(graphdef, params)
     mc = model.config
     b, p = prompt_ids.shape
-    layer_shape = (b, mc.num_kv_heads, p, mc.head_dim)
-    if mc.scan_layers:
-        zeros = jnp.zeros((mc.num_layers, *layer_shape), cache_dtype)
-    else:
-        zeros = tuple(jnp.zeros(layer_shape, cache_dtype) for _ in range(mc.num_layers))
+    k0, v0 = model.init_cache(b, p, cache_dtype)
     positions = positions_from_mask(prompt_mask)
-    hidden, k, v = model.forward_with_cache(prompt_ids, positions, prompt_mask, zeros, zeros, 0)
+    hidden, k, v = model.forward_with_cache(prompt_ids, positions, prompt_mask, k0, v0, 0)
     # Only the last position's logits are needed: skips a [B, P, V] projection.
     # (`model.logits`, not `step_logits`: with a single prompt row XLA:CPU turns the
     # latter's reduce into something ~6x slower; the decode loop has >= 2 rows.)
@@ -134,15 +141,21 @@ def prefill(
     def rows(x, axis=0):  # prompt i -> rows i*G .. i*G + G-1
         return x if group == 1 else jnp.repeat(x, group, axis=axis)
 
-    def to_slots(x):  # [.., B, K, P, H] -> [.., B*G, K, cache_len, H], placed on the mesh
+    def to_slots(x, slot_axis):  # P slots -> cache_len, B rows -> B*G
         x = rows(x, axis=x.ndim - 4)
-        pad = [(0, 0)] * (x.ndim - 2) + [(0, cache_len - p), (0, 0)]
-        return _constrain(jnp.pad(x, pad), sharding)
+        pad = [(0, 0)] * x.ndim
+        pad[slot_axis % x.ndim] = (0, cache_len - p)
+        return jnp.pad(x, pad)
 
+    k, v = _constrain_cache(
+        jax.tree.map(lambda x: to_slots(x, -1), k),  # keys [.., B, K, H, S]
+        jax.tree.map(lambda x: to_slots(x, -2), v),  # values [.., B, K, S, H]
+        sharding,
+    )
     n_real = rows(jnp.sum(prompt_mask, axis=1, dtype=jnp.int32))
     cache = KVCache(
-        k=jax.tree.map(to_slots, k),
-        v=jax.tree.map(to_slots, v),
+        k=k,
+        v=v,
         start=p - n_real,
         index=jnp.int32(p),
         positions=n_real,
@@ -200,9 +213,10 @@ def decode(
         )
         logits = step_logits(model, hidden)
         tokens, logprobs = sample(logits, jax.random.fold_in(s.key, s.step), cfg)
+        k, v = _constrain_cache(k, v, sharding)
         cache = c.replace(
-            k=jax.tree.map(lambda x: _constrain(x, sharding), k),
-            v=jax.tree.map(lambda x: _constrain(x, sharding), v),
+            k=k,
+            v=v,
             index=c.index + 1,
             positions=c.positions + 1,
         )

@@ -19,7 +19,12 @@ from flax import nnx
 from kardia_jax.errors import ConfigError
 from kardia_jax.sampling import loop
 from kardia_jax.sampling.methods import SamplingConfig
-from kardia_jax.sampling.state import REASONS, batch_shards, cache_sharding
+from kardia_jax.sampling.state import (
+    REASONS,
+    batch_shards,
+    cache_sharding,
+    default_cache_dtype,
+)
 from kardia_jax.sharding import DEFAULT_RULES, Rules
 
 _GREEDY = SamplingConfig()
@@ -114,7 +119,7 @@ class Sampler:
         self.mesh, self.rules = mesh, rules
         self.prompt_buckets = tuple(sorted(prompt_buckets))
         self.budget_buckets = tuple(sorted(budget_buckets))
-        self.cache_dtype = cache_dtype or self.config.dtype
+        self.cache_dtype = cache_dtype or default_cache_dtype(self.config.dtype)
         self._batch_multiple = batch_shards(mesh, rules)
 
     def update(self, model) -> None:

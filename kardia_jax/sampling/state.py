@@ -17,17 +17,18 @@ from kardia_jax.sharding import DEFAULT_RULES, Rules, logical_to_spec
 RUNNING, EOS, STOP, LENGTH = 0, 1, 2, 3
 REASONS = {RUNNING: "running", EOS: "eos", STOP: "stop", LENGTH: "length"}
 
-# Logical axes of one layer's cache (see kardia_jax.sharding): rows follow the batch
-# sharding, kv heads the tensor-parallel sharding of k_proj / v_proj.
-CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")
+# Logical axes of one layer's keys and values (see kardia_jax.sharding): rows follow
+# the batch sharding, kv heads the tensor-parallel sharding of k_proj / v_proj.
+K_CACHE_AXES = ("batch", "kv_heads", "head_dim", "length")
+V_CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")
 
 
 @struct.dataclass
 class KVCache:
-    """Keys and values of every layer, kv-head-major ([B, K, S, H] per layer, the
-    layout attention contracts without a transpose): a tuple of L arrays for an
-    unrolled model, one stacked [L, B, K, S, H] array for a scanned one (see
-    `Transformer.forward_with_cache`).
+    """Keys and values of every layer in `Transformer.init_cache`'s layout: keys
+    [B, K, H, S], values [B, K, S, H] (the layouts attention contracts without a
+    transpose); a tuple of L arrays for an unrolled model, one stacked [L, ...]
+    array for a scanned one.
 
     Prompts are left-padded to a common length P, so every row writes slot `index`
     at the same step; a row's real tokens are the slots >= `start`.
@@ -41,7 +42,7 @@ class KVCache:
 
     @property
     def num_slots(self) -> int:
-        return jax.tree.leaves(self.k)[0].shape[-2]
+        return jax.tree.leaves(self.v)[0].shape[-2]
 
     @property
     def kv_mask(self):
@@ -69,14 +70,28 @@ class SamplingState:
     max_new: jax.Array  # [] int32 generation budget (<= N, the bucketed buffer size)
 
 
+def default_cache_dtype(model_dtype: str) -> str:
+    """The KV cache's dtype for a model computing in `model_dtype`: the same, except
+    bf16 on CPU, which gets float32. XLA:CPU has no bf16 element-wise kernels: it
+    writes a decode step's keys into a bf16 cache by converting the whole cache to
+    f32 and back, for every layer at every step (measured on SmolLM2-135M at batch
+    16: the cache writes and conversions took more time than the bf16 projections).
+    Attention then contracts the f32 cache in f32 (`layers.cached_attention`)."""
+    if jnp.dtype(model_dtype) == jnp.bfloat16 and jax.default_backend() == "cpu":
+        return "float32"
+    return str(jnp.dtype(model_dtype))
+
+
 def cache_sharding(mesh, rules: Rules = DEFAULT_RULES, shape=None, stacked: bool = False):
-    """NamedSharding of one cache array on `mesh` (None without a mesh): [B, K, S, H],
-    or [L, B, K, S, H] when `stacked`."""
+    """NamedShardings (keys, values) of one layer's cache on `mesh` (None without a
+    mesh). `shape` is the values' [B, K, S, H], or [L, B, K, S, H] when `stacked`."""
     if mesh is None:
         return None
-    axes = (("layers",) if stacked else ()) + CACHE_AXES
-    spec = logical_to_spec(axes, rules, mesh, shape, name="kv cache")
-    return jax.sharding.NamedSharding(mesh, spec)
+    lead = ("layers",) if stacked else ()
+    k_shape = None if shape is None else (*shape[:-2], shape[-1], shape[-2])
+    k = logical_to_spec(lead + K_CACHE_AXES, rules, mesh, k_shape, name="key cache")
+    v = logical_to_spec(lead + V_CACHE_AXES, rules, mesh, shape, name="value cache")
+    return jax.sharding.NamedSharding(mesh, k), jax.sharding.NamedSharding(mesh, v)
 
 
 def batch_shards(mesh, rules: Rules = DEFAULT_RULES) -> int:

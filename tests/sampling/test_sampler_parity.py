@@ -1,6 +1,8 @@
 """The sampler against references: transformers' greedy `generate` token for token,
 and the training forward pass's log-probs of the sampled sequences."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +10,7 @@ import pytest
 import torch
 
 from kardia_jax.models import load_hf_model
-from kardia_jax.sampling import Sampler, SamplingConfig
+from kardia_jax.sampling import Sampler, SamplingConfig, loop
 
 NEW = 32
 
@@ -95,3 +97,35 @@ def test_sampled_logprobs_equal_training_forward(tiny_checkpoint, prompts):
     err = np.abs(out.logprobs - ref)[out.mask].max()
     assert err <= 1e-4, f"max |sampler - training log-prob| = {err:.2e}"
     assert (out.logprobs[~out.mask] == 0).all()
+
+
+def test_bf16_model_decodes_against_an_f32_cache_written_in_place(tiny_checkpoint, prompts):
+    # On CPU a bf16 model's cache is f32 (`state.default_cache_dtype`): XLA:CPU writes
+    # into a bf16 cache by converting all of it to f32 and back, at every layer and
+    # step. The compiled loop must convert or copy no cache-sized array, and the log-
+    # probs still agree with the bf16 training forward (attention over the cache in
+    # f32, the training forward's logits from bf16 products: a bf16 tolerance).
+    path, _ = tiny_checkpoint("qwen2_untied")
+    model = load_hf_model(path, dtype="bfloat16")
+    sampler = Sampler(model, eos_ids=[])
+    assert sampler.cache_dtype == "float32"
+    state = sampler.prefill(prompts, NEW)
+    k, v = state.cache.k[0], state.cache.v[0]
+    assert k.dtype == v.dtype == jnp.float32
+    hlo = loop.decode.lower(
+        sampler.graphdef, sampler.params, state, jnp.int32(NEW),
+        cfg=SamplingConfig(), pad_id=sampler.pad_id, sharding=None,
+    ).compile().as_text()  # fmt: skip
+    for shape in {k.shape, v.shape}:
+        dims = ",".join(map(str, shape))
+        whole = [
+            line.strip()[:120]
+            for line in hlo.splitlines()
+            if f"[{dims}]" in line.split("=", 1)[-1].split("(", 1)[0]
+            and re.search(r"\b(convert|copy)\(", line)
+        ]
+        assert not whole, whole
+    out = sampler(prompts, NEW)
+    ref = training_logprobs(model, prompts, out, 1.0)
+    err = np.abs(out.logprobs - ref)[out.mask].max()
+    assert err <= 5e-2, f"max |sampler - training log-prob| = {err:.2e} (bf16)"
