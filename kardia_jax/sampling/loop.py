@@ -128,7 +128,6 @@ def prefill(
     """
     TRACES["prefill"] += 1
     model = nnx.merge(graphdef, params)
-    mc = model.config
     b, p = prompt_ids.shape
     k0, v0 = model.init_cache(b, p, cache_dtype)
     positions = positions_from_mask(prompt_mask)
