@@ -4,6 +4,7 @@ and decode time per token at position 16 vs 1000.
 
     python bench/sampler.py                 # SmolLM2-135M and Qwen2.5-0.5B shapes
     python bench/sampler.py --size tiny     # a quick run on a small model
+    python bench/sampler.py --dtype bfloat16   # bf16 weights on both sides
 
 Prints one JSON object and a one-line summary. A script, not a test: timings
 depend on the machine and on what else runs on it (the load average is recorded).
@@ -12,6 +13,7 @@ depend on the machine and on what else runs on it (the load average is recorded)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -26,6 +28,7 @@ from shapes import MODELS, tiny  # bench/shapes.py
 from kardia_jax.host import keep_freed_memory
 from kardia_jax.models import ModelConfig, count_params, init_model, save_hf_model
 from kardia_jax.sampling import Sampler
+from kardia_jax.sampling.state import default_cache_dtype
 
 
 def best_of(fn, reps: int) -> float:
@@ -54,24 +57,25 @@ def measure_bandwidth() -> float:
     return x.nbytes / t
 
 
-def measure_matmul_peak(n: int = 2048) -> float:
-    """FLOP/s of an f32 [n, n] x [n, n] matmul."""
-    a = jnp.ones((n, n), jnp.float32) / n
-    f = jax.jit(lambda a: a @ a)
+def measure_matmul_peak(n: int = 2048, dtype=jnp.float32) -> float:
+    """FLOP/s of an [n, n] x [n, n] matmul in `dtype` (f32 results)."""
+    a = (jnp.ones((n, n), jnp.float32) / n).astype(dtype)
+    f = jax.jit(lambda a: jnp.matmul(a, a, preferred_element_type=jnp.float32))
     f(a).block_until_ready()
     return 2 * n**3 / best_of(lambda: f(a).block_until_ready(), 5)
 
 
 # -------------------------------------------------------------------- the model
-def step_cost(cfg: ModelConfig, batch: int, position: float) -> tuple[float, float]:
+def step_cost(cfg: ModelConfig, batch: int, position: float, cache_dtype) -> tuple[float, float]:
     """(bytes, FLOPs) of one decode step at `position`: every weight read once
     (the embedding table once, as the output projection), keys and values up to
     `position` read once; 2 FLOPs per multiply-add."""
     params = cfg.num_params()
     embed = cfg.vocab_size * cfg.hidden_size
     matmul_params = params - embed * (0 if cfg.tie_word_embeddings else 1)  # lookup is no matmul
-    kv_bytes = 2 * cfg.num_layers * batch * position * cfg.num_kv_heads * cfg.head_dim * 4
-    bytes_ = params * 4 - (0 if cfg.tie_word_embeddings else embed * 4) + kv_bytes
+    w, c = jnp.dtype(cfg.param_dtype).itemsize, jnp.dtype(cache_dtype).itemsize
+    kv_bytes = 2 * cfg.num_layers * batch * position * cfg.num_kv_heads * cfg.head_dim * c
+    bytes_ = params * w - (0 if cfg.tie_word_embeddings else embed * w) + kv_bytes
     attn_flops = 4 * batch * cfg.num_layers * cfg.num_heads * cfg.head_dim * position
     return float(bytes_), float(2 * batch * matmul_params + attn_flops)
 
@@ -126,7 +130,8 @@ def bench_model(name, cfg, batches, prompt_len, new, reps, peaks, with_hf):
     with tempfile.TemporaryDirectory() as d:
         if with_hf:
             save_hf_model(model, d)
-            hf = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+            torch_dtype = getattr(torch, cfg.param_dtype)
+            hf = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch_dtype).eval()
             if jax.default_backend() == "gpu" and torch.cuda.is_available():
                 hf = hf.cuda()  # the same device for both sides
         for b in batches:
@@ -134,7 +139,8 @@ def bench_model(name, cfg, batches, prompt_len, new, reps, peaks, with_hf):
             prompts = rng.integers(3, cfg.vocab_size, (b, prompt_len)).tolist()
             tokens, tp, tt = run_ours(model, prompts, new, reps)
             step = (tt - tp) / (new - 1)  # decode steps after the prefill's first token
-            nbytes, flops = step_cost(cfg, b, prompt_len + new / 2)
+            cache_dtype = default_cache_dtype(cfg.dtype)
+            nbytes, flops = step_cost(cfg, b, prompt_len + new / 2, cache_dtype)
             row = {
                 "ours_tok_s": b * new / tt,
                 "ours_prefill_s": tp,
@@ -213,6 +219,12 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="weights and compute on both sides (transformers loads the same dtype)",
+    )
     ap.add_argument("--no-hf", action="store_true", help="skip transformers")
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args(argv)
@@ -221,7 +233,10 @@ def main(argv=None) -> int:
     if jax.default_backend() == "gpu":
         # Full f32 matmuls on both sides (torch's default; JAX would use TF32).
         jax.config.update("jax_default_matmul_precision", "highest")
-    peaks = {"bytes_per_s": measure_bandwidth(), "flops_per_s": measure_matmul_peak()}
+    peaks = {
+        "bytes_per_s": measure_bandwidth(),
+        "flops_per_s": measure_matmul_peak(dtype=jnp.dtype(args.dtype)),
+    }
     report = {
         "command": "python bench/sampler.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "device": str(jax.devices()[0].device_kind),
@@ -230,15 +245,17 @@ def main(argv=None) -> int:
         "jax": jax.__version__,
         "prompt_len": args.prompt_len,
         "new_tokens": args.new_tokens,
+        "dtype": args.dtype,
         "peaks": peaks,
         "models": {},
     }
     for name, make in MODELS[args.size].items():
         if args.models and name not in args.models:
             continue
+        cfg = dataclasses.replace(make(), param_dtype=args.dtype, dtype=args.dtype)
         report["models"][name] = bench_model(
             name,
-            make(),
+            cfg,
             args.batches,
             args.prompt_len,
             args.new_tokens,
