@@ -143,8 +143,9 @@ def test_sharded_sampler_matches_single_device(tiny_checkpoint, model, prompts):
     out = sampler(prompts, 32)
     np.testing.assert_array_equal(out.tokens, Sampler(model, eos_ids=[])(prompts, 32).tokens)
     state = sampler.prefill(prompts, 32)
-    for k in state.cache.k:  # [B, K, S, H]: rows on data, kv heads on tensor
-        assert tuple(k.sharding.spec)[:2] == ("data", "tensor")
+    # Keys [B, K, H, S], values [B, K, S, H]: rows on data, kv heads on tensor.
+    for x in (*state.cache.k, *state.cache.v):
+        assert tuple(x.sharding.spec)[:2] == ("data", "tensor"), x.sharding.spec
 
 
 def test_bad_requests_raise_config_errors(model):
