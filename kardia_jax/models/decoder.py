@@ -45,6 +45,16 @@ def positions_from_segments(segment_ids_BT):
     return t[None, :] - first
 
 
+def cache_shapes(cfg: ModelConfig, batch: int, slots: int):
+    """Shapes of one key array and one value array of the KV cache: keys
+    [B, K, H, S] (transposed: see `layers.cached_attention`), values [B, K, S, H],
+    with a leading [L] when `cfg.scan_layers` stacks the layers."""
+    lead = (cfg.num_layers,) if cfg.scan_layers else ()
+    k = (*lead, batch, cfg.num_kv_heads, cfg.head_dim, slots)
+    v = (*lead, batch, cfg.num_kv_heads, slots, cfg.head_dim)
+    return k, v
+
+
 class Transformer(nnx.Module):
     """Qwen2 / Qwen2.5, Qwen3 and Llama causal LMs, selected by `ModelConfig`.
 
@@ -117,17 +127,12 @@ class Transformer(nnx.Module):
         return self._pin(self.norm(x, out_dtype=jnp.float32))
 
     def init_cache(self, batch: int, slots: int, dtype):
-        """Empty KV caches for `forward_with_cache`: keys [B, K, H, S] and values
-        [B, K, S, H] per layer (keys transposed: see `layers.cached_attention`),
-        stacked [L, ...] with `scan_layers`, else tuples of L arrays."""
+        """Empty KV caches for `forward_with_cache`, shaped by `cache_shapes`: one
+        stacked array each with `scan_layers`, else tuples of L arrays."""
         cfg = self.config
-        k_shape = (batch, cfg.num_kv_heads, cfg.head_dim, slots)
-        v_shape = (batch, cfg.num_kv_heads, slots, cfg.head_dim)
+        k_shape, v_shape = cache_shapes(cfg, batch, slots)
         if cfg.scan_layers:
-            return (
-                jnp.zeros((cfg.num_layers, *k_shape), dtype),
-                jnp.zeros((cfg.num_layers, *v_shape), dtype),
-            )
+            return jnp.zeros(k_shape, dtype), jnp.zeros(v_shape, dtype)
         k = tuple(jnp.zeros(k_shape, dtype) for _ in range(cfg.num_layers))
         v = tuple(jnp.zeros(v_shape, dtype) for _ in range(cfg.num_layers))
         return k, v

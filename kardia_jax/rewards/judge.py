@@ -319,9 +319,7 @@ class RubricJudge:
         p = self._length_bucket(max(len(x) - c for x in chunk))
         ids, mask = _pad_left([x[c:] for x in chunk], p, self.pad_id, b)
         mc = self.model_config
-        shape = (b, mc.num_kv_heads, c + p + self._suffix_ids.shape[1], mc.head_dim)
-        if mc.scan_layers:
-            shape = (mc.num_layers, *shape)
+        slots = c + p + self._suffix_ids.shape[1]
         fn = scoring.score_shared.lower if compile_only else scoring.score_shared
         out = fn(
             self.graphdef,
@@ -333,7 +331,7 @@ class RubricJudge:
             jax.device_put(self._suffix_last),
             jax.device_put(self._score_ids),
             cache_dtype=default_cache_dtype(mc.dtype),
-            sharding=cache_sharding(self.mesh, self.rules, shape, stacked=mc.scan_layers),
+            sharding=cache_sharding(self.mesh, self.rules, mc, b, slots),
             input_sharding=self._input_sharding((b, p)),
         )
         return out.compile() if compile_only else out

@@ -132,11 +132,7 @@ class Sampler:
 
     # ------------------------------------------------------------------ shapes
     def _cache_sharding(self, rows: int, slots: int):
-        mc = self.config
-        shape = (rows, mc.num_kv_heads, slots, mc.head_dim)
-        if mc.scan_layers:
-            shape = (mc.num_layers, *shape)
-        return cache_sharding(self.mesh, self.rules, shape, stacked=mc.scan_layers)
+        return cache_sharding(self.mesh, self.rules, self.config, rows, slots)
 
     def shapes(self, prompts: Sequence[Sequence[int]], max_new_tokens: int):
         """(batch, prompt length, budget) buckets a call compiles for (the cache holds

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from kardia_jax.models.decoder import cache_shapes
 from kardia_jax.sharding import DEFAULT_RULES, Rules, logical_to_spec
 
 # Finish reasons, as stored in `SamplingState.reason`.
@@ -82,15 +83,15 @@ def default_cache_dtype(model_dtype: str) -> str:
     return str(jnp.dtype(model_dtype))
 
 
-def cache_sharding(mesh, rules: Rules = DEFAULT_RULES, shape=None, stacked: bool = False):
-    """NamedShardings (keys, values) of one layer's cache on `mesh` (None without a
-    mesh). `shape` is the values' [B, K, S, H], or [L, B, K, S, H] when `stacked`."""
+def cache_sharding(mesh, rules: Rules, cfg, rows: int, slots: int):
+    """NamedShardings (keys, values) of the KV cache arrays of a model with config
+    `cfg` (shapes from `decoder.cache_shapes`) on `mesh`; None without a mesh."""
     if mesh is None:
         return None
-    lead = ("layers",) if stacked else ()
-    k_shape = None if shape is None else (*shape[:-2], shape[-1], shape[-2])
+    lead = ("layers",) if cfg.scan_layers else ()
+    k_shape, v_shape = cache_shapes(cfg, rows, slots)
     k = logical_to_spec(lead + K_CACHE_AXES, rules, mesh, k_shape, name="key cache")
-    v = logical_to_spec(lead + V_CACHE_AXES, rules, mesh, shape, name="value cache")
+    v = logical_to_spec(lead + V_CACHE_AXES, rules, mesh, v_shape, name="value cache")
     return jax.sharding.NamedSharding(mesh, k), jax.sharding.NamedSharding(mesh, v)
 
 
