@@ -302,7 +302,7 @@ class GRPOBench:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=("tiny", "small"), default="tiny")
-    ap.add_argument("--config", default=os.path.join(REPO, "configs", "grpo_tiny.py"))
+    ap.add_argument("--config", default=os.path.join(REPO, "kardia_jax", "configs", "grpo_tiny.py"))
     ap.add_argument("--steps", type=int, default=6, help="steps after the first (compiling) one")
     ap.add_argument("--reps", type=int, default=3, help="repetitions of each phase alone")
     ap.add_argument("--no-judge", action="store_true")

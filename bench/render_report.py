@@ -7,7 +7,8 @@ what a reader sees (charts drawn, tables laid out, model text escaped).
 `--demo DIR` first writes a report from fabricated records (every dimension scored,
 hostile model text, SFT and GRPO TensorBoard logs with every tag the report
 draws), so the layout can be checked without a model. Chromium runs offline, with
-a throwaway profile: `apt-get install -y chromium` (Debian) provides it.
+a throwaway profile: `apt-get install -y chromium` (Debian) provides it. `--check`
+also runs the tests' checks on the render (tests/browser.py).
 """
 
 from __future__ import annotations
@@ -15,60 +16,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--hide-scrollbars",
-)
-
-
-def find_chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
+# The Chromium flags, the offline render and the page checks: tests/browser.py.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.browser import Rendered, page_problems, render  # noqa: E402
 
 
 def screenshot(
     html: str, out_png: str, width: int = 1200, height: int = 3000, offset: int = 0
-) -> str:
+) -> Rendered:
     """`offset` > 0 shows the page from that many pixels down (a shifted copy is
     rendered: headless screenshots always start at the top), to look at one part
     at full resolution."""
-    chromium = find_chromium()
-    if chromium is None:
-        raise SystemExit("no chromium on PATH (apt-get install -y chromium)")
-    with tempfile.TemporaryDirectory() as profile:
+    with tempfile.TemporaryDirectory() as tmp:
         if offset:
             with open(html, encoding="utf-8") as f:
                 page = f.read()
             shift = f"<style>body{{margin-top:-{offset}px !important}}</style></head>"
-            html = os.path.join(profile, "shifted.html")
+            html = os.path.join(tmp, "shifted.html")
             with open(html, "w", encoding="utf-8") as f:
                 f.write(page.replace("</head>", shift, 1))
-        cmd = [
-            chromium,
-            *CHROMIUM_FLAGS,
-            f"--user-data-dir={profile}",
-            f"--screenshot={os.path.abspath(out_png)}",
-            f"--window-size={width},{height}",
-            "file://" + os.path.abspath(html),
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    if proc.returncode != 0 or not os.path.exists(out_png):
-        raise SystemExit(f"chromium failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    return out_png
+        try:
+            return render(html, out_png, width=width, height=height)
+        except RuntimeError as e:
+            raise SystemExit(str(e)) from None
 
 
 def demo(workdir: str) -> str:
@@ -152,12 +125,25 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=int, default=1200)
     p.add_argument("--height", type=int, default=3000)
     p.add_argument("--offset", type=int, default=0, help="start this many pixels down")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="also check the render (tests/browser.py): not blank, charts drawn, nothing "
+        "run or fetched; exit 1 on a problem",
+    )
     a = p.parse_args(argv)
     html = demo(a.demo) if a.demo else a.html
     if not html:
         p.error("give a report.html or --demo DIR")
-    print(screenshot(html, a.out, a.width, a.height, a.offset))
-    return 0
+    shot = screenshot(html, a.out, a.width, a.height, a.offset)
+    print(shot.png)
+    if not a.check:
+        return 0
+    problems = page_problems(shot)
+    for line in problems:
+        print(f"problem: {line}")
+    print(f"checked: {len(problems)} problem(s)")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from kardia_jax.errors import KardiaError
@@ -46,8 +47,15 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_libraries() -> None:
+    """Before the libraries are imported: transformers advises on every start that
+    PyTorch is absent (we use its tokenizers and configs, never its models)."""
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # before the subcommand's import starts XLA's threads
+    quiet_libraries()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
     # `--config.a.b=value` overrides of an ml_collections run config pass through.

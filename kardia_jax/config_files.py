@@ -1,6 +1,10 @@
-"""Run settings: `configs/*.py` files with `get_config()` returning an
+"""Run settings: config files with `get_config()` returning an
 `ml_collections.ConfigDict`, command-line overrides (`--config.train.lr=3e-5`), and
-the sharding presets in `configs/sharding/NAME.py`."""
+the sharding presets `sharding/NAME.py`.
+
+The configs we ship live in the package (`kardia_jax/configs/`), so an installed
+`kardia-jax` finds them from any directory: `--config configs/NAME.py` (or `NAME`)
+names a bundled config unless a file of that name exists where the user runs."""
 
 from __future__ import annotations
 
@@ -13,7 +17,26 @@ from ml_collections import ConfigDict
 
 from kardia_jax.errors import ConfigError
 
-REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+BUNDLED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def bundled_configs() -> list[str]:
+    return sorted(p.stem for p in BUNDLED_CONFIGS.glob("*.py") if not p.stem.startswith("_"))
+
+
+def resolve_config_file(file: str) -> Path:
+    """A config file the user names: an existing path, else a bundled config named
+    `NAME`, `NAME.py` or `configs/NAME.py` (relative, as the README writes them)."""
+    path = Path(file)
+    if path.is_file():
+        return path
+    if not path.is_absolute() and path.parent in (Path("."), Path("configs")):
+        bundled = BUNDLED_CONFIGS / f"{path.name.removesuffix('.py')}.py"
+        if bundled.is_file():
+            return bundled
+    raise ConfigError(
+        f"config file {file!r} does not exist (bundled configs: {', '.join(bundled_configs())})"
+    )
 
 
 def _load_module(path: Path, what: str):
@@ -31,7 +54,8 @@ def load_config(path: str, overrides: list[str] = ()) -> ConfigDict:
     """`path` may carry an argument after a colon (`configs/sft.py:tiny`), passed to
     `get_config(arg)` as big_vision does."""
     file, _, arg = str(path).partition(":")
-    module = _load_module(Path(file), "config file")
+    file = resolve_config_file(file)
+    module = _load_module(file, "config file")
     config = module.get_config(arg) if arg else module.get_config()
     config.config_file = os.path.abspath(file)
     apply_overrides(config, overrides)
@@ -89,12 +113,12 @@ def apply_overrides(config: ConfigDict, overrides: list[str]) -> None:
 
 
 def sharding_preset(name: str, config_file: str | None = None) -> ConfigDict:
-    """Loads `configs/sharding/NAME.py`, looked up next to the run's config file, then
-    in the repository's `configs/`."""
+    """Loads `sharding/NAME.py`, looked up next to the run's config file, then among
+    the bundled configs."""
     dirs = []
     if config_file:
         dirs.append(Path(config_file).resolve().parent / "sharding")
-    dirs.append(REPO_CONFIGS / "sharding")
+    dirs.append(BUNDLED_CONFIGS / "sharding")
     for d in dirs:
         if (d / f"{name}.py").is_file():
             return _load_module(d / f"{name}.py", "sharding preset").get_config()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from kardia_jax.config_files import REPO_CONFIGS
+from kardia_jax.config_files import BUNDLED_CONFIGS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     from kardia_jax.pipeline import cli
 
-    args.config = str(REPO_CONFIGS / "pipeline_demo.py")
+    args.config = str(BUNDLED_CONFIGS / "pipeline_demo.py")
     args.stages = ",".join(cli.STAGES)
     args.coordinator = args.num_processes = args.process_id = None
     return cli.main(args)

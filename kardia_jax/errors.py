@@ -16,3 +16,7 @@ class CheckpointError(KardiaError, ValueError):
 
 class DataError(KardiaError, ValueError):
     """A data record or file that fails validation."""
+
+
+class MissingPackageError(KardiaError, ImportError):
+    """An optional package that a requested feature needs is not installed."""

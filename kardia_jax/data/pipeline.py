@@ -55,6 +55,17 @@ def bucket_length(n: int, buckets: Sequence[int]) -> int:
     raise DataError(f"a row of {n} tokens exceeds the largest bucket {max(buckets)}")
 
 
+def check_buckets(lengths: Sequence[int], buckets: Sequence[int], what: str) -> None:
+    """Refuses, before training, buckets that the longest of `lengths` would outgrow
+    at some step (`bucket_length` would raise there, minutes in)."""
+    longest = max(lengths, default=0)
+    if buckets and longest > max(buckets):
+        raise DataError(
+            f"{what}: the longest has {longest} tokens, more than the largest of "
+            f"data.buckets={tuple(buckets)}: add a bucket >= {longest} or lower data.max_length"
+        )
+
+
 def pad_batch(
     rows: Sequence[dict],
     *,

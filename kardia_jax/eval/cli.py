@@ -27,9 +27,12 @@ def main(args) -> int:
             config.report.sft = args.sft
         if args.grpo is not None:
             config.report.grpo = args.grpo
-    from kardia_jax.eval.run import run_eval
+    from kardia_jax.checks import stage
+    from kardia_jax.eval.run import prepare_eval, run_eval
 
-    r = run_eval(config, args.model, args.workdir, data_path=args.data, judge_dir=args.judge)
+    with stage("eval"):
+        inputs = prepare_eval(config, args.model, args.workdir, args.data, args.judge)
+    r = run_eval(config, args.model, args.workdir, inputs=inputs)
     acc = r["emotion_accuracy"]
     print(
         f"emotion accuracy {acc['value']:.2f}% ({acc['correct']}/{acc['n']}), "

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from ml_collections import ConfigDict
 
+from kardia_jax.checks import writable_dir
 from kardia_jax.errors import ConfigError, DataError
 from kardia_jax.eval import store
 from kardia_jax.eval.config import judge_settings
@@ -118,11 +119,6 @@ class _Policy:
         model = load_hf_model(
             model_dir, m.param_dtype, mesh, compute_dtype=m.compute_dtype, rules=rules
         )
-        if len(tokenizer) > model.config.vocab_size:
-            raise ConfigError(
-                f"{model_dir}: tokenizer has {len(tokenizer)} tokens but the model only "
-                f"{model.config.vocab_size} embeddings (data.tokenizer={config.data.tokenizer!r})"
-            )
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids_for(model.config, tokenizer)
         pad = tokenizer.pad_token_id
@@ -165,9 +161,7 @@ def generate_missing(items, path: str, make_policy, config: ConfigDict) -> int:
     policy = make_policy()
     # Similar lengths together: less padding, and few (batch, length) buckets to compile.
     todo.sort(key=lambda it: len(it.example.prompt_ids))
-    bs = int(config.eval.batch_size)
-    if bs < 1:
-        raise ConfigError(f"eval.batch_size={bs}: need >= 1")
+    bs = int(config.eval.batch_size)  # >= 1: checked by prepare_eval
     t0 = time.perf_counter()
     for k in range(0, len(todo), bs):
         batch = todo[k : k + bs]
@@ -201,8 +195,6 @@ def judge_missing(items, completions: dict, judge, path: str, batch_size: int) -
     ident = judge_identity(judge)
     done = {r["id"] for r in store.read_jsonl(path) if r.get("judge") == ident}
     todo = [it for it in items if it.id not in done]
-    if batch_size < 1:
-        raise ConfigError(f"judge.batch_size={batch_size}: need >= 1")
     t0 = time.perf_counter()
     for k in range(0, len(todo), batch_size):
         batch = todo[k : k + batch_size]
@@ -235,21 +227,42 @@ def _label(model_dir: str) -> str:
     return "/".join(parts[-2:]) if parts[-1] == "hf" and len(parts) > 1 else parts[-1]
 
 
-def run_eval(
+@dataclasses.dataclass
+class EvalInputs:
+    """Everything an evaluation needs before it generates, each piece checked."""
+
+    model_dir: str
+    tokenizer: object
+    items: list
+    data: str
+    data_report: object
+    mesh: object
+    rules: tuple
+    judge_dir: str | None
+    manifest: dict  # the settings that determine the completions
+
+
+# Judge prompts rendered by the preflight: a template that fails, fails on the first.
+_PREFLIGHT_CONTEXTS = 16
+
+
+def prepare_eval(
     config: ConfigDict,
     model_dir: str | None,
     workdir: str,
     data_path: str | None = None,
     judge_dir: str | None = None,
     *,
-    judge=None,
-    report: bool = True,
-) -> dict:
-    """Generates, judges and writes results.json, results.md and (with `report`)
-    report.html in `workdir`; returns the results. `judge` is an already-built object
-    with `evaluate(contexts, completions) -> .scores [N, 5]` (tests, or a caller that
-    holds one); else `judge_dir` or `config.judge.path` is loaded; else the rubric is
-    reported as not scored."""
+    tokenizer=None,
+    model_config=None,
+) -> EvalInputs:
+    """The evaluation's preflight: workdir, processes, tokenizer, test data, the
+    policy's and judge's configs and tensor headers (not their weights), judge prompts
+    rendered through its chat template, the mesh, and the workdir's earlier settings.
+    Raises a `KardiaError` naming the setting or file; takes seconds.
+
+    A pipeline checks eval before the policy exists: it passes the `tokenizer` and
+    `model_config` the policy will have, and `model_dir` is not read."""
     model_dir = model_dir or config.model.path
     if not model_dir:
         raise ConfigError("model: pass --model DIR (or set model.path)")
@@ -261,26 +274,75 @@ def run_eval(
             "use one host of the pod, or a single-host mesh"
         )
     model_dir = os.path.abspath(model_dir)
-    os.makedirs(workdir, exist_ok=True)
-    t0 = time.perf_counter()
-    tokenizer = load_eval_tokenizer(config, model_dir)
+    writable_dir(workdir, "workdir")
+    if tokenizer is None:
+        tokenizer = load_eval_tokenizer(config, model_dir)
+    if model_config is None:
+        from kardia_jax.models import check_hf_checkpoint
+
+        model_config = check_hf_checkpoint(model_dir)
+    if len(tokenizer) > model_config.vocab_size:
+        raise ConfigError(
+            f"{model_dir}: tokenizer has {len(tokenizer)} tokens but the model only "
+            f"{model_config.vocab_size} embeddings (data.tokenizer={config.data.tokenizer!r})"
+        )
     items, data, data_report = load_eval_examples(config, tokenizer, data_path)
     e = config.eval
-    store.check_manifest(
-        workdir,
-        {
-            "model": model_dir,
-            "data": os.path.abspath(data) if os.path.exists(data) else data,
-            "tokenizer": config.data.tokenizer or "(model dir)",
-            "max_length": int(config.data.max_length),
-            "max_new_tokens": int(e.max_new_tokens),
-            "temperature": float(e.temperature),
-            "top_p": float(e.top_p),
-            "top_k": int(e.top_k),
-            "seed": int(e.seed),
-        },
-    )
+    for name in ("eval.batch_size", "judge.batch_size"):
+        section, field = name.split(".")
+        if int(config[section][field]) < 1:
+            raise ConfigError(f"{name}={config[section][field]}: need >= 1")
+    judge_dir = judge_dir or config.judge.path or None
+    if judge_dir:
+        from kardia_jax.rewards import RubricJudge
+        from kardia_jax.rewards.prompt import JudgeContext
+
+        RubricJudge.check(
+            judge_dir,
+            judge_settings(config.judge),
+            dtype=config.judge.dtype,
+            contexts=[JudgeContext.from_example(it.example) for it in items[:_PREFLIGHT_CONTEXTS]],
+        )
     mesh, rules = _mesh(config)
+    manifest = {
+        "model": model_dir,
+        "data": os.path.abspath(data) if os.path.exists(data) else data,
+        "tokenizer": config.data.tokenizer or "(model dir)",
+        "max_length": int(config.data.max_length),
+        "max_new_tokens": int(e.max_new_tokens),
+        "temperature": float(e.temperature),
+        "top_p": float(e.top_p),
+        "top_k": int(e.top_k),
+        "seed": int(e.seed),
+    }
+    store.check_manifest(workdir, manifest, write=False)
+    return EvalInputs(
+        model_dir, tokenizer, items, data, data_report, mesh, rules, judge_dir, manifest
+    )
+
+
+def run_eval(
+    config: ConfigDict,
+    model_dir: str | None,
+    workdir: str,
+    data_path: str | None = None,
+    judge_dir: str | None = None,
+    *,
+    judge=None,
+    report: bool = True,
+    inputs: EvalInputs | None = None,
+) -> dict:
+    """Generates, judges and writes results.json, results.md and (with `report`)
+    report.html in `workdir`; returns the results. `judge` is an already-built object
+    with `evaluate(contexts, completions) -> .scores [N, 5]` (tests, or a caller that
+    holds one); else `judge_dir` or `config.judge.path` is loaded; else the rubric is
+    reported as not scored."""
+    t0 = time.perf_counter()
+    inp = inputs or prepare_eval(config, model_dir, workdir, data_path, judge_dir)
+    model_dir, tokenizer, items, data = inp.model_dir, inp.tokenizer, inp.items, inp.data
+    mesh, rules, judge_dir = inp.mesh, inp.rules, inp.judge_dir
+    store.check_manifest(workdir, inp.manifest)
+    e = config.eval
 
     comp_path = os.path.join(workdir, store.COMPLETIONS)
     generated = generate_missing(
@@ -294,7 +356,6 @@ def run_eval(
     if missing:
         raise DataError(f"{comp_path}: no completion for {missing[0]} after generation")
 
-    judge_dir = judge_dir or config.judge.path
     judged, ident, scores = 0, None, {}
     if judge is None and judge_dir:
         from kardia_jax.rewards import RubricJudge
@@ -330,8 +391,8 @@ def run_eval(
         generated_this_run=generated,
         judged_this_run=judged,
         hit_token_limit=finish.count("length"),
-        examples_skipped=sum(data_report.examples_skipped.values()),
-        prompts_truncated=data_report.truncated,
+        examples_skipped=sum(inp.data_report.examples_skipped.values()),
+        prompts_truncated=inp.data_report.truncated,
     )
     if judge is None:
         results["rubric"] = {

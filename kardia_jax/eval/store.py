@@ -70,10 +70,10 @@ def write_text(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def check_manifest(workdir: str, settings: dict) -> None:
-    """Writes the settings that determine the completions, or checks them against
-    the ones the workdir was started with (resuming with other settings would mix
-    completions of two configurations in one table)."""
+def check_manifest(workdir: str, settings: dict, *, write: bool = True) -> None:
+    """Checks the settings that determine the completions against the ones the
+    workdir was started with (resuming with other settings would mix completions of
+    two configurations in one table), then (with `write`) records them."""
     path = os.path.join(workdir, MANIFEST)
     if os.path.exists(path):
         try:
@@ -89,4 +89,5 @@ def check_manifest(workdir: str, settings: dict) -> None:
                 "use a new --workdir, or delete the workdir to start over"
             )
         settings = {**old, **settings}
-    write_text(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    if write:
+        write_text(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")

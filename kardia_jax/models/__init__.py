@@ -1,7 +1,12 @@
 """Decoder models (Qwen2/2.5, Qwen3, Llama), their Hugging Face checkpoints, and GGUF
 import (llama.cpp files, SmolLM2-135M-Instruct)."""
 
-from kardia_jax.models.checkpoint import load_hf_model, resize_token_embeddings, save_hf_model
+from kardia_jax.models.checkpoint import (
+    check_hf_checkpoint,
+    load_hf_model,
+    resize_token_embeddings,
+    save_hf_model,
+)
 from kardia_jax.models.config import ModelConfig
 from kardia_jax.models.decoder import Transformer, abstract_model, count_params, init_model
 from kardia_jax.models.gguf import gguf_checkpoint, import_gguf, smollm2_checkpoint
@@ -12,6 +17,7 @@ __all__ = [
     "ModelConfig",
     "Transformer",
     "abstract_model",
+    "check_hf_checkpoint",
     "count_params",
     "get_preset",
     "gguf_checkpoint",

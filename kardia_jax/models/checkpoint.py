@@ -170,22 +170,16 @@ def _dtype_name(dtype) -> str:
     return jnp.dtype(dtype).name
 
 
-def load_hf_model(
-    path: str | os.PathLike,
-    dtype="float32",
-    mesh: Mesh | None = None,
-    *,
-    compute_dtype=None,
-    rules: Rules = DEFAULT_RULES,
-    **config_overrides,
-) -> Transformer:
-    """Loads a Hugging Face checkpoint dir into a `Transformer`.
+def check_hf_checkpoint(
+    path: str | os.PathLike, dtype="float32", *, compute_dtype=None, **config_overrides
+) -> ModelConfig:
+    """What `load_hf_model` checks before it reads any tensor data: config.json, the
+    safetensors headers, every tensor's presence and shape. Returns the config;
+    reads no weights (a run's preflight)."""
+    return _inspect(path, dtype, compute_dtype=compute_dtype, **config_overrides)[0]
 
-    `dtype` is the parameter dtype; `compute_dtype` (default: `dtype`) the matmul
-    dtype. With a `mesh`, every tensor is placed by the sharding `rules` and each
-    host reads only the slices its own devices hold. Every tensor is checked for
-    presence and shape before any data is read: nothing loads partially.
-    """
+
+def _inspect(path, dtype, *, compute_dtype=None, **config_overrides):
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: not a directory")
@@ -220,7 +214,28 @@ def load_hf_model(
             f"{path}: tensor(s) not in the model described by config.json: "
             f"{', '.join(unexpected[:3])}" + (" ..." if len(unexpected) > 3 else "")
         )
+    return cfg, files, graphdef, state, entries
 
+
+def load_hf_model(
+    path: str | os.PathLike,
+    dtype="float32",
+    mesh: Mesh | None = None,
+    *,
+    compute_dtype=None,
+    rules: Rules = DEFAULT_RULES,
+    **config_overrides,
+) -> Transformer:
+    """Loads a Hugging Face checkpoint dir into a `Transformer`.
+
+    `dtype` is the parameter dtype; `compute_dtype` (default: `dtype`) the matmul
+    dtype. With a `mesh`, every tensor is placed by the sharding `rules` and each
+    host reads only the slices its own devices hold. Every tensor is checked for
+    presence and shape before any data is read: nothing loads partially.
+    """
+    cfg, files, graphdef, state, entries = _inspect(
+        path, dtype, compute_dtype=compute_dtype, **config_overrides
+    )
     shardings = (
         dict(nnx.to_flat_state(param_shardings(state, mesh, rules))) if mesh is not None else None
     )

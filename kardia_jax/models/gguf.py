@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kardia_jax.errors import CheckpointError, KardiaError
+from kardia_jax.errors import CheckpointError, MissingPackageError
 from kardia_jax.models.checkpoint import WEIGHTS_NAME
 from kardia_jax.models.config import ModelConfig
 from kardia_jax.models.gguf_tokenizer import build_tokenizer, save_tokenizer
@@ -49,10 +49,6 @@ _LAYER_NAMES = {
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
 }
-
-
-class MissingPackageError(KardiaError, ImportError):
-    """An optional package that a requested feature needs is not installed."""
 
 
 # ------------------------------------------------------------------------ reading

@@ -25,8 +25,14 @@ from pathlib import Path
 import jax
 from ml_collections import ConfigDict
 
+from kardia_jax.checks import stage as check_stage
+from kardia_jax.checks import writable_dir
 from kardia_jax.errors import ConfigError
+from kardia_jax.eval.run import load_eval_tokenizer, prepare_eval
 from kardia_jax.host import release_freed_memory
+from kardia_jax.models import check_hf_checkpoint
+from kardia_jax.rl.grpo import prepare_grpo
+from kardia_jax.train.sft import prepare_sft
 
 STAGES = ("validate", "split", "sft", "grpo", "eval", "report")
 
@@ -117,11 +123,8 @@ class Pipeline:
         from kardia_jax.rl.difficulty import DifficultySettings, split_difficulty
 
         s = self.c.split
-        policy = self.policy()
-        if policy is None:
-            raise ConfigError("split.enabled needs a policy checkpoint (policy=...) to sample")
         return split_difficulty(
-            policy,
+            self.policy(),
             self.c.data_path or "sample:train",
             self.path("split"),
             DifficultySettings(
@@ -135,21 +138,15 @@ class Pipeline:
             mode=self.c.sft.data.mode,
         )
 
-    def sft(self) -> dict:
-        from kardia_jax.train.sft import run_sft
-
+    def sft_config(self) -> ConfigDict:
         cfg = copy.deepcopy(self.c.sft)
         cfg.model.path = self.policy() or cfg.model.path
         cfg.data.path = self.data("sft")
         cfg.data.tokenizer = self.tokenizer()
         cfg.export_hf = True
-        result = run_sft(cfg, self.path("sft"))
-        self.log(f"  step {result['step']}: loss {result['loss']:.3f}")
-        return {k: v for k, v in result.items() if k != "data_report"}
+        return cfg
 
-    def grpo(self) -> dict:
-        from kardia_jax.rl.grpo import run_grpo
-
+    def grpo_config(self) -> ConfigDict:
         cfg = copy.deepcopy(self.c.grpo)
         cfg.model.path = self.path("sft", "hf")
         cfg.grpo.reference_path = ""  # the SFT policy is the reference
@@ -157,7 +154,19 @@ class Pipeline:
         cfg.data.tokenizer = self.path("sft", "hf")  # with the span markers SFT added
         cfg.reward.judge_path = self.judge() or ""
         cfg.export_hf = True
-        return run_grpo(cfg, self.path("grpo"))
+        return cfg
+
+    def sft(self) -> dict:
+        from kardia_jax.train.sft import run_sft
+
+        result = run_sft(self.sft_config(), self.path("sft"))
+        self.log(f"  step {result['step']}: loss {result['loss']:.3f}")
+        return {k: v for k, v in result.items() if k != "data_report"}
+
+    def grpo(self) -> dict:
+        from kardia_jax.rl.grpo import run_grpo
+
+        return run_grpo(self.grpo_config(), self.path("grpo"))
 
     def eval(self) -> dict:
         from kardia_jax.eval import run_eval
@@ -188,9 +197,74 @@ class Pipeline:
         grpo_hf = self.path("grpo", "hf")
         return grpo_hf if self.done("grpo") else self.path("sft", "hf")
 
+    # -- preflight ---------------------------------------------------------------
+    def preflight(self, stages: tuple[str, ...]) -> None:
+        """Every check a stage still to run would make, before the first one runs:
+        a later stage never fails for a reason that could be seen now. Stages whose
+        inputs an earlier one writes are checked against what it will write (the SFT
+        policy's config and tokenizer)."""
+        with check_stage("pipeline"):
+            writable_dir(self.workdir, "--workdir")
+        todo = [s for s in stages if self.done(s) is None]
+        if not todo:
+            return
+        with check_stage("pipeline"):
+            policy, judge, eval_judge = self.policy(), self.judge(), self.judge(for_eval=True)
+            if policy:
+                check_hf_checkpoint(policy)
+        if "split" in todo and self.c.split.enabled:
+            with check_stage("split"):
+                if policy is None:
+                    raise ConfigError(
+                        "split.enabled needs a policy checkpoint to sample: set policy=DIR"
+                    )
+                if judge:
+                    check_hf_checkpoint(judge)
+        # What the SFT policy will be, for the stages that start from it. Data errors
+        # surface here too: each stage loads and validates its data in its check.
+        sft_hf = self.path("sft", "hf")
+        upstream: dict = {}  # {} once SFT is done: the export itself is read
+        if "sft" in todo:
+            with check_stage("sft"):
+                inputs = prepare_sft(self.sft_config(), self.path("sft"))
+                upstream = {"tokenizer": inputs.tokenizer, "model_config": inputs.model_config}
+        elif any(s in todo for s in ("grpo", "eval")) and not self.done("sft"):
+            with check_stage("grpo" if "grpo" in todo else "eval"):
+                raise ConfigError(
+                    f"needs the SFT policy {sft_hf}, not written yet: add sft to --stages"
+                )
+        if "grpo" in todo:
+            with check_stage("grpo"):
+                g = self.c.grpo.reward
+                if g.rubric and not g.get("fn", "") and not judge:
+                    raise ConfigError(
+                        f"grpo.reward.rubric={g.rubric} needs a judge: set judge=DIR (or "
+                        "grpo.reward.rubric=0)"
+                    )
+                prepare_grpo(self.grpo_config(), self.path("grpo"), **upstream)
+        if "eval" in todo:
+            with check_stage("eval"):
+                # The final policy exists already, or will be the SFT policy's shape.
+                exists = self.done("grpo") or ("grpo" not in todo and self.done("sft"))
+                if not exists and not upstream:
+                    upstream = {
+                        "tokenizer": load_eval_tokenizer(self.c.eval, sft_hf),
+                        "model_config": check_hf_checkpoint(sft_hf),
+                    }
+                prepare_eval(
+                    self.c.eval,
+                    self.final_policy() if "grpo" not in todo else self.path("grpo", "hf"),
+                    self.path("eval"),
+                    data_path=self.c.data_path or None,
+                    judge_dir=eval_judge,
+                    **({} if exists else upstream),
+                )
+
     # -- driver ------------------------------------------------------------------
     def run(self, stages: tuple[str, ...] = STAGES) -> dict:
-        os.makedirs(self.workdir, exist_ok=True)
+        t0 = time.perf_counter()
+        self.preflight(stages)
+        self.log(f"== preflight: every stage's inputs check out ({time.perf_counter() - t0:.1f} s)")
         summaries = {}
         for stage in stages:
             prior = self.done(stage)

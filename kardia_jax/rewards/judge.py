@@ -20,6 +20,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from kardia_jax.data.spans import SPAN_NAMES, marker
 from kardia_jax.errors import ConfigError, DataError
 from kardia_jax.rewards import scoring
 from kardia_jax.rewards.prompt import JudgeContext, JudgePrompt, PromptBuilder, PromptLimits
@@ -124,19 +125,7 @@ class RubricJudge:
         self.graphdef, self.params = nnx.split(model)
         self.tokenizer = tokenizer
         self.mesh, self.rules, self.name = mesh, rules, name
-        if len(tokenizer) > model.config.vocab_size:
-            raise ConfigError(
-                f"judge tokenizer has {len(tokenizer)} tokens, its model only "
-                f"{model.config.vocab_size} embeddings"
-            )
-        limits = dataclasses.replace(config.limits, max_prompt_tokens=config.length_buckets[-1])
-        self.builder = PromptBuilder(
-            tokenizer,
-            self.rubric,
-            show_reasoning=config.show_reasoning,
-            limits=limits,
-            chat_template_kwargs=dict(config.chat_template_kwargs),
-        )
+        self.builder = _prompt_builder(tokenizer, model.config, self.rubric, config)
         s = max(map(len, self.builder.suffix_ids))
         s = -(-s // _SUFFIX_MULTIPLE) * _SUFFIX_MULTIPLE
         self._suffix_ids = np.zeros((len(DIMENSIONS), s), np.int32)
@@ -174,6 +163,29 @@ class RubricJudge:
         if tokenizer is None or isinstance(tokenizer, str | os.PathLike):
             tokenizer = _load_tokenizer(os.fspath(tokenizer or path))
         return cls(model, tokenizer, config, rubric=rubric, mesh=mesh, rules=rules, name=path)
+
+    @classmethod
+    def check(
+        cls,
+        path: str | os.PathLike,
+        config: JudgeConfig = JudgeConfig(),
+        *,
+        dtype: str = "bfloat16",
+        contexts: Sequence[JudgeContext] = (),
+    ) -> None:
+        """What `from_pretrained` and the first scoring call would refuse, without
+        reading any weights: config.json and the tensor headers, the tokenizer, the
+        rubric, and a prompt for each of `contexts` rendered through the chat
+        template (a run's preflight)."""
+        from kardia_jax.models import check_hf_checkpoint
+
+        path = os.fspath(path)
+        model_config = check_hf_checkpoint(path, dtype=dtype)
+        builder = _prompt_builder(
+            _load_tokenizer(path), model_config, load_rubric(config.rubric), config
+        )
+        for context in contexts:
+            builder.build(context, PREFLIGHT_COMPLETION)
 
     # ------------------------------------------------------------------ prompts
     def prompts(
@@ -364,6 +376,33 @@ def _pad_left(rows, length: int, pad_id: int, batch: int):
         mask[i, length - len(row) :] = 1
     mask[len(rows) :, -1] = 1  # batch-padding rows: one dummy token keeps them finite
     return ids, mask
+
+
+# A well-formed four-span completion, built into a prompt by `RubricJudge.check`.
+PREFLIGHT_COMPLETION = "".join(
+    f"{marker(name, 'begin', 'special')}{text}{marker(name, 'end', 'special')}"
+    for name, text in zip(
+        SPAN_NAMES,
+        ("They feel alone.", "Acknowledge it first.", "lonely", "That sounds hard."),
+        strict=True,
+    )
+)
+
+
+def _prompt_builder(tokenizer, model_config, rubric: Rubric, config: JudgeConfig):
+    if len(tokenizer) > model_config.vocab_size:
+        raise ConfigError(
+            f"judge tokenizer has {len(tokenizer)} tokens, its model only "
+            f"{model_config.vocab_size} embeddings"
+        )
+    limits = dataclasses.replace(config.limits, max_prompt_tokens=config.length_buckets[-1])
+    return PromptBuilder(
+        tokenizer,
+        rubric,
+        show_reasoning=config.show_reasoning,
+        limits=limits,
+        chat_template_kwargs=dict(config.chat_template_kwargs),
+    )
 
 
 def _load_tokenizer(path: str):

@@ -15,7 +15,10 @@ def main(args) -> int:
 
     maybe_initialize(args.coordinator, args.num_processes, args.process_id)
     config = load_config(args.config, args.config_overrides)
-    from kardia_jax.rl.grpo import run_grpo
+    from kardia_jax.checks import stage
+    from kardia_jax.rl.grpo import prepare_grpo, run_grpo
 
-    print(json.dumps(run_grpo(config, args.workdir)))
+    with stage("grpo"):
+        inputs = prepare_grpo(config, args.workdir)
+    print(json.dumps(run_grpo(config, args.workdir, inputs)))
     return 0

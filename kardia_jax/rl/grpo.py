@@ -5,27 +5,38 @@ passes of clipped-surrogate updates with a KL penalty to the frozen reference.""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import math
 import os
 import time
+from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
+from kardia_jax.checks import writable_dir
 from kardia_jax.data.examples import build_examples
-from kardia_jax.data.pipeline import bucket_length, build_prompt_dataset
+from kardia_jax.data.pipeline import bucket_length, build_prompt_dataset, check_buckets
 from kardia_jax.data.reader import sample_path
 from kardia_jax.data.splits import stage_split
 from kardia_jax.data.tokenizer import load_tokenizer
 from kardia_jax.data.validate import load_dialogues
-from kardia_jax.errors import ConfigError, KardiaError
+from kardia_jax.errors import ConfigError, DataError
 from kardia_jax.host import HeapGuard
-from kardia_jax.models import load_hf_model, resize_token_embeddings, save_hf_model
+from kardia_jax.models import (
+    ModelConfig,
+    check_hf_checkpoint,
+    load_hf_model,
+    resize_token_embeddings,
+    save_hf_model,
+)
 from kardia_jax.rewards import JudgeConfig, KardiaReward, RewardWeights, RubricJudge
+from kardia_jax.rewards.prompt import JudgeContext
 from kardia_jax.rl import metrics as M
 from kardia_jax.rl import rollout as R
 from kardia_jax.rl.step import GRPOLoss, completion_log_probs, grpo_step
@@ -65,18 +76,39 @@ def _loss_settings(config) -> GRPOLoss:
     )
 
 
-def run_grpo(config: ConfigDict, workdir: str) -> dict:
-    if not config.model.path:
+@dataclasses.dataclass
+class GRPOInputs:
+    """Everything a run needs before its first step, each piece checked."""
+
+    mesh: Mesh
+    rules: tuple
+    tokenizer: Any
+    examples: list
+    model_config: ModelConfig
+
+
+# Judge prompts rendered by the preflight: a template that fails, fails on the first.
+_PREFLIGHT_CONTEXTS = 16
+
+
+def prepare_grpo(
+    config: ConfigDict, workdir: str, *, tokenizer=None, model_config=None
+) -> GRPOInputs:
+    """The run's preflight: settings, workdir, mesh and batch split, tokenizer,
+    prompts, the policy's, reference's and judge's configs and tensor headers (not
+    their weights), and judge prompts rendered through its chat template. Raises a
+    `KardiaError` naming the setting or file; takes seconds, compiles nothing.
+
+    A pipeline checks GRPO before SFT has written the policy: it passes the
+    `tokenizer` and `model_config` that SFT will export, and `model.path` is not read.
+    """
+    upstream = model_config is not None
+    if not config.model.path and not upstream:
         raise ConfigError("model.path: GRPO starts from a policy checkpoint (the SFT export)")
     _check_settings(config)
-    os.makedirs(workdir, exist_ok=True)
+    writable_dir(workdir, "workdir")
     rc, g = config.rollout, config.grpo
     mesh, rules = mesh_and_rules(config)
-    tokenizer = load_tokenizer(config.data.tokenizer or None)
-    examples = load_grpo_prompts(config.data, tokenizer)
-    if not examples:
-        raise KardiaError(f"data.path={config.data.path!r}: no GRPO prompts after filtering")
-    cfg = planned_model_config(config.model, len(tokenizer))
     rows = rc.prompts_per_step * rc.group_size
     dp = data_parallel_size(mesh, rules)
     if rows % g.minibatches or (rows // g.minibatches) % dp:
@@ -84,6 +116,35 @@ def run_grpo(config: ConfigDict, workdir: str) -> dict:
             f"rollout.prompts_per_step x rollout.group_size = {rows} rows must split into "
             f"grpo.minibatches={g.minibatches} minibatches divisible by the data-parallel size {dp}"
         )
+    if tokenizer is None:
+        tokenizer = load_tokenizer(config.data.tokenizer or None)
+    examples = load_grpo_prompts(config.data, tokenizer)
+    if not examples:
+        raise DataError(f"data.path={config.data.path!r}: no GRPO prompts after filtering")
+    check_buckets([e.prompt_length for e in examples], config.data.buckets, "GRPO prompts")
+    R.stop_token_ids(tokenizer)
+    if not upstream:
+        check_hf_checkpoint(config.model.path)
+        model_config = planned_model_config(config.model, len(tokenizer))
+    if g.beta > 0 and g.reference_path:
+        check_hf_checkpoint(g.reference_path)
+    if _uses_judge(config.reward):
+        RubricJudge.check(
+            config.reward.judge_path,
+            _judge_settings(config.reward),
+            dtype=config.reward.judge_dtype,
+            contexts=[JudgeContext.from_example(e) for e in examples[:_PREFLIGHT_CONTEXTS]],
+        )
+    return GRPOInputs(mesh, rules, tokenizer, examples, model_config)
+
+
+def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None) -> dict:
+    """Trains; `inputs` is `prepare_grpo`'s result when the caller already has it."""
+    inputs = inputs or prepare_grpo(config, workdir)
+    rc, g = config.rollout, config.grpo
+    mesh, rules, tokenizer = inputs.mesh, inputs.rules, inputs.tokenizer
+    examples, cfg = inputs.examples, inputs.model_config
+    rows = rc.prompts_per_step * rc.group_size
     per_epoch = math.ceil(len(examples) / rc.prompts_per_step)
     total_steps = int(config.train.steps) or int(config.train.epochs * per_epoch)
     tx = make_optimizer(config.train, total_steps * g.mu * g.minibatches)
@@ -131,7 +192,7 @@ def run_grpo(config: ConfigDict, workdir: str) -> dict:
         # prompts hold the policy prompt's dialogue and the completion, in another
         # tokenizer: buckets up to 1.5x the policy's longest (a longer one compiles
         # when first needed).
-        longest = max(config.data.buckets) + rc.max_new_tokens
+        longest = max(buckets) + rc.max_new_tokens
         n_programs, seconds = judge.judge.warm_up(rows, max_tokens=int(1.5 * longest))
         if main and n_programs:
             print(f"judge: compiled {n_programs} length buckets in {seconds:.1f} s")

@@ -22,8 +22,11 @@ def main(args) -> int:
 
     maybe_initialize(args.coordinator, args.num_processes, args.process_id)
     config = load_config(args.config, args.config_overrides)
-    from kardia_jax.train.sft import run_sft
+    from kardia_jax.checks import stage
+    from kardia_jax.train.sft import prepare_sft, run_sft
 
-    result = run_sft(config, args.workdir)
+    with stage("sft"):
+        inputs = prepare_sft(config, args.workdir)
+    result = run_sft(config, args.workdir, inputs)
     print(json.dumps({k: v for k, v in result.items() if k != "data_report"}))
     return 0

@@ -4,24 +4,28 @@ resume, preemption handling and a Hugging Face export of the final policy."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
 import signal
 import time
+from typing import Any
 
 import jax
+from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
+from kardia_jax.checks import writable_dir
 from kardia_jax.data.examples import build_examples
-from kardia_jax.data.pipeline import build_sft_dataset, steps_per_epoch
+from kardia_jax.data.pipeline import build_sft_dataset, check_buckets, steps_per_epoch
 from kardia_jax.data.reader import sample_path
 from kardia_jax.data.splits import profile_split, stage_split
 from kardia_jax.data.tokenizer import load_tokenizer, span_marker_ids
 from kardia_jax.data.validate import load_dialogues
-from kardia_jax.errors import KardiaError
+from kardia_jax.errors import DataError, KardiaError
 from kardia_jax.host import HeapGuard
-from kardia_jax.models import save_hf_model
+from kardia_jax.models import ModelConfig, check_hf_checkpoint, save_hf_model
 from kardia_jax.models.decoder import Transformer
 from kardia_jax.train.checkpoints import resume_or_init
 from kardia_jax.train.distributed import global_batch, host_rows
@@ -65,16 +69,47 @@ class _Preemption:
         signal.signal(signal.SIGTERM, self._old)
 
 
-def run_sft(config: ConfigDict, workdir: str) -> dict:
-    os.makedirs(workdir, exist_ok=True)
+@dataclasses.dataclass
+class SFTInputs:
+    """Everything a run needs before its first step, each piece checked."""
+
+    mesh: Mesh
+    rules: tuple
+    tokenizer: Any
+    train_examples: list
+    held_examples: list
+    report: Any
+    model_config: ModelConfig
+
+
+def prepare_sft(config: ConfigDict, workdir: str) -> SFTInputs:
+    """The run's preflight: the workdir, mesh and batch, the tokenizer, the data, and
+    the checkpoint's config and tensor headers (not its weights). Raises a
+    `KardiaError` naming the setting or file; takes seconds, compiles nothing."""
+    writable_dir(workdir, "workdir")
     tcfg = config.train
     mesh, rules = mesh_and_rules(config)
     check_batch(tcfg.global_batch, tcfg.microbatches, mesh, rules)
     tokenizer = load_tokenizer(config.data.tokenizer or None)
     train_examples, held_examples, report = load_sft_data(config.data, tokenizer)
     if not train_examples:
-        raise KardiaError(f"data.path={config.data.path!r}: no SFT examples after filtering")
+        raise DataError(f"data.path={config.data.path!r}: no SFT examples after filtering")
+    check_buckets(
+        [len(e) for e in train_examples + held_examples], config.data.buckets, "SFT examples"
+    )
+    if config.model.path:
+        check_hf_checkpoint(config.model.path)
     cfg = planned_model_config(config.model, len(tokenizer))
+    return SFTInputs(mesh, rules, tokenizer, train_examples, held_examples, report, cfg)
+
+
+def run_sft(config: ConfigDict, workdir: str, inputs: SFTInputs | None = None) -> dict:
+    """Trains; `inputs` is `prepare_sft`'s result when the caller already has it."""
+    inputs = inputs or prepare_sft(config, workdir)
+    tcfg = config.train
+    mesh, rules, tokenizer = inputs.mesh, inputs.rules, inputs.tokenizer
+    train_examples, held_examples = inputs.train_examples, inputs.held_examples
+    report, cfg = inputs.report, inputs.model_config
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     per_epoch = steps_per_epoch(len(train_examples), tcfg.global_batch, jax.process_count())

@@ -14,7 +14,7 @@ from ..rewards.helpers import _config, numpy_model
 from ..sampling.conftest import char_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-EVAL_TINY = os.path.join(REPO, "configs", "eval_tiny.py")
+EVAL_TINY = os.path.join(REPO, "kardia_jax", "configs", "eval_tiny.py")
 
 
 @pytest.fixture(scope="session")

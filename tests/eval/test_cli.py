@@ -1,18 +1,17 @@
 """`kardia-jax eval` end to end on a tiny random policy with a real `RubricJudge`
 (a tiny checkpoint and a short rubric file), then `kardia-jax report` rebuilding the
-page with training curves; and the render script's screenshot when chromium exists."""
+page with training curves; and the render script's screenshot, checked (tests/browser.py),
+when chromium exists."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-
-import pytest
 
 from kardia_jax import cli
 from kardia_jax.rewards.rubric import DIMENSIONS
 
+from .. import browser
 from ..rewards.helpers import TEST_RUBRIC_TEXT, marker_model
 from ..train.conftest import run_cli
 from .conftest import EVAL_TINY, REPO
@@ -73,11 +72,8 @@ def test_eval_and_report_commands(tmp_path, tiny_policy, capsys):
     assert "pass --model DIR" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(
-    not (shutil.which("chromium") or shutil.which("chromium-browser")),
-    reason="no chromium on PATH (apt-get install -y chromium)",
-)
 def test_render_script_screenshot(tmp_path):
+    browser.chromium_or_skip()
     png = tmp_path / "shot.png"
     proc = subprocess.run(
         [
@@ -88,12 +84,14 @@ def test_render_script_screenshot(tmp_path):
             "--out",
             str(png),
             "--height",
-            "1200",
+            "2000",
+            "--check",
         ],
         capture_output=True,
         text=True,
         timeout=180,
     )
-    assert proc.returncode == 0, proc.stderr
-    data = png.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a drawn page, not blank
+    # --check: drawn, bar chart and curves in view, nothing run or fetched.
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[-2:] == [str(png), "checked: 0 problem(s)"], proc.stdout
+    assert browser.decode_png(png.read_bytes()).shape == (2000, 1200, 3)

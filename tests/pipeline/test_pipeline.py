@@ -1,5 +1,6 @@
 """The end-to-end pipeline on configs/pipeline_tiny.py: every stage runs, the table
-and the report come out, and a run killed during GRPO resumes GRPO, not SFT."""
+and the report come out (and render in headless Chromium, charts drawn, nothing run
+or fetched), and a run killed during GRPO resumes GRPO, not SFT."""
 
 from __future__ import annotations
 
@@ -7,15 +8,17 @@ import json
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from kardia_jax.errors import ConfigError
 from kardia_jax.pipeline.stages import Pipeline, resolve_checkpoint, run_pipeline
 
+from .. import browser
 from ..train.conftest import REPO, run_cli
 
-TINY = os.path.join(REPO, "configs", "pipeline_tiny.py")
+TINY = os.path.join(REPO, "kardia_jax", "configs", "pipeline_tiny.py")
 ONE_DEVICE = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
 
 
@@ -30,6 +33,33 @@ def pipeline_args(workdir, tokenizer):
         "--config.sft.model.vocab_multiple=8",
         "--config.grpo.model.vocab_multiple=8",
     ]
+
+
+def check_report_in_browser(report, tmp):
+    """The report in headless Chromium (tests/browser.py) is drawn, its charts show and
+    nothing runs or loads; the same page with its <svg> charts cut out fails the chart
+    check. Without chromium this part is left out (tests/eval/test_report_browser.py
+    skips, saying so) unless KARDIA_JAX_REQUIRE_BROWSER is set: then it fails."""
+    chromium = browser.chromium_or_fail()
+    if chromium is None:
+        return
+    tmp.mkdir()
+    bare = tmp / "no-charts.html"
+    bare.write_text(browser.strip_charts(report.read_text()))
+
+    def shoot(html):  # 1600 pixels high: the training curves are in view
+        png = str(tmp / f"{html.stem}.png")
+        return browser.render(str(html), png, height=1600, chromium=chromium)
+
+    with ThreadPoolExecutor(2) as pool:
+        page, stripped = pool.map(shoot, [report, bare])
+    assert browser.page_problems(page) == [], page.png
+    img = stripped.image
+    assert browser.blank_problems(img) == [] and browser.offline_problems(stripped) == []
+    problems = browser.chart_problems(img, stripped.dom)
+    assert len(problems) == 2, problems
+    assert problems[0] == "charts: no <svg> in the rendered DOM"
+    assert problems[1].startswith("charts: 0 stroke pixels"), problems
 
 
 def test_killed_during_grpo_the_pipeline_resumes_grpo_and_finishes(tmp_path, small_tokenizer):
@@ -69,6 +99,7 @@ def test_killed_during_grpo_the_pipeline_resumes_grpo_and_finishes(tmp_path, sma
     html = (work / "report.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and "<script src=" not in html
     assert f"report: {work / 'report.html'}" in out
+    check_report_in_browser(work / "report.html", tmp_path / "browser")
 
     # A third run has nothing left to do.
     proc = run_cli(pipeline_args(work, small_tokenizer), ONE_DEVICE)

@@ -120,7 +120,7 @@ def driver_args(workdir, policy, tokenizer, data, steps, **overrides) -> list[st
     return [
         "grpo",
         "--config",
-        os.path.join(REPO, "configs", "grpo_tiny.py"),
+        os.path.join(REPO, "kardia_jax", "configs", "grpo_tiny.py"),
         "--workdir",
         str(workdir),
         *[f"--config.{k}={v}" for k, v in base.items()],

@@ -13,7 +13,7 @@ from ..train.conftest import REPO
 
 
 def config(name="grpo_tiny.py", **overrides):
-    c = load_config(os.path.join(REPO, "configs", name), [])
+    c = load_config(os.path.join(REPO, "kardia_jax", "configs", name), [])
     for key, value in overrides.items():
         *path, leaf = key.split(".")
         node = c

@@ -20,8 +20,8 @@ from kardia_jax.train.setup import mesh_and_rules, planned_model_config
 from kardia_jax.train.state import abstract_train_state, param_bytes_per_device, state_shardings
 from tests.train.conftest import REPO, run_cli
 
-SFT = os.path.join(REPO, "configs", "sft_tiny.py")
-GRPO = os.path.join(REPO, "configs", "grpo_tiny.py")
+SFT = os.path.join(REPO, "kardia_jax", "configs", "sft_tiny.py")
+GRPO = os.path.join(REPO, "kardia_jax", "configs", "grpo_tiny.py")
 
 
 def _vocab(tokenizer_dir):

@@ -14,7 +14,7 @@ from kardia_jax.models.safetensors_io import SafetensorsFile
 
 from .conftest import run_cli, tiny_overrides
 
-TINY = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "sft_tiny.py")
+TINY = os.path.join(os.path.dirname(__file__), "..", "..", "kardia_jax", "configs", "sft_tiny.py")
 
 
 def read_log(workdir):

@@ -15,6 +15,7 @@ For the 7B policy use configs/pipeline_qwen2p5.py:7b.
 from pathlib import Path
 
 from kardia_jax.config_files import load_config
+from kardia_jax.errors import ConfigError
 from kardia_jax.pipeline import pipeline_config
 
 HERE = Path(__file__).resolve().parent
@@ -22,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 
 def get_config(size: str = "3b"):
     if size not in ("3b", "7b"):
-        raise ValueError(f"pipeline_qwen2p5.py:{size}: expected 3b or 7b")
+        raise ConfigError(f"pipeline_qwen2p5.py:{size}: expected 3b or 7b")
     c = pipeline_config()
     c.sft = load_config(str(HERE / f"sft_qwen2p5_{size}.py"))
     c.grpo = load_config(str(HERE / f"grpo_qwen2p5_{size}.py"))

