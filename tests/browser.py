@@ -142,11 +142,7 @@ def read_netlog(path: str) -> tuple[list[str], list[str]]:
     not a URL request; what it loads is, with the page's (null) origin as initiator;
     Chromium's background requests say "not an origin"."""
     with open(path, encoding="utf-8") as f:
-        text = f.read()
-    try:
-        log = json.loads(text)
-    except ValueError:  # killed before it closed the JSON: drop the torn tail
-        log = json.loads(text[: text.rfind("},") + 1] + "]}")
+        log = json.load(f)
     names = {v: k for k, v in log["constants"]["logEventTypes"].items()}
     page, browser = [], []
     for e in log["events"]:
@@ -251,12 +247,26 @@ def blank_problems(img: np.ndarray, *, min_colours: int = 64, min_ink: float = 0
     return problems
 
 
-def palette_pixels(img: np.ndarray, colour: str, *, min_alpha: float = 0.5) -> np.ndarray:
+def _spread(img: np.ndarray) -> np.ndarray:
+    """Per pixel, largest minus smallest channel (0 for greys)."""
+    r, g, b = (img[:, :, i].astype(np.int16) for i in range(3))
+    return np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
+
+
+def palette_pixels(
+    img: np.ndarray, colour: str, *, min_alpha: float = 0.5, spread: np.ndarray | None = None
+) -> np.ndarray:
     """Mask of pixels that are `colour` laid over white at some opacity >= min_alpha
     (antialiased strokes are exactly that): the same opacity on all three channels."""
     c = _rgb(colour)
-    alpha = (255.0 - img.astype(np.float32)) / np.maximum(255.0 - c, 1.0)
-    return (alpha.min(-1) >= min_alpha) & (alpha.max(-1) - alpha.min(-1) <= 0.05)
+    mask = np.zeros(img.shape[:2], bool)
+    # Only pixels as colourful as the colour at min_alpha can match (most are grey).
+    spread = _spread(img) if spread is None else spread
+    ys, xs = np.nonzero(spread >= int(min_alpha * (c.max() - c.min())) - 2)
+    alpha = (255.0 - img[ys, xs].astype(np.float32)) / np.maximum(255.0 - c, 1.0)
+    hit = (alpha.min(-1) >= min_alpha) & (alpha.max(-1) - alpha.min(-1) <= 0.05)
+    mask[ys[hit], xs[hit]] = True
+    return mask
 
 
 def _shifts(mask: np.ndarray, op) -> np.ndarray:
@@ -278,9 +288,9 @@ def thin_part(mask: np.ndarray) -> np.ndarray:
 
 def chart_strokes(img: np.ndarray) -> dict[str, tuple[int, int]]:
     """Per palette colour: (stroke pixels, filled pixels) in the screenshot."""
-    out = {}
+    out, spread = {}, _spread(img)
     for colour in _palette():
-        mask = palette_pixels(img, colour)
+        mask = palette_pixels(img, colour, spread=spread)
         thin = int(thin_part(mask).sum())
         out[colour] = (thin, int(mask.sum()) - thin)
     return out
@@ -310,7 +320,8 @@ def chart_problems(
     return problems
 
 
-# Attributes that load something; anything but a data: URL or a fragment is a load.
+# Attributes that load something (a link's href does not, until clicked): anything but
+# a data: URL or a fragment is a load.
 _URL_ATTRS = {
     "src",
     "href",
@@ -341,8 +352,6 @@ class _DomScan(HTMLParser):
             k == "http-equiv" and (v or "").lower() == "refresh" for k, v in attrs
         ):
             self.problems.append("DOM has <meta http-equiv=refresh>")
-        if tag == "link" and any(k == "href" for k, _ in attrs):
-            self.problems.append(f"DOM has <link> {dict(attrs).get('href')!r}")
         self._in_style = tag == "style"
         for k, v in attrs:
             v = (v or "").strip()
@@ -350,7 +359,14 @@ class _DomScan(HTMLParser):
                 self.problems.append(f"<{tag}> has an event handler {k}={v[:60]!r}")
             elif re.match(r"\s*javascript:", v, re.I):
                 self.problems.append(f"<{tag}> has a javascript: URL in {k}")
-            elif k in _URL_ATTRS and v and not v.startswith(("data:", "#")):
+            elif (
+                k in _URL_ATTRS
+                and v
+                and not v.startswith(("data:", "#"))
+                and not (
+                    tag in ("a", "area") and k in ("href", "xlink:href")  # a link loads nothing
+                )
+            ):
                 self.problems.append(f"<{tag} {k}={v[:80]!r}> refers outside the page")
             elif k == "style":
                 self._css(v, f"<{tag} style>")
@@ -398,10 +414,7 @@ def page_problems(page: Rendered, *, charts: bool = True) -> list[str]:
 
 def strip_charts(html: str) -> str:
     """The same page with every inline <svg>...</svg> chart removed."""
-    out, n = re.subn(r"<svg\b.*?</svg>", "", html, flags=re.S)
-    if n == 0:
-        raise ValueError("no <svg> charts to strip")
-    return out
+    return re.sub(r"<svg\b.*?</svg>", "", html, flags=re.S)
 
 
 def inject(html: str, snippet: str, *, drop_csp: bool = False) -> str:

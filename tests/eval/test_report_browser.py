@@ -6,8 +6,10 @@ The real report (tiny pipeline) is rendered in tests/pipeline/test_pipeline.py."
 
 import importlib.util
 import os
+import re
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -91,6 +93,7 @@ def _render_script():
 def demo_report(tmp_path_factory):
     """A report from fabricated records (bench/render_report.py --demo): every section,
     with hostile model text that must show as text."""
+    browser.chromium_or_skip()
     path = _render_script().demo(str(tmp_path_factory.mktemp("demo")))
     with open(path, encoding="utf-8") as f:
         return f.read()
@@ -135,3 +138,24 @@ def test_a_report_that_runs_or_loads_something_is_caught(
     assert any(expected in p for p in problems), problems
     # The escaped hostile model text in the demo report is text, never an element.
     assert not any("alert" in p for p in problems), problems
+
+
+def test_curves_that_do_not_draw_fail_the_chart_check(demo_report, tmp_path):
+    """The chart check counts curves, not legend squares or bars: with every curve's
+    points emptied (the <svg> and <polyline> elements still there) it fails."""
+    chromium = browser.chromium_or_skip()
+    clean, empty = tmp_path / "clean.html", tmp_path / "no-curves.html"
+    clean.write_text(demo_report)
+    empty.write_text(re.sub(r'<polyline points="[^"]*"', '<polyline points=""', demo_report))
+
+    def shoot(html):  # 2000 pixels high: the bar chart and the curves are in view
+        png = str(html.with_suffix(".png"))
+        return browser.render(str(html), png, height=2000, chromium=chromium)
+
+    with ThreadPoolExecutor(2) as pool:
+        ok, bad = pool.map(shoot, [clean, empty])
+    assert browser.chart_problems(ok.image, ok.dom) == []
+    problems = browser.chart_problems(bad.image, bad.dom)
+    # (a few heat-map pixels pass for the green; far from a curve's worth)
+    assert len(problems) == 1 and "stroke pixels in the chart colours" in problems[0], problems
+    assert "#3b6fb6 0/" in problems[0]  # the legend squares and bars are there, filled

@@ -53,7 +53,8 @@ def check_report_in_browser(report, tmp):
 
     with ThreadPoolExecutor(2) as pool:
         page, stripped = pool.map(shoot, [report, bare])
-    assert browser.page_problems(page) == [], page.png
+    problems = browser.page_problems(page)
+    assert problems == [], f"{page.png}: {problems}"
     img = stripped.image
     assert browser.blank_problems(img) == [] and browser.offline_problems(stripped) == []
     problems = browser.chart_problems(img, stripped.dom)
