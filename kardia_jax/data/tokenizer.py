@@ -237,26 +237,33 @@ def span_marker_ids(tokenizer) -> dict[str, int]:
     return ids
 
 
+def read_tokenizer(path: str | os.PathLike, what: str = "tokenizer"):
+    """A Hugging Face tokenizer folder as transformers reads it (local files only,
+    never remote code); a folder without a vocabulary, or one transformers cannot
+    read, is refused in one line naming the folder."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{path}: not a {what} folder")
+    if not any((path / f).is_file() for f in VOCABULARY_FILES):
+        raise DataError(
+            f"{path}: no {what} vocabulary ({', '.join(VOCABULARY_FILES)}): point the "
+            "setting at a Hugging Face tokenizer folder"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot load the {what}: {e}") from e
+
+
 def load_tokenizer(path: str | os.PathLike | None = None, *, span_markers: bool = True):
     """A transformers tokenizer: the built-in Qwen2.5 one (no network) when `path` is
     None, else any Hugging Face tokenizer directory. With `span_markers`, the eight
     span markers are added as special tokens if absent."""
-    from transformers import AutoTokenizer
-
     if path is None:
         path = qwen2p5_tokenizer_dir()
-    path = Path(path)
-    if not path.is_dir():
-        raise DataError(f"{path}: not a tokenizer directory")
-    if not any((path / f).is_file() for f in VOCABULARY_FILES):
-        raise DataError(
-            f"{path}: no tokenizer vocabulary ({', '.join(VOCABULARY_FILES)}): point the "
-            "tokenizer setting at a Hugging Face tokenizer folder"
-        )
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot load a tokenizer: {e}") from e
+    tok = read_tokenizer(path)
     if len(tok) < 256:  # the silent empty-vocabulary failure mode
         raise DataError(f"{path}: tokenizer loaded with only {len(tok)} tokens")
     if tok.chat_template is None:

@@ -406,9 +406,6 @@ def _prompt_builder(tokenizer, model_config, rubric: Rubric, config: JudgeConfig
 
 
 def _load_tokenizer(path: str):
-    from transformers import AutoTokenizer
+    from kardia_jax.data.tokenizer import read_tokenizer
 
-    try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot load the judge's tokenizer: {e}") from e
+    return read_tokenizer(path, "judge's tokenizer")

@@ -136,14 +136,10 @@ class Session:
 def load_tokenizer_for(path: str):
     """The checkpoint's own tokenizer when it has one (never running remote code),
     else the built-in Qwen2.5 tokenizer with the span markers."""
-    if any(os.path.isfile(os.path.join(path, f)) for f in _TOKENIZER_FILES):
-        from transformers import AutoTokenizer
+    from kardia_jax.data.tokenizer import load_tokenizer, read_tokenizer
 
-        try:
-            return AutoTokenizer.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError) as e:
-            raise DataError(f"{path}: cannot load its tokenizer: {e}") from e
-    from kardia_jax.data.tokenizer import load_tokenizer
+    if any(os.path.isfile(os.path.join(path, f)) for f in _TOKENIZER_FILES):
+        return read_tokenizer(path, "checkpoint's tokenizer")
 
     return load_tokenizer(None, span_markers=True)
 

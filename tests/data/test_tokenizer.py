@@ -181,7 +181,10 @@ def test_fresh_build_and_classic_files_load_identically(tmp_path, tokenizer):
 
 
 def test_bad_tokenizer_path_is_a_data_error(tmp_path):
-    with pytest.raises(DataError, match="not a tokenizer directory"):
+    with pytest.raises(DataError, match="not a tokenizer folder"):
         load_tokenizer(tmp_path / "missing")
-    with pytest.raises(DataError, match="cannot load a tokenizer"):
+    with pytest.raises(DataError, match="no tokenizer vocabulary"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(DataError, match="cannot load the tokenizer"):
         load_tokenizer(tmp_path)

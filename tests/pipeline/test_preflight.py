@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from ..eval.conftest import tiny_policy  # noqa: F401 (a fixture)
 from ..rewards.helpers import marker_model
 from ..train.conftest import run_cli
 from .test_pipeline import ONE_DEVICE, pipeline_args
@@ -137,3 +138,46 @@ def test_buckets_too_small_for_the_data_are_refused(tmp_path, base):
     line = refused(tmp_path, [*args, "--config.grpo.data.buckets=(64,)"])
     assert "preflight (grpo):" in line and "data.buckets=(64,)" in line, line
     assert_no_stage_ran(work)
+
+
+def test_each_stage_alone_checks_before_it_starts(tmp_path, tiny_policy, small_tokenizer):  # noqa: F811
+    """`kardia-jax sft`, `grpo` and `eval` on their own: the same refusal, one line."""
+    from ..eval.conftest import EVAL_TINY
+    from ..train.conftest import REPO
+
+    configs = os.path.join(REPO, "kardia_jax", "configs")
+    judge = tmp_path / "judge"
+    marker_model(str(judge))
+    (judge / "tokenizer.json").unlink()  # the judge's tokenizer is broken
+    cases = {
+        "sft": [
+            "--config",
+            os.path.join(configs, "sft_tiny.py"),
+            f"--config.data.tokenizer={small_tokenizer}",
+            "--config.train.microbatches=3",
+        ],
+        "grpo": [
+            "--config",
+            os.path.join(configs, "grpo_tiny.py"),
+            f"--config.model.path={tiny_policy}",
+            f"--config.data.tokenizer={tiny_policy}",
+            "--config.grpo.minibatches=3",
+        ],
+        "eval": ["--config", EVAL_TINY, "--model", tiny_policy, "--judge", str(judge)],
+    }
+    expected = {
+        "sft": "train.microbatches=3",
+        "grpo": "grpo.minibatches=3",
+        "eval": f"{judge}: no judge's tokenizer vocabulary",
+    }
+    for stage, args in cases.items():
+        work = tmp_path / stage
+        t0 = time.perf_counter()
+        proc = run_cli([stage, *args, "--workdir", str(work)], ONE_DEVICE)
+        out = proc.communicate(timeout=120)[0]
+        lines = out.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, out
+        assert lines[0].startswith(f"kardia-jax {stage}: error: preflight ({stage}):"), out
+        assert expected[stage] in lines[0], out
+        assert time.perf_counter() - t0 < 30
+        assert sorted(p.name for p in work.iterdir()) == [], stage  # nothing written
