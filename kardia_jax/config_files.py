@@ -122,5 +122,7 @@ def sharding_preset(name: str, config_file: str | None = None) -> ConfigDict:
     for d in dirs:
         if (d / f"{name}.py").is_file():
             return _load_module(d / f"{name}.py", "sharding preset").get_config()
-    known = sorted({p.stem for d in dirs if d.is_dir() for p in d.glob("*.py")})
+    known = sorted(
+        {p.stem for d in dirs if d.is_dir() for p in d.glob("*.py") if not p.stem.startswith("_")}
+    )
     raise ConfigError(f"sharding={name!r}: unknown sharding preset (known: {', '.join(known)})")
