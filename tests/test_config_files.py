@@ -1,0 +1,50 @@
+"""Config files: the shipped ones are found by name from any directory (so an
+installed package needs no checkout), a user's own file by its path, and a name that
+is neither is refused naming the shipped ones."""
+
+from __future__ import annotations
+
+import pytest
+
+from kardia_jax.config_files import BUNDLED_CONFIGS, load_config, sharding_preset
+from kardia_jax.errors import ConfigError
+
+
+@pytest.mark.parametrize("spec", ["configs/sft_tiny.py", "sft_tiny.py", "sft_tiny"])
+def test_shipped_configs_load_by_name_from_any_directory(tmp_path, monkeypatch, spec):
+    monkeypatch.chdir(tmp_path)
+    c = load_config(spec, ["--config.train.steps=3"])
+    assert c.config_file == str(BUNDLED_CONFIGS / "sft_tiny.py")
+    assert c.train.steps == 3
+    # Its sharding preset comes from next to it, the shipped presets.
+    assert sharding_preset("fsdp_tp", c.config_file).mesh.tensor == 2
+
+
+def test_a_file_of_the_users_wins_over_a_shipped_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "sft_tiny.py").write_text(
+        "from kardia_jax.train.config import sft_config\n"
+        "def get_config():\n"
+        "    c = sft_config()\n"
+        "    c.train.steps = 77\n"
+        "    return c\n"
+    )
+    assert load_config("configs/sft_tiny.py").train.steps == 77
+    # and a preset file beside it is found before the shipped one
+    (tmp_path / "configs" / "sharding").mkdir()
+    (tmp_path / "configs" / "sharding" / "dp.py").write_text(
+        "from ml_collections import ConfigDict\n"
+        "def get_config():\n"
+        "    return ConfigDict(dict(mesh=dict(data=-1), rules=(), mine=True))\n"
+    )
+    assert sharding_preset("dp", str(tmp_path / "configs" / "sft_tiny.py")).mine
+
+
+@pytest.mark.parametrize(
+    "spec", ["nope.py", "configs/nope.py", "/abs/sft_tiny.py", "x/sft_tiny.py"]
+)
+def test_an_unknown_config_is_refused_naming_the_shipped_ones(tmp_path, monkeypatch, spec):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"does not exist \(bundled configs: .*pipeline_demo"):
+        load_config(spec)
