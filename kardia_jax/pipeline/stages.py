@@ -28,11 +28,11 @@ from ml_collections import ConfigDict
 from kardia_jax.checks import stage as check_stage
 from kardia_jax.checks import writable_dir
 from kardia_jax.errors import ConfigError
-from kardia_jax.eval.run import load_eval_tokenizer, prepare_eval
+from kardia_jax.eval.run import load_eval_tokenizer, prepare_eval, run_eval
 from kardia_jax.host import release_freed_memory
 from kardia_jax.models import check_hf_checkpoint
-from kardia_jax.rl.grpo import prepare_grpo
-from kardia_jax.train.sft import prepare_sft
+from kardia_jax.rl.grpo import prepare_grpo, run_grpo
+from kardia_jax.train.sft import prepare_sft, run_sft
 
 STAGES = ("validate", "split", "sft", "grpo", "eval", "report")
 
@@ -157,20 +157,14 @@ class Pipeline:
         return cfg
 
     def sft(self) -> dict:
-        from kardia_jax.train.sft import run_sft
-
         result = run_sft(self.sft_config(), self.path("sft"))
         self.log(f"  step {result['step']}: loss {result['loss']:.3f}")
         return {k: v for k, v in result.items() if k != "data_report"}
 
     def grpo(self) -> dict:
-        from kardia_jax.rl.grpo import run_grpo
-
         return run_grpo(self.grpo_config(), self.path("grpo"))
 
     def eval(self) -> dict:
-        from kardia_jax.eval import run_eval
-
         run_eval(
             self.c.eval,
             model_dir=self.final_policy(),
