@@ -242,10 +242,6 @@ class EvalInputs:
     manifest: dict  # the settings that determine the completions
 
 
-# Judge prompts rendered by the preflight: a template that fails, fails on the first.
-_PREFLIGHT_CONTEXTS = 16
-
-
 def prepare_eval(
     config: ConfigDict,
     model_dir: str | None,
@@ -301,7 +297,7 @@ def prepare_eval(
             judge_dir,
             judge_settings(config.judge),
             dtype=config.judge.dtype,
-            contexts=[JudgeContext.from_example(it.example) for it in items[:_PREFLIGHT_CONTEXTS]],
+            contexts=(JudgeContext.from_example(it.example) for it in items),
         )
     mesh, rules = _mesh(config)
     manifest = {

@@ -11,10 +11,11 @@ are simply two instances (two checkpoints, possibly two rubrics).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -171,12 +172,12 @@ class RubricJudge:
         config: JudgeConfig = JudgeConfig(),
         *,
         dtype: str = "bfloat16",
-        contexts: Sequence[JudgeContext] = (),
+        contexts: Iterable[JudgeContext] = (),
     ) -> None:
         """What `from_pretrained` and the first scoring call would refuse, without
         reading any weights: config.json and the tensor headers, the tokenizer, the
-        rubric, and a prompt for each of `contexts` rendered through the chat
-        template (a run's preflight)."""
+        rubric, and prompts for the first `PREFLIGHT_CONTEXTS` of `contexts` rendered
+        through the chat template (a run's preflight)."""
         from kardia_jax.models import check_hf_checkpoint
 
         path = os.fspath(path)
@@ -184,7 +185,7 @@ class RubricJudge:
         builder = _prompt_builder(
             _load_tokenizer(path), model_config, load_rubric(config.rubric), config
         )
-        for context in contexts:
+        for context in itertools.islice(contexts, PREFLIGHT_CONTEXTS):
             builder.build(context, PREFLIGHT_COMPLETION)
 
     # ------------------------------------------------------------------ prompts
@@ -378,6 +379,8 @@ def _pad_left(rows, length: int, pad_id: int, batch: int):
     return ids, mask
 
 
+# Prompts `RubricJudge.check` renders: a template that fails, fails on the first.
+PREFLIGHT_CONTEXTS = 16
 # A well-formed four-span completion, built into a prompt by `RubricJudge.check`.
 PREFLIGHT_COMPLETION = "".join(
     f"{marker(name, 'begin', 'special')}{text}{marker(name, 'end', 'special')}"

@@ -87,10 +87,6 @@ class GRPOInputs:
     model_config: ModelConfig
 
 
-# Judge prompts rendered by the preflight: a template that fails, fails on the first.
-_PREFLIGHT_CONTEXTS = 16
-
-
 def prepare_grpo(
     config: ConfigDict, workdir: str, *, tokenizer=None, model_config=None
 ) -> GRPOInputs:
@@ -133,7 +129,7 @@ def prepare_grpo(
             config.reward.judge_path,
             _judge_settings(config.reward),
             dtype=config.reward.judge_dtype,
-            contexts=[JudgeContext.from_example(e) for e in examples[:_PREFLIGHT_CONTEXTS]],
+            contexts=(JudgeContext.from_example(e) for e in examples),
         )
     return GRPOInputs(mesh, rules, tokenizer, examples, model_config)
 
