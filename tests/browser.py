@@ -82,7 +82,9 @@ def chromium_or_skip() -> str:
     if path is None:
         import pytest
 
-        pytest.skip(f"no chromium on PATH ({INSTALL_HINT}); {REQUIRE_ENV}=1 makes this a failure")
+        pytest.skip(
+            reason=f"no chromium on PATH ({INSTALL_HINT}); {REQUIRE_ENV}=1 makes this a failure"
+        )
     return path
 
 
