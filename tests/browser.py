@@ -49,6 +49,7 @@ CHROMIUM_FLAGS = (
 )
 INSTALL_HINT = "apt-get install -y chromium"
 REQUIRE_ENV = "KARDIA_JAX_REQUIRE_BROWSER"
+NO_BROWSER = f"no chromium on PATH ({INSTALL_HINT}); {REQUIRE_ENV}=1 makes this a failure"
 
 
 def find_chromium() -> str | None:
@@ -82,9 +83,7 @@ def chromium_or_skip() -> str:
     if path is None:
         import pytest
 
-        pytest.skip(
-            reason=f"no chromium on PATH ({INSTALL_HINT}); {REQUIRE_ENV}=1 makes this a failure"
-        )
+        pytest.skip(reason=NO_BROWSER)
     return path
 
 
