@@ -1,4 +1,4 @@
-"""`kardia-jax data validate PATH`, `kardia-jax data show PATH --index N` and
+"""`kardia-jax data validate PATH`, `data stats PATH`, `data show PATH --index N` and
 `kardia-jax data split-difficulty --model DIR --data PATH`: thin wrappers over the
 library (load_dialogues, build_examples, dataset_stats, rl.difficulty; the last one
 imports the model stack only when it runs)."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from kardia_jax.data.examples import DEFAULT_MAX_LENGTH, build_examples
+from kardia_jax.data.examples import DEFAULT_MAX_LENGTH, EXAMPLE_FORMS, build_examples
 from kardia_jax.data.spans import NOTATIONS
 from kardia_jax.data.stats import dataset_stats, format_stats
 from kardia_jax.data.validate import MODES, load_dialogues
@@ -27,6 +27,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, help="tokens per example")
     p.add_argument("--notation", choices=NOTATIONS, default="special", help="span notation")
     p.add_argument(
+        "--example",
+        choices=EXAMPLE_FORMS,
+        default="turn",
+        help="SFT example form (data.example): one per assistant turn, or per dialogue",
+    )
+    p.add_argument(
         "--mode",
         choices=MODES,
         default="strict",
@@ -38,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
     sub.required = True
     _common(sub.add_parser("validate", help="check records and print dataset statistics"))
+    stats = sub.add_parser("stats", help="print dataset statistics (skipped records allowed)")
+    _common(stats)
+    stats.add_argument("--json", action="store_true", help="print the statistics as JSON")
     show = sub.add_parser("show", help="print one example as the model sees it")
     _common(show)
     show.add_argument("--index", type=int, required=True, help="example number (0-based)")
@@ -90,14 +99,16 @@ def _load(args):
         args.path, mode=args.mode, notation=args.notation, split=args.split
     )
     tokenizer = load_tokenizer(args.tokenizer)
-    examples = build_examples(dialogues, tokenizer, max_length=args.max_length, report=report)
+    examples = build_examples(
+        dialogues, tokenizer, max_length=args.max_length, report=report, form=args.example
+    )
     return dialogues, examples, report, tokenizer
 
 
 def validate(args) -> int:
     dialogues, examples, report, _ = _load(args)
     print(f"source: {args.path} (mode {args.mode}, max length {args.max_length})")
-    print(format_stats(dataset_stats(dialogues, examples)))
+    print(format_stats(dataset_stats(dialogues, examples, form=args.example)))
     print(report.summary())
     if not report.clean:
         bad = sum(report.skipped.values()) + sum(report.examples_skipped.values())
@@ -107,16 +118,34 @@ def validate(args) -> int:
     return 0
 
 
+def stats(args) -> int:
+    """Like validate, but records skipped in skip mode are reported, not a failure."""
+    dialogues, examples, report, _ = _load(args)
+    result = dataset_stats(dialogues, examples, form=args.example)
+    if args.json:
+        skipped = {
+            "skipped": dict(report.skipped),
+            "examples_skipped": dict(report.examples_skipped),
+        }
+        print(json.dumps({**result, **skipped}))
+    else:
+        print(format_stats(result))
+        print(report.summary())
+    return 0
+
+
 def show(args) -> int:
     _, examples, _, tokenizer = _load(args)
     if not 0 <= args.index < len(examples):
         raise DataError(f"--index {args.index} is out of range: {len(examples)} examples")
     ex = examples[args.index]
     target = ex.input_ids[ex.loss_mask.astype(bool)]
-    print(f"example {args.index}: {ex.location}, messages[{ex.turn}], gold emotion {ex.emotion}")
+    whole = args.example == "dialogue"
+    turn = f"up to messages[{ex.turn}]" if whole else f"messages[{ex.turn}]"
+    print(f"example {args.index}: {ex.location}, {turn}, gold emotion {ex.emotion}")
     print(
         f"tokens: {len(ex)} (prompt {ex.prompt_length}, loss on {len(target)}), "
-        f"oldest exchanges dropped to fit: {ex.dropped_turns}"
+        f"{'latest' if whole else 'oldest'} exchanges dropped to fit: {ex.dropped_turns}"
     )
     print("=" * 30 + " prompt " + "=" * 30)
     print(tokenizer.decode(ex.prompt_ids.tolist()), end="")
@@ -168,5 +197,10 @@ def split_difficulty(args) -> int:
 
 
 def main(args) -> int:
-    commands = {"validate": validate, "show": show, "split-difficulty": split_difficulty}
+    commands = {
+        "validate": validate,
+        "stats": stats,
+        "show": show,
+        "split-difficulty": split_difficulty,
+    }
     return commands[args.data_command](args)

@@ -1,14 +1,21 @@
-"""Dialogues -> turn-level examples: one per assistant turn, prompt = system + dialogue so
-far, target = that assistant turn, tokenised with the Qwen2.5 chat template and a loss
-mask on the target tokens only.
+"""Dialogues -> tokenised SFT examples, in one of two forms (`EXAMPLE_FORMS`):
+  "turn": one example per assistant turn, prompt = system + dialogue so far, target =
+    that assistant turn (ours; also the GRPO and evaluation prompts);
+  "dialogue": the whole dialogue as one sequence with loss on every assistant turn
+    (ms-swift's default for multi-turn data, the paper's trainer).
+Both are tokenised with the Qwen2.5 chat template, with a loss mask on target tokens only.
 
 Loss-mask convention (the trainer relies on it): the mask is aligned with the inputs.
 loss_mask[t] = 1 means token t is a target token, predicted from position t - 1; the
 targets are the assistant content and its closing <|im_end|> (so the model learns to
 stop), not the `<|im_start|>assistant\\n` header nor the newline after <|im_end|>.
 
-Over-long examples drop whole user/assistant pairs from the oldest end of the history;
-the system prompt (profile + situation) and the latest user turn always stay.
+Over-long turn examples drop whole user/assistant pairs from the oldest end of the
+history; the system prompt (profile + situation) and the latest user turn always stay.
+An over-long dialogue example is cut after the last whole assistant turn that fits.
+
+The gold emotion of every example is the record's `emotion` field (the dataset card's
+gold label, EmpatheticDialogues' label of the situation), not the turn's emotion span.
 """
 
 from __future__ import annotations
@@ -22,9 +29,10 @@ from kardia_jax.data.schema import Dialogue, RecordError
 from kardia_jax.data.spans import FourSpans
 from kardia_jax.data.template import IM_START, render_turn
 from kardia_jax.data.validate import ValidationReport
-from kardia_jax.errors import DataError
+from kardia_jax.errors import ConfigError, DataError
 
 DEFAULT_MAX_LENGTH = 2048
+EXAMPLE_FORMS = ("turn", "dialogue")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +56,9 @@ class TurnExample:
 
     @property
     def gold_emotion(self) -> str:
-        return self.spans.emotion
+        """The record's gold label; the turn's own emotion span may differ (see
+        stats.emotion_disagreements)."""
+        return self.dialogue.emotion
 
 
 def turn_examples(dialogues: Iterable[Dialogue]) -> list[TurnExample]:
@@ -59,11 +69,15 @@ def turn_examples(dialogues: Iterable[Dialogue]) -> list[TurnExample]:
 class TokenizedExample:
     input_ids: np.ndarray  # int32 [T]: chat-template tokens of prompt (+ target)
     loss_mask: np.ndarray  # uint8 [T]: 1 on target tokens (aligned with inputs)
-    prompt_length: int  # input_ids[:prompt_length] ends with "<|im_start|>assistant\n"
-    dropped_turns: int  # user/assistant pairs dropped from the oldest history to fit
+    # tokens before the first target token: input_ids[:prompt_length] ends with
+    # "<|im_start|>assistant\n" (for a dialogue example, the first assistant header)
+    prompt_length: int
+    # user/assistant pairs dropped to fit max_length: turn form, from the oldest
+    # history; dialogue form, from the end (the exchanges after the last turn kept)
+    dropped_turns: int
     location: str  # the record's file:line
-    turn: int  # message index of the target assistant turn
-    emotion: str  # this turn's gold emotion label
+    turn: int  # message index of the target assistant turn (dialogue form: the last kept)
+    emotion: str  # the record's gold emotion label (dialogue.emotion, normalised)
     # the source dialogue (persona, situation, reference turn) for judges and evaluation
     dialogue: Dialogue | None = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -147,7 +161,6 @@ def encode_dialogue(
         if tail_mask is not None:
             loss_mask[-len(tail_mask) :] = tail_mask
         prompt_length = len(input_ids) - len(tail_ids) + header
-        spans = dialogue.messages[k].spans
         results.append(
             TokenizedExample(
                 input_ids=input_ids,
@@ -156,11 +169,49 @@ def encode_dialogue(
                 dropped_turns=drop,
                 location=dialogue.location,
                 turn=k,
-                emotion=spans.emotion,
+                emotion=dialogue.emotion,
                 dialogue=dialogue,
             )
         )
     return results
+
+
+def encode_whole_dialogue(
+    dialogue: Dialogue, tokenizer, *, max_length: int = DEFAULT_MAX_LENGTH
+) -> TokenizedExample | RecordError:
+    """The dialogue form: the chat up to its last assistant turn as one sequence, the
+    loss mask the union of every assistant turn's target mask (a trailing user turn has
+    no target and is left out).
+
+    A dialogue over `max_length` is cut after the last whole assistant turn that fits,
+    never inside a turn; one whose first assistant turn does not fit is a
+    RecordError('too_long').
+    """
+    segs = _encode_segments(dialogue, tokenizer)
+    turns = dialogue.assistant_turns
+    ends = np.cumsum([len(ids) for ids, _ in segs])  # ends[i]: tokens up to message i
+    kept = [k for k in turns if ends[k] <= max_length]  # a prefix: ends only grow
+    first = turns[0]
+    if not kept:
+        return RecordError(
+            "too_long",
+            f"messages[{first}]",
+            f"the dialogue is {ends[first]} tokens up to its first assistant turn "
+            f"> max_length {max_length}",
+        )
+    last = kept[-1]
+    input_ids = np.concatenate([np.asarray(segs[i][0], np.int32) for i in range(last + 1)])
+    loss_mask = np.concatenate([segs[i][1] for i in range(last + 1)])
+    return TokenizedExample(
+        input_ids=input_ids,
+        loss_mask=loss_mask,
+        prompt_length=int(ends[first - 1]) + int(np.argmax(segs[first][1])),
+        dropped_turns=len(turns) - len(kept),
+        location=dialogue.location,
+        turn=last,
+        emotion=dialogue.emotion,
+        dialogue=dialogue,
+    )
 
 
 def build_examples(
@@ -170,15 +221,27 @@ def build_examples(
     max_length: int = DEFAULT_MAX_LENGTH,
     include_target: bool = True,
     report: ValidationReport | None = None,
+    form: str = "turn",
 ) -> list[TokenizedExample]:
-    """Tokenises every assistant turn. An example that cannot fit raises DataError in
-    strict mode (the report's mode; strict without a report) or is counted and skipped."""
+    """Tokenised examples in `form` (one of EXAMPLE_FORMS: an example per assistant
+    turn, or per dialogue). An example that cannot fit raises DataError in strict mode
+    (the report's mode; strict without a report) or is counted and skipped."""
+    if form not in EXAMPLE_FORMS:
+        raise ConfigError(f"data.example={form!r}: expected one of {EXAMPLE_FORMS}")
+    if form == "dialogue" and not include_target:
+        raise ConfigError(
+            "data.example='dialogue' is a training form; generation prompts are per turn"
+        )
     report = report or ValidationReport(source="", mode="strict")
     out = []
     for d in dialogues:
-        for ex in encode_dialogue(
-            d, tokenizer, max_length=max_length, include_target=include_target
-        ):
+        if form == "dialogue":
+            encoded = [encode_whole_dialogue(d, tokenizer, max_length=max_length)]
+        else:
+            encoded = encode_dialogue(
+                d, tokenizer, max_length=max_length, include_target=include_target
+            )
+        for ex in encoded:
             if isinstance(ex, RecordError):
                 report.reject(ex.reason, ex.describe(d.location), example=True)
                 continue

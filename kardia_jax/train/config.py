@@ -31,10 +31,18 @@ def sft_config() -> ConfigDict:
     c.data.path = ""  # KardiaBench file/dir or hub id ("" = bundled sample, train split)
     c.data.tokenizer = ""  # tokenizer dir ("" = built-in Qwen2.5 tokenizer, offline)
     c.data.mode = "strict"  # strict: stop at the first bad record; skip: count and skip
-    c.data.max_length = 2048  # tokens per example; older turns are dropped to fit
+    # "turn": one example per assistant turn, ours; "dialogue": the whole dialogue as
+    # one sequence with loss on every assistant turn, ms-swift's default for
+    # multi-turn data and the paper's trainer.
+    c.data.example = "turn"
+    # tokens per example: a turn example drops its oldest exchanges to fit, a dialogue
+    # example is cut after the last whole assistant turn that fits
+    c.data.max_length = 2048
     c.data.buckets = (512, 1024, 2048)  # padded lengths (each compiles once)
     c.data.pack = False  # pack several examples per row (segment ids)
-    c.data.heldout_fraction = 0.05  # profiles held out for eval loss (no validation split exists)
+    # Profiles held out for the eval loss (no validation split exists). Ours: the paper
+    # trains on the whole easy split, so its configs set 0.
+    c.data.heldout_fraction = 0.05
     c.data.seed = 0  # shuffle seed
 
     c.train = ConfigDict()

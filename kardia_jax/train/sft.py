@@ -43,15 +43,16 @@ class TrainingHalted(KardiaError):
 
 
 def load_sft_data(dcfg: ConfigDict, tokenizer):
-    """(train examples, held-out examples): the easy split, profile-disjoint held-out."""
+    """(train examples, held-out examples, report): the easy part of the train split,
+    profile-disjoint held-out, in the `data.example` form (turn or dialogue)."""
     path = dcfg.path or str(sample_path("train"))
-    dialogues, report = load_dialogues(path, mode=dcfg.mode)
+    dialogues, report = load_dialogues(path, mode=dcfg.mode, split="train")
     easy = stage_split(dialogues, "sft")
     if dcfg.heldout_fraction > 0:
         train, held = profile_split(easy, dcfg.heldout_fraction, seed=dcfg.seed)
     else:
         train, held = easy, []
-    kw = dict(max_length=dcfg.max_length, report=report)
+    kw = dict(max_length=dcfg.max_length, report=report, form=dcfg.example)
     return build_examples(train, tokenizer, **kw), build_examples(held, tokenizer, **kw), report
 
 
