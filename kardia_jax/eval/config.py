@@ -4,6 +4,8 @@ decoding is our documented choice (one deterministic answer per prompt)."""
 
 from ml_collections import ConfigDict
 
+from kardia_jax.errors import ConfigError
+from kardia_jax.rewards.api_judge import ApiJudgeConfig
 from kardia_jax.rewards.judge import JudgeConfig
 
 
@@ -43,7 +45,9 @@ def eval_config() -> ConfigDict:
     c.eval.label = ""  # how our row is named in the table ("" = the model dir's name)
 
     c.judge = ConfigDict()
-    c.judge.path = ""  # evaluation judge dir (--judge wins); "" = rubric not scored
+    # evaluation judge: a checkpoint dir, or openai:MODEL for any OpenAI-compatible
+    # endpoint (OPENAI_BASE_URL, OPENAI_API_KEY); --judge wins; "" = rubric not scored
+    c.judge.path = ""
     c.judge.dtype = "bfloat16"
     c.judge.batch_size = 64  # completions per judge call; scores are flushed per call
     d = JudgeConfig()
@@ -52,6 +56,27 @@ def eval_config() -> ConfigDict:
     c.judge.mode = d.mode  # "expected" E[score] over "1".."5" | "generate"
     c.judge.max_batch = d.max_batch  # candidates per compiled call
     c.judge.length_buckets = d.length_buckets
+    # judge.path = openai:MODEL only (docs/evaluation.md). rubric and show_reasoning
+    # above apply to it too; batch_size is how many items go to it per call.
+    c.judge.api = ConfigDict()
+    a = ApiJudgeConfig()
+    c.judge.api.concurrency = a.concurrency  # requests in flight at once
+    c.judge.api.max_retries = a.max_retries  # per item: 429, 5xx, timeout, connection, bad reply
+    c.judge.api.timeout_s = a.timeout_s  # per request
+    # 0 = greedy where the server allows; a negative value = not sent (the server's
+    # default). A server that refuses it (GPT-5 models) gets it dropped and counted.
+    c.judge.api.temperature = a.temperature
+    # E[score] over "1".."5" from this many top logprobs per token; 0 = integer scores.
+    # A server that refuses logprobs gets integer scores, counted in results.json.
+    c.judge.api.top_logprobs = a.top_logprobs
+    c.judge.api.reasoning_effort = a.reasoning_effort  # "" = not sent; e.g. "minimal"
+    c.judge.api.backoff_s = a.backoff_s  # first retry delay, doubled per retry, jittered
+    c.judge.api.max_backoff_s = a.max_backoff_s
+    c.judge.api.abort_after_failures = a.abort_after_failures  # failed items in a row: stop
+    # Items with no valid reply after max_retries get no score: excluded from the rubric
+    # means and counted in results.json; more than this fraction of the examples
+    # failing is an error (rerun the eval to retry them: judged items are cached).
+    c.judge.api.max_failure_fraction = 0.01
 
     c.report = ConfigDict()
     c.report.sft = ""  # SFT workdir or its tb/ folder, for training curves ("" = none)
@@ -62,3 +87,24 @@ def eval_config() -> ConfigDict:
 def judge_settings(jcfg: ConfigDict) -> JudgeConfig:
     keys = ("rubric", "show_reasoning", "mode", "max_batch", "length_buckets")
     return JudgeConfig.from_mapping({k: jcfg[k] for k in keys})
+
+
+def api_judge_settings(jcfg: ConfigDict) -> ApiJudgeConfig:
+    """The `judge.api` section (plus `judge.rubric` / `show_reasoning`) as settings."""
+    a = jcfg.api
+    keys = ("concurrency", "max_retries", "timeout_s", "top_logprobs", "reasoning_effort")
+    keys += ("backoff_s", "max_backoff_s", "abort_after_failures")
+    temperature = None if a.temperature is None or a.temperature < 0 else float(a.temperature)
+    return ApiJudgeConfig(
+        rubric=jcfg.rubric,
+        show_reasoning=jcfg.show_reasoning,
+        temperature=temperature,
+        **{k: a[k] for k in keys},
+    )
+
+
+def max_failure_fraction(jcfg: ConfigDict) -> float:
+    f = float(jcfg.api.max_failure_fraction)
+    if not 0 <= f <= 1:
+        raise ConfigError(f"judge.api.max_failure_fraction={f}: need 0..1")
+    return f
