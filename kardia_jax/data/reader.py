@@ -1,11 +1,14 @@
 """Reads KardiaBench records as published: JSON Lines, a JSON array, parquet, a folder of
-those, the bundled sample, or a `datasets` hub id. Yields each raw record with where it
+those, the bundled sample, or a `datasets` hub id. A stage reads one named split
+(`resolve_split`): train and test are told apart by file name or an explicit suffix,
+never guessed, so test records cannot reach training. Yields each raw record with where it
 came from; undecodable bytes and invalid JSON come back as RecordErrors, never raised,
 so skip mode can count them and read on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
@@ -19,6 +22,7 @@ from kardia_jax.errors import DataError
 SUFFIXES = (".jsonl", ".json", ".parquet")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 SAMPLE_NAMES = ("sample", "sample:train", "sample:test")
+SPLITS = ("train", "test")  # KardiaBench's two: profile-disjoint, no validation split
 
 
 def sample_path(split: str = "train") -> Path:
@@ -34,7 +38,7 @@ def resolve_paths(path: str | Path) -> list[Path] | None:
     if p.is_file():
         return [p]
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix in SUFFIXES and f.is_file())
+        files = _data_files(p)
         if not files:
             raise DataError(f"{p}: folder holds no {', '.join(SUFFIXES)} files")
         return files
@@ -42,6 +46,88 @@ def resolve_paths(path: str | Path) -> list[Path] | None:
         split = str(path).partition(":")[2]
         return [sample_path(s) for s in ([split] if split else ["train", "test"])]
     return None
+
+
+def _data_files(folder: Path) -> list[Path]:
+    # A hub snapshot keeps its split files under data/ (data/train-00000-of-00002.parquet).
+    files = sorted(f for f in folder.iterdir() if f.suffix in SUFFIXES and f.is_file())
+    sub = folder / "data"
+    if not files and sub.is_dir():
+        files = sorted(f for f in sub.iterdir() if f.suffix in SUFFIXES and f.is_file())
+    return files
+
+
+def split_of(path: Path) -> str | None:
+    """The split a file's name declares: `train.jsonl`, `test.parquet`,
+    `train-00000-of-00002.parquet` (a hub shard), or None for any other name."""
+    stem = path.name.split(".", 1)[0].lower()
+    for split in SPLITS:
+        if stem == split or stem.startswith((f"{split}-", f"{split}_")):
+            return split
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitSource:
+    """One named split of a data source: its local files, or a hub id and split."""
+
+    spec: str  # what the user passed
+    split: str
+    files: tuple[Path, ...] = ()
+    hub: str | None = None
+
+    def describe(self) -> list[str]:
+        return [f"{self.hub}[{self.split}]"] if self.hub else [str(f) for f in self.files]
+
+
+def resolve_split(spec: str | Path, split: str) -> SplitSource:
+    """The files of `split` in the source `spec`, or a DataError saying why the split
+    cannot be told apart. Sources: "" / "sample" (the bundled sample), a folder with
+    train.* / test.* files, a file named train.* / test.*, any file or folder with an
+    explicit ":train" / ":test" suffix, or a hub id (its named splits)."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; the splits are {', '.join(SPLITS)}")
+    text = str(spec)
+    base, declared = text, None
+    if not Path(text).exists():
+        head, sep, tail = text.rpartition(":")
+        if sep and tail in SPLITS:
+            base, declared = head, tail
+    if declared is not None and declared != split:
+        raise DataError(
+            f"{text}: names the {declared} split, and this stage reads {split}: pass the "
+            f"{split} data (a folder holding train.* and test.* gives every stage its own)"
+        )
+    if base in ("", "sample"):
+        return SplitSource(text, split, (sample_path(split),))
+    p = Path(base)
+    if p.is_file():
+        found = split_of(p)
+        if declared is None and found is None:
+            raise DataError(
+                f"{p}: cannot tell which split this file is: name it train.* / test.*, or "
+                f"pass {p}:train or {p}:test"
+            )
+        if declared is None and found != split:
+            raise DataError(f"{p}: is the {found} split by its name; this stage reads {split}")
+        return SplitSource(text, split, (p,))
+    if p.is_dir():
+        files = _data_files(p)
+        if not files:
+            raise DataError(f"{p}: folder holds no {', '.join(SUFFIXES)} files")
+        if declared is not None:
+            return SplitSource(text, split, tuple(files))
+        mine = [f for f in files if split_of(f) == split]
+        if not mine:
+            names = ", ".join(f.name for f in files[:6]) + (" ..." if len(files) > 6 else "")
+            raise DataError(
+                f"{p}: no {split} file in this folder (found {names}): name the split files "
+                f"train.* and test.*, or pass {p}:{split} to read the whole folder as {split}"
+            )
+        return SplitSource(text, split, tuple(mine))
+    if _HUB_ID.match(base) and not base.endswith(SUFFIXES):
+        return SplitSource(text, split, hub=base)
+    raise DataError(f"{base}: no such file or folder (nor a hub id like owner/name)")
 
 
 def _location(source: str, line: int | None, index: int) -> str:
@@ -152,13 +238,22 @@ def iter_hub(hub_id: str, split: str) -> Iterator[tuple[str, Any]]:
         yield _location(f"{hub_id}[{split}]", None, i), row
 
 
-def iter_records(path: str | Path, split: str = "train") -> Iterator[tuple[str, Any]]:
-    """(location, raw record or RecordError) for all records `path` names."""
+def iter_records(path: str | Path, split: str | None = None) -> Iterator[tuple[str, Any]]:
+    """(location, raw record or RecordError) for the records of `split` in `path`
+    (see `resolve_split`), or with split None for every record `path` names (a hub
+    id: its train split)."""
+    if split is not None:
+        source = resolve_split(path, split)
+        if source.hub:
+            yield from iter_hub(source.hub, split)
+        for f in source.files:
+            yield from iter_file(f)
+        return
     files = resolve_paths(path)
     if files is not None:
         for f in files:
             yield from iter_file(f)
     elif _HUB_ID.match(str(path)) and not str(path).endswith(SUFFIXES):
-        yield from iter_hub(str(path), split)
+        yield from iter_hub(str(path), "train")
     else:
         raise DataError(f"{path}: no such file or folder (nor a hub id like owner/name)")

@@ -83,3 +83,29 @@ def profile_split(
     kept = [d for d in dialogues if d.profile_key not in held_profiles]
     held = [d for d in dialogues if d.profile_key in held_profiles]
     return kept, held
+
+
+def shared_profiles(train: Sequence[Dialogue], test: Sequence[Dialogue]) -> list[str]:
+    """Profile keys found in both splits, sorted (KardiaBench's are disjoint)."""
+    return sorted({d.profile_key for d in train} & {d.profile_key for d in test})
+
+
+def check_profile_overlap(
+    train: Sequence[Dialogue], test: Sequence[Dialogue], mode: str, source: str
+) -> dict:
+    """Counts the profiles the two splits share (and their test dialogues): a
+    DataError in strict mode, a count to report in skip mode."""
+    shared = shared_profiles(train, test)
+    keys = set(shared)
+    out = {
+        "shared_profiles": len(shared),
+        "test_dialogues_with_shared_profile": sum(d.profile_key in keys for d in test),
+    }
+    if shared and mode == "strict":
+        shown = ", ".join(repr(k[:40]) for k in shared[:3])
+        raise DataError(
+            f"{source}: {len(shared)} profile(s) appear in both train and test ({shown}"
+            f"{' ...' if len(shared) > 3 else ''}): the test score would measure memory, not "
+            "generalisation; make the splits profile-disjoint (data mode 'skip' only reports it)"
+        )
+    return out

@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from kardia_jax.data.reader import iter_records
+from kardia_jax.data.reader import iter_records, resolve_split
 from kardia_jax.data.schema import RECORD_REASONS, Dialogue, RecordError, parse_record
 from kardia_jax.data.spans import Notation
 from kardia_jax.errors import DataError
 
+DATA_RECORD = "data.json"  # what each stage read, in its workdir
 Mode = Literal["strict", "skip"]
 MODES = ("strict", "skip")
 
@@ -30,6 +34,8 @@ class ValidationReport:
     examples_skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     truncated: int = 0  # accepted examples whose oldest turns were dropped to fit
     first_error: dict[str, str] = dataclasses.field(default_factory=dict)  # reason -> message
+    split: str | None = None  # the named split read, when a stage asked for one
+    files: list[str] = dataclasses.field(default_factory=list)  # what that split resolved to
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -69,15 +75,19 @@ def load_dialogues(
     mode: Mode = "strict",
     notation: Notation = "special",
     sep: str = "\n",
-    split: str = "train",
+    split: str | None = None,
     report: ValidationReport | None = None,
 ) -> tuple[list[Dialogue], ValidationReport]:
-    """Reads and checks every record `path` names (see reader.iter_records).
+    """Reads and checks the records of `split` in `path` (reader.resolve_split: a
+    stage always names its split), or every record `path` names when split is None.
 
     Assistant turns come back re-written in `notation`. Strict mode raises DataError at
     the first bad record; skip mode returns the good ones and counts the rest.
     """
     report = report or ValidationReport(source=str(path), mode=mode)
+    if split is not None:
+        report.split = split
+        report.files = resolve_split(path, split).describe()
     dialogues = []
     for location, raw in iter_records(path, split):
         report.records += 1
@@ -93,3 +103,42 @@ def load_dialogues(
     if report.records == 0:
         raise DataError(f"{path}: no records")
     return dialogues, report
+
+
+def data_record(report: ValidationReport, parts: dict[str, Sequence]) -> dict:
+    """What a stage read, for WORKDIR/<stage>/data.json: the source, split and files,
+    and per part (e.g. "train" and "held_out") its dialogue, profile and example
+    counts. `parts` maps a name to examples (anything with a `.dialogue`)."""
+    out: dict = {
+        "source": report.source,
+        "split": report.split,
+        "files": list(report.files),
+        "records": report.records,
+        "dialogues": report.dialogues,
+        "skipped": dict(report.skipped),
+        "examples_skipped": dict(report.examples_skipped),
+        "truncated": report.truncated,
+    }
+    for name, examples in parts.items():
+        dialogues = {id(e.dialogue): e.dialogue for e in examples}.values()
+        out[name] = {
+            "examples": len(examples),
+            "dialogues": len(dialogues),
+            "profiles": len({d.profile_key for d in dialogues}),
+        }
+    return out
+
+
+def write_data_record(workdir: str | Path, record: dict) -> None:
+    """WORKDIR/data.json, whole or not at all; on process 0 only (every host reads
+    the same data, one writes)."""
+    import jax
+
+    if jax.process_index() != 0:
+        return
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, DATA_RECORD)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1, default=str)
+        f.write("\n")
+    os.replace(path + ".tmp", path)

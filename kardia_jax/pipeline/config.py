@@ -16,18 +16,33 @@ def pipeline_config() -> ConfigDict:
     # sft.model.init; judge: none, so the rubric weight must be 0).
     c.policy = ""
     c.judge = ""  # the training judge
-    c.eval_judge = ""  # the evaluation judge ("" = the training judge)
-    c.data_path = ""  # KardiaBench file/dir ("" = the bundled sample)
+    # The evaluation judge: a checkpoint dir, "smollm2", or "openai:MODEL" (any
+    # OpenAI-compatible endpoint: OPENAI_BASE_URL, key in OPENAI_API_KEY). "" = the
+    # training judge, which the pipeline warns about: a policy graded by the judge it
+    # was trained against is scored on what it learnt to please (the paper trains
+    # against Qwen3-8B and evaluates with GPT-5-mini).
+    c.eval_judge = ""
+    # KardiaBench with its two splits: a folder with train.* and test.* files (as
+    # released), a hub id, or "" (the bundled sample). SFT and GRPO read train only,
+    # eval test only; a source whose splits cannot be told apart is refused.
+    c.data_path = ""
     c.tokenizer = ""  # tokenizer dir ("" = the policy's own, or built-in Qwen2.5 for random init)
 
-    # Difficulty split by pass rate, for data without the paper's reviewer verdicts:
-    # the policy samples `samples` completions per prompt before SFT, and prompts whose
-    # mean reward is at least `threshold` are easy (SFT), the rest hard (GRPO).
+    # The easy / hard curriculum of the train split: SFT on easy, GRPO on hard (the
+    # paper's recipe; kardia_jax/rl/difficulty.py). Off: both stages read all of train.
     c.split = ConfigDict()
     c.split.enabled = False
-    c.split.samples = 4
-    c.split.threshold = 0.5
-    c.split.max_new_tokens = 128
+    # "auto": the paper's rule on reviewer-verdict rates when every record has them,
+    # else "likelihood" (ours): the base policy's log-probability of the reference
+    # turns, ranked and cut at easy_fraction. "reward": the pass rate of the policy's
+    # own samples (for a policy that already writes the four spans).
+    c.split.signal = "auto"
+    c.split.easy_fraction = 0.5  # unpublished (the paper gives no easy / hard ratio)
+    c.split.turns = "all"  # reference turns scored per dialogue: all | first | last
+    c.split.batch_size = 8  # sequences per forward pass
+    c.split.samples = 4  # "reward": completions per prompt
+    c.split.threshold = 0.5  # "reward": easy iff a dialogue's mean reward >= this
+    c.split.max_new_tokens = 128  # "reward": completion length
 
     c.sft = sft_config()
     c.grpo = grpo_config()

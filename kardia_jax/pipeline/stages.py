@@ -3,11 +3,12 @@ stage as done only once its outputs are complete. A rerun skips done stages and
 re-enters the interrupted one, whose own checkpoints (SFT, GRPO) or append-only
 files (eval) make it resume rather than restart.
 
-    WORKDIR/data/      validation report of the input
-    WORKDIR/split/     easy.jsonl, hard.jsonl (only with split.enabled)
-    WORKDIR/sft/       SFT checkpoints, TensorBoard logs, hf/ (the SFT policy)
-    WORKDIR/grpo/      GRPO checkpoints, logs, rollout ledger, hf/ (the final policy)
-    WORKDIR/eval/      completions, scores, results.json, results.md
+    WORKDIR/split/     easy.jsonl, hard.jsonl, difficulty.json (with split.enabled)
+    WORKDIR/sft/       data.json, SFT checkpoints, logs, hf/ (the SFT policy)
+    WORKDIR/grpo/      data.json, GRPO checkpoints, logs, rollout ledger, hf/ (the
+                       best checkpoint: the final policy), last/hf/
+    WORKDIR/eval/      one folder per Table 2 row (Base, SFT, Kardia-R1: completions,
+                       scores, data.json), results.json, results.md
     WORKDIR/report.html
     WORKDIR/pipeline/  one <stage>.json per finished stage (its summary)
 """
@@ -31,10 +32,12 @@ from kardia_jax.errors import ConfigError
 from kardia_jax.eval.run import load_eval_tokenizer, prepare_eval, run_eval
 from kardia_jax.host import release_freed_memory
 from kardia_jax.models import check_hf_checkpoint
+from kardia_jax.rl.difficulty import EASY_FILE, HARD_FILE, SIGNALS
 from kardia_jax.rl.grpo import prepare_grpo, run_grpo
 from kardia_jax.train.sft import prepare_sft, run_sft
 
 STAGES = ("validate", "split", "sft", "grpo", "eval", "report")
+API_PREFIX = "openai:"  # an evaluation judge served over the OpenAI chat-completions API
 
 
 def resolve_checkpoint(spec: str, field: str) -> str | None:
@@ -87,56 +90,119 @@ class Pipeline:
 
     def judge(self, for_eval: bool = False) -> str | None:
         if for_eval and self.c.eval_judge:
+            if self.c.eval_judge.startswith(API_PREFIX):  # an endpoint, not a dir
+                return self.c.eval_judge
             return resolve_checkpoint(self.c.eval_judge, "eval_judge")
         return resolve_checkpoint(self.c.judge, "judge")
+
+    def judge_warning(self) -> str | None:
+        """Said loudly when the evaluation judge is the training judge."""
+        train, ev = self.judge(), self.judge(for_eval=True)
+        if not ev or not train:
+            return None
+        if os.path.abspath(ev) != os.path.abspath(train):
+            return None
+        return (
+            f"the evaluation judge is the training judge ({ev}): the policy is graded by "
+            "the judge it was trained to please, and rubric scores overstate it; set "
+            "eval_judge to another checkpoint or openai:MODEL (the paper: GPT-5-mini)"
+        )
 
     def tokenizer(self) -> str:
         return self.c.tokenizer or self.policy() or ""
 
     def data(self, stage: str) -> str:
-        """The input file for a stage: the difficulty split's output when it ran."""
+        """A stage's data source: the curriculum's easy (SFT) or hard (GRPO) file of the
+        train split when it ran, else the source itself (each stage reads its split)."""
         split = self.done("split")
         if split and not split.get("skipped") and stage in ("sft", "grpo"):
-            return self.path("split", "easy.jsonl" if stage == "sft" else "hard.jsonl")
+            name = EASY_FILE if stage == "sft" else HARD_FILE
+            return self.path("split", name) + ":train"
         return self.c.data_path
+
+    def read_splits(self) -> dict:
+        """Both splits of the source, validated, with the profiles they share (an
+        error in strict mode)."""
+        from kardia_jax.data.splits import check_profile_overlap
+        from kardia_jax.data.validate import load_dialogues
+
+        base, mode = self.c.data_path or "sample", self.c.sft.data.mode
+        summary, dialogues = {}, {}
+        for split in ("train", "test"):
+            dialogues[split], report = load_dialogues(base, mode=mode, split=split)
+            summary[split] = {
+                "files": report.files,
+                "dialogues": report.dialogues,
+                "profiles": len({d.profile_key for d in dialogues[split]}),
+                "skipped": dict(report.skipped),
+            }
+        summary["overlap"] = check_profile_overlap(
+            dialogues["train"], dialogues["test"], mode, base
+        )
+        return summary
 
     # -- stages ------------------------------------------------------------------
     def validate(self) -> dict:
-        from kardia_jax.data.validate import load_dialogues
-
-        base = self.c.data_path or "sample"
-        summary = {}
+        summary = self.read_splits()
         for split in ("train", "test"):
-            path = f"{base}:{split}" if base == "sample" else base
-            _, report = load_dialogues(path, mode=self.c.sft.data.mode)
-            summary[split] = {"dialogues": report.dialogues, "skipped": dict(report.skipped)}
+            v = summary[split]
             self.log(
-                f"  {split}: {report.dialogues} dialogues, {sum(report.skipped.values())} skipped"
+                f"  {split}: {v['dialogues']} dialogues, {v['profiles']} profiles, "
+                f"{sum(v['skipped'].values())} skipped ({', '.join(v['files'])})"
             )
-            if base != "sample":
-                break  # one file: the stages pick their split by its fields
+        shared = summary["overlap"]["shared_profiles"]
+        self.log(f"  profiles in both splits: {shared}" + ("  <-- WARNING" if shared else ""))
         return summary
 
     def split(self) -> dict:
         if not self.c.split.enabled:
             return {"skipped": True}
-        from kardia_jax.rl.difficulty import DifficultySettings, split_difficulty
-
         s = self.c.split
-        return split_difficulty(
+        if s.signal == "reward":
+            from kardia_jax.rl.difficulty import DifficultySettings, split_difficulty
+
+            return split_difficulty(
+                self.policy(),
+                self.c.data_path or "sample",
+                self.path("split"),
+                DifficultySettings(
+                    samples=s.samples, threshold=s.threshold, max_new_tokens=s.max_new_tokens
+                ),
+                tokenizer_dir=self.tokenizer() or None,
+                judge_dir=self.judge(),
+                judge_dtype=self.c.grpo.reward.judge_dtype,
+                dtype=self.c.sft.model.param_dtype,
+                max_length=self.c.grpo.data.max_length,
+                mode=self.c.sft.data.mode,
+                split="train",
+            )
+        from kardia_jax.rl.difficulty import curriculum
+        from kardia_jax.train.setup import mesh_and_rules
+
+        mesh, rules = mesh_and_rules(self.c.sft)
+        result = curriculum(
             self.policy(),
-            self.c.data_path or "sample:train",
+            self.c.data_path or "sample",
             self.path("split"),
-            DifficultySettings(
-                samples=s.samples, threshold=s.threshold, max_new_tokens=s.max_new_tokens
-            ),
+            signal=s.signal,
+            easy_fraction=s.easy_fraction,
+            turns=s.turns,
+            batch_size=s.batch_size,
             tokenizer_dir=self.tokenizer() or None,
-            judge_dir=self.judge(),
-            judge_dtype=self.c.grpo.reward.judge_dtype,
             dtype=self.c.sft.model.param_dtype,
-            max_length=self.c.grpo.data.max_length,
+            max_length=self.c.sft.data.max_length,
+            buckets=tuple(self.c.sft.data.buckets),
             mode=self.c.sft.data.mode,
+            mesh=mesh,
+            rules=rules,
+            log=self.log,
         )
+        n = result["counts"]
+        self.log(
+            f"  {result['signal']}: {n['easy']} easy (SFT), {n['hard']} hard (GRPO) of "
+            f"{n['dialogues']} dialogues; report {result['files']['report']}"
+        )
+        return result
 
     def sft_config(self) -> ConfigDict:
         cfg = copy.deepcopy(self.c.sft)
@@ -206,14 +272,24 @@ class Pipeline:
             policy, judge, eval_judge = self.policy(), self.judge(), self.judge(for_eval=True)
             if policy:
                 check_hf_checkpoint(policy)
+        if any(s in todo for s in ("validate", "split", "sft", "grpo", "eval")):
+            with check_stage("validate"):
+                self.read_splits()  # both splits resolve; no profile in both (strict)
         if "split" in todo and self.c.split.enabled:
             with check_stage("split"):
+                if self.c.split.signal not in SIGNALS:
+                    raise ConfigError(
+                        f"split.signal={self.c.split.signal!r}: expected one of {SIGNALS}"
+                    )
                 if policy is None:
                     raise ConfigError(
-                        "split.enabled needs a policy checkpoint to sample: set policy=DIR"
+                        "split.enabled scores the train split with the base policy: set policy=DIR"
                     )
-                if judge:
+                if judge and self.c.split.signal == "reward":
                     check_hf_checkpoint(judge)
+        warning = self.judge_warning() if "eval" in todo else None
+        if warning:
+            self.log(f"WARNING: {warning}")
         # What the SFT policy will be, for the stages that start from it. Data errors
         # surface here too: each stage loads and validates its data in its check.
         sft_hf = self.path("sft", "hf")

@@ -1,7 +1,20 @@
-"""The easy / hard split by pass rate, for data without the reviewers' verdicts: the
-policy samples N completions per prompt, the reward scores them, and a dialogue is
-easy when the mean reward of its prompts reaches a threshold (SFT takes the easy
-file, GRPO the hard one). The files keep the input records as they were."""
+"""The easy / hard curriculum (SFT takes the easy file, GRPO the hard one), by one
+of three signals:
+
+- "verdicts": the paper's rule on the reviewer-verdict rates, when the records carry
+  them (the released KardiaBench files do not).
+- "likelihood" (ours, the default without verdicts): how likely the base policy finds
+  the reference replies, teacher-forced. Before SFT the policy cannot write the span
+  markers or pick a label, so a sampled reward sits near zero for every dialogue and
+  ranks nothing; the likelihood of the reference content ranks them all, costs one
+  forward pass per example, and needs no judge. A dialogue whose replies the base
+  model already finds likely is one it can imitate soon (easy); the least likely
+  are left to GRPO. The split is a rank cut at `easy_fraction`, so both sides are
+  non-empty by construction and the ratio is a setting, reported with the scores.
+- "reward": the pass rate of the policy's own samples (completions scored by the
+  reward); meaningful for a policy that already writes the format.
+
+The files keep the input records as they were."""
 
 from __future__ import annotations
 
@@ -17,7 +30,8 @@ from kardia_jax.data.schema import Dialogue
 from kardia_jax.errors import ConfigError, DataError
 from kardia_jax.rl import rollout as R
 
-TURNS = ("all", "last")
+TURNS = ("all", "first", "last")
+SIGNALS = ("auto", "verdicts", "likelihood", "reward")
 EASY_FILE, HARD_FILE, REPORT_FILE = "easy.jsonl", "hard.jsonl", "difficulty.json"
 
 
@@ -31,7 +45,7 @@ class DifficultySettings:
     top_k: int = 0
     batch_size: int = 16  # prompts per sampler call
     seed: int = 0
-    turns: str = "all"  # "all" assistant turns of a dialogue, or only its "last"
+    turns: str = "all"  # "all" assistant turns of a dialogue, or only its "first" / "last"
 
     def __post_init__(self):
         for name in ("samples", "max_new_tokens", "batch_size"):
@@ -55,14 +69,17 @@ class DifficultySplit:
 
 
 def select_turns(examples: Sequence, turns: str) -> list:
-    """Every example, or each dialogue's last assistant turn (its fullest context)."""
+    """Every example, or each dialogue's first assistant turn (its shortest prompt) or
+    last one (its fullest context)."""
     if turns == "all":
         return list(examples)
-    last: dict[str, object] = {}
+    pick: dict[str, object] = {}
+    later = turns == "last"
     for ex in examples:
-        if ex.location not in last or ex.turn > last[ex.location].turn:
-            last[ex.location] = ex
-    return [ex for ex in examples if last[ex.location] is ex]
+        old = pick.get(ex.location)
+        if old is None or (ex.turn > old.turn) == later:
+            pick[ex.location] = ex
+    return [ex for ex in examples if pick[ex.location] is ex]
 
 
 def sample_rewards(
@@ -160,7 +177,9 @@ def write_split(
     return paths
 
 
-def build_report(split: DifficultySplit, dialogues: Sequence[Dialogue], meta: dict) -> dict:
+def build_report(
+    split: DifficultySplit, dialogues: Sequence[Dialogue], meta: dict, score: str = "mean_reward"
+) -> dict:
     side = {d.location: "easy" for d in split.easy}
     side.update({d.location: "hard" for d in split.hard})
     rows = []
@@ -170,9 +189,14 @@ def build_report(split: DifficultySplit, dialogues: Sequence[Dialogue], meta: di
             {
                 "location": d.location,
                 "split": side.get(d.location, "unscored"),
-                "mean_reward": split.dialogue_mean.get(d.location),
+                score: split.dialogue_mean.get(d.location),
                 "prompts": [
-                    {"turn": t, "mean_reward": float(np.mean(r)), "rewards": r} for t, r in prompts
+                    {
+                        "turn": t,
+                        score: float(np.mean(r)),
+                        **({"rewards": r} if score == "mean_reward" else {}),
+                    }
+                    for t, r in prompts
                 ],
             }
         )
@@ -266,3 +290,242 @@ def split_difficulty(
     full = build_report(result, dialogues, meta)
     paths = write_split(result, data_path, split, out_dir, full)
     return {"counts": full["counts"], "files": paths}
+
+
+# -- the likelihood signal ---------------------------------------------------------
+
+
+def _nll_program(graphdef):
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from kardia_jax.models.logprobs import token_log_probs
+
+    @jax.jit
+    def run(params, input_ids, attention_mask, index, weight):
+        model = nnx.merge(graphdef, params)
+        hidden = model.hidden_states(input_ids, attention_mask)
+        h = jnp.take_along_axis(hidden, index[..., None], axis=1)
+        targets = jnp.take_along_axis(input_ids, index + 1, axis=1)
+        logp = token_log_probs(model, h, targets)
+        w = weight.astype(jnp.float32)
+        return jnp.sum(logp * w, axis=1), jnp.sum(w, axis=1)
+
+    return run
+
+
+def reference_log_likelihood(
+    model,
+    examples: Sequence,
+    *,
+    skip_ids: Sequence[int] = (),
+    batch_size: int = 8,
+    buckets: Sequence[int] = (),
+    mesh=None,
+    rules=None,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """[len(examples)] mean log-probability per target token of each example's
+    reference turn under `model`, teacher-forced; tokens in `skip_ids` (the span
+    markers, whose rows a base model has never trained) are left out of the mean."""
+    from flax import nnx
+
+    from kardia_jax.data.pipeline import bucket_length
+    from kardia_jax.train.distributed import global_batch, host_rows
+    from kardia_jax.train.state import batch_sharding, data_parallel_size
+    from kardia_jax.train.step import target_bucket, with_target_index
+
+    graphdef, params = nnx.split(model)
+    run = _nll_program(graphdef)
+    dp = data_parallel_size(mesh, rules) if mesh is not None else 1
+    rows = -(-batch_size // dp) * dp
+    bsh = batch_sharding(mesh, rules) if mesh is not None else None
+    skip = np.asarray(sorted(skip_ids), np.int64)
+    out = np.zeros(len(examples), np.float64)
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
+    for lo in range(0, len(order), rows):
+        idx = order[lo : lo + rows]
+        longest = max(len(examples[i]) for i in idx)
+        t = bucket_length(longest, buckets) if buckets else -(-longest // 64) * 64
+        ids = np.zeros((rows, t), np.int32)
+        attn = np.zeros((rows, t), np.int32)
+        mask = np.zeros((rows, t), np.uint8)
+        for r, i in enumerate(idx):
+            ex = examples[i]
+            n = len(ex)
+            ids[r, :n], attn[r, :n] = ex.input_ids, 1
+            mask[r, :n] = ex.loss_mask * ~np.isin(ex.input_ids, skip)
+        batch = with_target_index({"loss_mask": mask}, target_bucket({"loss_mask": mask}, 64))
+        arrays = {
+            "input_ids": ids,
+            "attention_mask": attn,
+            "index": batch["target_index"],
+            "weight": batch["target_weight"],
+        }
+        if bsh is not None:
+            arrays = global_batch(host_rows(arrays), bsh)
+        total, count = run(
+            params, *(arrays[k] for k in ("input_ids", "attention_mask", "index", "weight"))
+        )
+        total, count = np.asarray(total), np.asarray(count)
+        for r, i in enumerate(idx):
+            out[i] = total[r] / max(count[r], 1.0)
+        if progress is not None:
+            progress(min(lo + rows, len(order)), len(order))
+    return out
+
+
+def split_by_rank(
+    dialogues: Sequence[Dialogue], examples: Sequence, scores: np.ndarray, easy_fraction: float
+) -> DifficultySplit:
+    """Ranks dialogues by the mean of their examples' scores (higher = easier) and
+    cuts at `easy_fraction`: round(fraction x scored) dialogues, at least one on each
+    side. Ties are broken by location, so the cut does not depend on input order."""
+    if not 0.0 < easy_fraction < 1.0:
+        raise ConfigError(f"split.easy_fraction={easy_fraction}: need a fraction in (0, 1)")
+    per: dict[str, list[tuple[int, list[float]]]] = {}
+    for ex, s in zip(examples, scores, strict=True):
+        per.setdefault(ex.location, []).append((ex.turn, [float(s)]))
+    split = DifficultySplit([], [], [], {}, per)
+    scored = []
+    for d in dialogues:
+        if d.location not in per:
+            split.unscored.append(d)
+            continue
+        split.dialogue_mean[d.location] = float(np.mean([r[0] for _, r in per[d.location]]))
+        scored.append(d)
+    if len(scored) < 2:
+        raise DataError(f"a curriculum needs two scored dialogues, found {len(scored)}")
+    n_easy = min(len(scored) - 1, max(1, round(easy_fraction * len(scored))))
+    ranked = sorted(scored, key=lambda d: (-split.dialogue_mean[d.location], d.location))
+    easy = {d.location for d in ranked[:n_easy]}
+    for d in dialogues:  # input order in both files
+        if d.location in split.dialogue_mean:
+            (split.easy if d.location in easy else split.hard).append(d)
+    return split
+
+
+def split_by_verdicts(dialogues: Sequence[Dialogue]) -> DifficultySplit | None:
+    """The paper's rule, when every record carries the reviewer-verdict rates; None
+    when any lacks them (a partial split would leave those dialogues nowhere)."""
+    from kardia_jax.data.splits import verdict_difficulty
+
+    sides = [verdict_difficulty(d) for d in dialogues]
+    if not dialogues or any(s is None for s in sides):
+        return None
+    split = DifficultySplit([], [], [], {}, {})
+    for d, side in zip(dialogues, sides, strict=True):
+        (split.easy if side == "easy" else split.hard).append(d)
+    return split
+
+
+def curriculum(
+    model_dir: str | None,
+    data_path: str,
+    out_dir: str,
+    *,
+    signal: str = "auto",
+    easy_fraction: float = 0.5,
+    turns: str = "all",
+    batch_size: int = 8,
+    tokenizer_dir: str | None = None,
+    dtype: str = "bfloat16",
+    max_length: int = 2048,
+    buckets: Sequence[int] = (),
+    mode: str = "strict",
+    mesh=None,
+    rules=None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Splits the train split of `data_path` into easy.jsonl / hard.jsonl in
+    `out_dir` by `signal` ("auto": the verdicts when every record has them, else the
+    likelihood; "reward" is `split_difficulty`'s) and writes difficulty.json, the
+    split's report; returns {"signal", "counts", "files"}."""
+    import jax
+
+    from kardia_jax.data.examples import build_examples
+    from kardia_jax.data.tokenizer import load_tokenizer, span_marker_ids
+    from kardia_jax.data.validate import load_dialogues
+
+    if signal not in SIGNALS or signal == "reward":
+        raise ConfigError(f"split.signal={signal!r}: expected auto, verdicts or likelihood here")
+    if turns not in TURNS:
+        raise ConfigError(f"split.turns={turns!r}: expected one of {TURNS}")
+    if not 0.0 < easy_fraction < 1.0:
+        raise ConfigError(f"split.easy_fraction={easy_fraction}: need a fraction in (0, 1)")
+    dialogues, report = load_dialogues(data_path, mode=mode, split="train")
+    meta = {"data": str(data_path), "files": report.files, "split": "train"}
+    result = split_by_verdicts(dialogues) if signal in ("auto", "verdicts") else None
+    if result is None and signal == "verdicts":
+        raise DataError(
+            f"{data_path}: split.signal='verdicts' needs p_fail / p_pass / p_solved on every "
+            "record (the released KardiaBench files have none): use 'likelihood'"
+        )
+    if result is not None:
+        used = "verdicts"
+        meta["rule"] = (
+            "the paper's: easy iff p_FAIL < p_PASS + p_SOLVED or p_FAIL + p_PASS < p_SOLVED"
+        )
+    else:
+        used = "likelihood"
+        if not model_dir:
+            raise ConfigError("the likelihood curriculum scores with the base policy: set policy")
+        from kardia_jax.models import load_hf_model, resize_token_embeddings
+
+        tokenizer = load_tokenizer(tokenizer_dir or model_dir)
+        examples = build_examples(dialogues, tokenizer, max_length=max_length, report=report)
+        examples = select_turns(examples, turns)
+        if not examples:
+            raise DataError(f"{data_path}: no examples to score (all too long for max_length?)")
+        model = (
+            load_hf_model(model_dir, dtype, mesh, rules=rules)
+            if mesh is not None
+            else (load_hf_model(model_dir, dtype))
+        )
+        if len(tokenizer) > model.config.vocab_size:  # the span markers the base lacks
+            model = resize_token_embeddings(model, len(tokenizer), pad_to_multiple_of=128)
+
+        def progress(done, total):
+            log(f"  curriculum: scored {done}/{total} reference turns")
+
+        scores = reference_log_likelihood(
+            model,
+            examples,
+            skip_ids=span_marker_ids(tokenizer).values(),
+            batch_size=batch_size,
+            buckets=buckets,
+            mesh=mesh,
+            rules=rules,
+            progress=progress,
+        )
+        result = split_by_rank(dialogues, examples, scores, easy_fraction)
+        meta.update(
+            model=model_dir,
+            rule=(
+                f"dialogues ranked by the base policy's mean log-probability per token of "
+                f"their reference turns ({turns} turns, span markers left out); the top "
+                f"{easy_fraction:g} are easy"
+            ),
+            settings={"easy_fraction": easy_fraction, "turns": turns, "max_length": max_length},
+        )
+    meta["signal"] = used
+    meta["skipped"] = {**report.skipped, **report.examples_skipped}
+    full = build_report(
+        result, dialogues, meta, "mean_reward" if used != "likelihood" else "mean_log_prob"
+    )
+    n = full["counts"]
+    full["counts"]["easy_fraction"] = round(n["easy"] / max(n["easy"] + n["hard"], 1), 4)
+    if not n["easy"] or not n["hard"]:
+        raise DataError(
+            f"{data_path}: the {used} curriculum left a split empty "
+            f"({n['easy']} easy, {n['hard']} hard)"
+        )
+    if jax.process_index() == 0:
+        paths = write_split(result, data_path, "train", out_dir, full)
+    else:
+        paths = {
+            k: os.path.join(out_dir, f)
+            for k, f in (("easy", EASY_FILE), ("hard", HARD_FILE), ("report", REPORT_FILE))
+        }
+    return {"signal": used, "counts": full["counts"], "files": paths}
