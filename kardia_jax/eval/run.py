@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -22,9 +23,10 @@ from ml_collections import ConfigDict
 from kardia_jax.checks import writable_dir
 from kardia_jax.errors import ConfigError, DataError
 from kardia_jax.eval import store
-from kardia_jax.eval.config import judge_settings
+from kardia_jax.eval.config import api_judge_settings, judge_settings, max_failure_fraction
 from kardia_jax.eval.metrics import Record, compute_metrics
 from kardia_jax.eval.table import PAPER_ROWS, PAPER_SOURCE, results_markdown
+from kardia_jax.rewards.api_judge import is_api_spec
 from kardia_jax.rewards.rubric import DIMENSIONS
 
 
@@ -189,13 +191,16 @@ def judge_identity(judge) -> str:
 
 
 def judge_missing(items, completions: dict, judge, path: str, batch_size: int) -> int:
-    """Scores the completions that have no cached score from this judge yet."""
+    """Scores the completions that have no cached score from this judge yet; returns
+    how many got one. A row with a non-finite score (an API judge's failed item) is
+    not written, so a rerun asks again. An API judge caches each reply itself as it
+    arrives, so a kill mid-batch loses none of them."""
     from kardia_jax.rewards.prompt import JudgeContext
 
     ident = judge_identity(judge)
     done = {r["id"] for r in store.read_jsonl(path) if r.get("judge") == ident}
     todo = [it for it in items if it.id not in done]
-    t0 = time.perf_counter()
+    t0, scored = time.perf_counter(), 0
     for k in range(0, len(todo), batch_size):
         batch = todo[k : k + batch_size]
         contexts = [JudgeContext.from_example(it.example) for it in batch]
@@ -206,19 +211,68 @@ def judge_missing(items, completions: dict, judge, path: str, batch_size: int) -
                 f"judge returned scores of shape {getattr(scores, 'shape', None)} for "
                 f"{len(batch)} completions; expected ({len(batch)}, {len(DIMENSIONS)})"
             )
+        ok = [i for i in range(len(batch)) if all(math.isfinite(x) for x in scores[i])]
         store.append_jsonl(
             path,
             (
-                {"id": it.id, "judge": ident, "scores": [float(x) for x in scores[i]]}
-                for i, it in enumerate(batch)
+                {"id": batch[i].id, "judge": ident, "scores": [float(x) for x in scores[i]]}
+                for i in ok
             ),
         )
+        scored += len(ok)
+        failed = f", {k + len(batch) - scored} without a score" if scored < k + len(batch) else ""
         print(
-            f"eval: judged {min(k + batch_size, len(todo))}/{len(todo)} "
+            f"eval: judged {min(k + batch_size, len(todo))}/{len(todo)}{failed} "
             f"({time.perf_counter() - t0:.0f} s)",
             flush=True,
         )
-    return len(todo)
+    return scored
+
+
+# An API judge's replies, one JSON row per judged item (eval workdir), keyed by a hash
+# of the exact request: a rerun sends nothing it has a reply for.
+API_CACHE = "api_judge_cache.jsonl"
+
+
+def _api_judge(config: ConfigDict, spec: str, workdir: str):
+    from kardia_jax.rewards.api_judge import ApiJudge
+
+    path = os.path.join(workdir, API_CACHE)
+    return ApiJudge.from_spec(
+        spec,
+        api_judge_settings(config.judge),
+        cache_rows=store.read_jsonl(path),
+        record=lambda row: store.append_jsonl(path, [row]),
+    )
+
+
+def _check_unscored(config, items, scores: dict, judge, ident: str, workdir: str) -> None:
+    """More examples without a score than judge.api.max_failure_fraction is an error:
+    means over a large, unchosen remainder would not be the test split's."""
+    n = sum(it.id not in scores for it in items)
+    limit = max_failure_fraction(config.judge)
+    if n and n > limit * len(items):
+        counts = judge.api_counts() if hasattr(judge, "api_counts") else {}
+        causes = ", ".join(f"{k} {v}" for k, v in counts.get("retries", {}).items() if v)
+        raise DataError(
+            f"judge {ident}: {n} of {len(items)} examples got no score, over "
+            f"judge.api.max_failure_fraction={limit} (retries: {causes or 'none'}; each "
+            f"failure's cause is in {os.path.join(workdir, API_CACHE)}); rerun to retry "
+            "them, judged items are not sent again"
+        )
+
+
+def _api_line(results: dict) -> str:
+    api = (results.get("rubric") or {}).get("api")
+    if not api:
+        return ""
+    retries = sum(api["retries"].values())
+    return (
+        f"\nAPI judge: {api['requests']} requests, {retries} retries, {api['failures']} "
+        f"failures ({results['rubric']['unscored']} examples without a score), "
+        f"{api['cache_hits']} cache hits, {api['tokens']['prompt']} prompt + "
+        f"{api['tokens']['completion']} completion tokens.\n"
+    )
 
 
 def _label(model_dir: str) -> str:
@@ -289,7 +343,22 @@ def prepare_eval(
         if int(config[section][field]) < 1:
             raise ConfigError(f"{name}={config[section][field]}: need >= 1")
     judge_dir = judge_dir or config.judge.path or None
-    if judge_dir:
+    if is_api_spec(judge_dir):
+        import itertools
+
+        from kardia_jax.rewards.api_judge import ApiJudge
+        from kardia_jax.rewards.judge import PREFLIGHT_CONTEXTS
+        from kardia_jax.rewards.prompt import JudgeContext
+
+        max_failure_fraction(config.judge)
+        contexts = (JudgeContext.from_example(it.example) for it in items)
+        # The spec, the key's env var and the prompts: no request is sent.
+        ApiJudge.check(
+            judge_dir,
+            api_judge_settings(config.judge),
+            contexts=itertools.islice(contexts, PREFLIGHT_CONTEXTS),
+        )
+    elif judge_dir:
         from kardia_jax.rewards import RubricJudge
         from kardia_jax.rewards.prompt import JudgeContext
 
@@ -331,8 +400,11 @@ def run_eval(
     """Generates, judges and writes results.json, results.md and (with `report`)
     report.html in `workdir`; returns the results. `judge` is an already-built object
     with `evaluate(contexts, completions) -> .scores [N, 5]` (tests, or a caller that
-    holds one); else `judge_dir` or `config.judge.path` is loaded; else the rubric is
-    reported as not scored."""
+    holds one); else `judge_dir` or `config.judge.path` is loaded (a checkpoint dir, or
+    `openai:MODEL`: an `ApiJudge` caching its replies in WORKDIR/api_judge_cache.jsonl);
+    else the rubric is reported as not scored. Examples the judge gave no score (an
+    API judge's failures) are left out of the rubric means and counted in
+    `rubric.unscored`; more than `judge.api.max_failure_fraction` of them is an error."""
     t0 = time.perf_counter()
     inp = inputs or prepare_eval(config, model_dir, workdir, data_path, judge_dir)
     model_dir, tokenizer, items, data = inp.model_dir, inp.tokenizer, inp.items, inp.data
@@ -352,8 +424,10 @@ def run_eval(
     if missing:
         raise DataError(f"{comp_path}: no completion for {missing[0]} after generation")
 
-    judged, ident, scores = 0, None, {}
-    if judge is None and judge_dir:
+    judged, ident, scores, own_api_judge = 0, None, {}, None
+    if judge is None and is_api_spec(judge_dir):
+        judge = own_api_judge = _api_judge(config, judge_dir, workdir)
+    elif judge is None and judge_dir:
         from kardia_jax.rewards import RubricJudge
 
         judge = RubricJudge.from_pretrained(
@@ -366,8 +440,15 @@ def run_eval(
     if judge is not None:
         ident = judge_identity(judge)
         score_path = os.path.join(workdir, store.SCORES)
-        judged = judge_missing(items, completions, judge, score_path, int(config.judge.batch_size))
+        try:
+            judged = judge_missing(
+                items, completions, judge, score_path, int(config.judge.batch_size)
+            )
+        finally:
+            if own_api_judge is not None:
+                own_api_judge.close()
         scores = {r["id"]: r["scores"] for r in store.read_jsonl(score_path) if r["judge"] == ident}
+        _check_unscored(config, items, scores, judge, ident, workdir)
 
     records = [
         Record(
@@ -375,13 +456,19 @@ def run_eval(
             dialogue=it.dialogue_id,
             gold=it.example.emotion,
             completion=completions[it.id]["completion"],
-            scores=tuple(scores[it.id]) if judge is not None else None,
+            scores=tuple(scores[it.id]) if it.id in scores else None,
         )
         for it in items
     ]
-    results = compute_metrics(
-        records, resamples=int(e.bootstrap), seed=int(e.seed), unit=e.bootstrap_unit
-    )
+    boot = dict(resamples=int(e.bootstrap), seed=int(e.seed), unit=e.bootstrap_unit)
+    scored = [r for r in records if r.scores is not None]
+    if 0 < len(scored) < len(records):
+        # Items an API judge failed on (within judge.api.max_failure_fraction) are left
+        # out of the rubric means; everything else is over every example.
+        results = compute_metrics([dataclasses.replace(r, scores=None) for r in records], **boot)
+        results["rubric"] = compute_metrics(scored, **boot)["rubric"]
+    else:
+        results = compute_metrics(records, **boot)
     finish = [completions[it.id].get("finish_reason") for it in items]
     results["counts"].update(
         generated_this_run=generated,
@@ -396,8 +483,14 @@ def run_eval(
             "reason": "no evaluation judge (pass --judge DIR or set judge.path)",
         }
     else:
+        results.setdefault(
+            "rubric", {"scored": False, "reason": "the judge gave no example a score"}
+        )
         results["rubric"]["judge"] = ident
-        if judge_dir and os.path.abspath(judge_dir) == model_dir:
+        results["rubric"]["unscored"] = len(records) - len(scored)
+        if hasattr(judge, "api_counts"):
+            results["rubric"]["api"] = judge.api_counts()
+        if judge_dir and not is_api_spec(judge_dir) and os.path.abspath(judge_dir) == model_dir:
             results["rubric"]["warning"] = "the judge is the policy checkpoint itself"
     results.update(
         label=e.label or _label(model_dir),
@@ -411,7 +504,9 @@ def run_eval(
         os.path.join(workdir, store.RESULTS_JSON),
         json.dumps(results, indent=2, ensure_ascii=False, default=str) + "\n",
     )
-    store.write_text(os.path.join(workdir, store.RESULTS_MD), results_markdown(results))
+    store.write_text(
+        os.path.join(workdir, store.RESULTS_MD), results_markdown(results) + _api_line(results)
+    )
     if report:
         from kardia_jax.eval.report import write_report
 
