@@ -11,7 +11,12 @@ import os
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="configs/eval_*.py file")
     parser.add_argument("--model", default=None, help="policy checkpoint dir (else model.path)")
-    parser.add_argument("--judge", default=None, help="evaluation judge dir (else judge.path)")
+    parser.add_argument(
+        "--judge",
+        default=None,
+        help="evaluation judge dir, or openai:MODEL for an OpenAI-compatible endpoint "
+        "(OPENAI_BASE_URL, OPENAI_API_KEY); else judge.path",
+    )
     parser.add_argument("--data", default=None, help="test data (else data.path; '' = sample)")
     parser.add_argument("--workdir", required=True, help="completions, scores and results")
     parser.add_argument("--sft", default=None, help="SFT workdir or tb/ dir (report curves)")
