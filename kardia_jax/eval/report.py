@@ -2,10 +2,15 @@
 fetched) with the results table beside the paper's, a chart of the five rubric
 dimensions, training curves from the TensorBoard logs, the emotion confusion heat
 map and sample dialogues. Model text is untrusted data: every string is escaped.
+
+An eval workdir of one policy gives one row; a rows workdir (eval/compare.py: Base,
+SFT and the final policy on the same test turns) gives every row in the table and
+chart, and the rows' answers to each sample turn side by side.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -20,6 +25,7 @@ from kardia_jax.eval.table import (
     DIMENSION_TITLES,
     PAPER_ROWS,
     PAPER_SOURCE,
+    ROWS_KEY,
     caveat,
     fmt_pct,
     fmt_score,
@@ -80,6 +86,10 @@ tr.ours td{background:#eef4ff;font-weight:600}
 .raw{background:#f6f6f6;padding:6px;font-size:12px;white-space:pre-wrap;
  word-break:break-word;max-height:220px;overflow:auto}
 .scores{font-size:12px;color:#333}
+.cols{display:grid;gap:10px;margin-top:8px}
+.answer{border-top:3px solid #3b6fb6;padding-top:4px;min-width:0}
+.answer .who{font-weight:600;font-size:13px;margin-bottom:4px}
+.cols .span b{display:block;min-width:0}
 """
 
 
@@ -93,16 +103,51 @@ def _load_json(path: str) -> dict:
         raise DataError(f"{path}: not valid JSON ({e})") from None
 
 
-def _table_html(results: dict) -> str:
-    head = ["System", "Emotion Acc"] + [DIMENSION_TITLES[d] for d in DIMENSIONS]
+@dataclasses.dataclass(frozen=True)
+class View:
+    """One row of the report: its name in the table, its results, its eval folder."""
+
+    name: str
+    results: dict
+    eval_dir: str
+
+
+def load_views(eval_dir: str) -> tuple[list[View], dict | None]:
+    """The rows an eval workdir holds, and a rows workdir's combined results (None for
+    one policy's workdir)."""
+    results = _load_json(os.path.join(eval_dir, store.RESULTS_JSON))
+    if ROWS_KEY not in results:
+        return [View(results.get("label", "kardia-jax"), results, eval_dir)], None
+    views = []
+    for row in results[ROWS_KEY]:
+        path = os.path.join(eval_dir, row["results"])  # relative to the workdir
+        views.append(View(row["name"], _load_json(path), os.path.dirname(path)))
+    if not views:
+        raise DataError(f"{os.path.join(eval_dir, store.RESULTS_JSON)}: no rows")
+    return views, results
+
+
+def _ci_text(ci, fmt) -> str:
+    return f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+
+
+def _table_html(views: list[View]) -> str:
+    # Several rows: each one's Emotion Accuracy interval beside it (the paper gives none).
+    multi = len(views) > 1
+    head = ["System", "Emotion Acc"] + (["95% CI"] if multi else [])
+    head += [DIMENSION_TITLES[d] for d in DIMENSIONS]
     rows = ["<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>"]
-    ours = ours_row(results)
-    scored = results.get("rubric", {}).get("scored")
-    cells = [f"ours: {results.get('label', 'kardia-jax')}", fmt_pct(ours["emotion_accuracy"])]
-    cells += [fmt_score(ours[d]) if scored else "not scored" for d in DIMENSIONS]
-    rows.append('<tr class="ours">' + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
+    for v in views:
+        ours = ours_row(v.results)
+        scored = v.results.get("rubric", {}).get("scored")
+        cells = [f"ours: {v.name}", fmt_pct(ours["emotion_accuracy"])]
+        if multi:
+            cells.append(_ci_text(v.results["emotion_accuracy"]["ci95"], fmt_pct))
+        cells += [fmt_score(ours[d]) if scored else "not scored" for d in DIMENSIONS]
+        rows.append('<tr class="ours">' + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
     for r in PAPER_ROWS:
         cells = [f"paper: {r['system']}", fmt_pct(r["emotion_accuracy"])]
+        cells += ["n/a"] if multi else []
         cells += [fmt_score(r[d]) for d in DIMENSIONS]
         rows.append("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
     return "".join(rows) + "</table>"
@@ -130,24 +175,59 @@ def _ci_table(results: dict) -> str:
     return "".join(out) + "</table>"
 
 
-def _dimension_chart(results: dict) -> str:
-    rubric = results.get("rubric", {})
-    if not rubric.get("scored"):
-        why = rubric.get("reason", "no judge")
+def _rows_ci_table(views: list[View]) -> str:
+    """Every row's figures side by side, each as value [95% interval]."""
+    metrics = [
+        ("Emotion Accuracy", lambda r: r["emotion_accuracy"], "value", fmt_pct),
+        ("Format failures", lambda r: r["format_failure_rate"], "value", fmt_pct),
+    ]
+    metrics += [
+        (DIMENSION_TITLES[d], lambda r, d=d: r["rubric"]["dimensions"][d], "mean", fmt_score)
+        for d in DIMENSIONS
+    ]
+    head = "".join(f"<th>{escape(v.name)}</th>" for v in views)
+    out = [f"<table><tr><th>Metric</th>{head}</tr>"]
+    for title, get, key, fmt in metrics:
+        cells = []
+        for v in views:
+            rubric = v.results.get("rubric", {})
+            if fmt is fmt_score and not rubric.get("scored"):
+                cells.append("not scored")
+                continue
+            m = get(v.results)
+            cells.append(f"{fmt(m[key])} {_ci_text(m['ci95'], fmt)}")
+        out.append(
+            f"<tr><td>{escape(title)}</td>"
+            + "".join(f"<td>{escape(c)}</td>" for c in cells)
+            + "</tr>"
+        )
+    return "".join(out) + "</table>"
+
+
+def _dimension_chart(views: list[View]) -> str:
+    scored = [v for v in views if v.results.get("rubric", {}).get("scored")]
+    if not scored:
+        why = views[0].results.get("rubric", {}).get("reason", "no judge")
         return f'<p class="note">Rubric dimensions not scored: {escape(why)}.</p>'
     cats = [DIMENSION_TITLES[d] for d in DIMENSIONS]
-    dims = rubric["dimensions"]
-    series = [
-        (
-            f"ours ({results.get('label', '')})",
-            [dims[d]["mean"] for d in DIMENSIONS],
-            [tuple(dims[d]["ci95"]) for d in DIMENSIONS],
+    series = []
+    for v in scored:
+        dims = v.results["rubric"]["dimensions"]
+        series.append(
+            (
+                f"ours ({v.name})",
+                [dims[d]["mean"] for d in DIMENSIONS],
+                [tuple(dims[d]["ci95"]) for d in DIMENSIONS],
+            )
         )
-    ]
     for r in PAPER_ROWS[:2]:
         series.append((f"paper: {r['system']}", [r[d] for d in DIMENSIONS], []))
     return bar_chart(
-        cats, series, width=720, height=320, title="Rubric dimensions (1-5), 95% CI whiskers"
+        cats,
+        series,
+        width=720 if len(series) <= 3 else 960,  # room for the bars and the legend
+        height=320,
+        title="Rubric dimensions (1-5), 95% CI whiskers",
     )
 
 
@@ -206,6 +286,19 @@ def _per_emotion(results: dict) -> str:
     return "".join(out) + "</table>"
 
 
+def _rows_per_emotion(views: list[View]) -> str:
+    """Per gold emotion, every row's accuracy (the rows share the test turns)."""
+    head = "".join(f"<th>{escape(v.name)}</th>" for v in views)
+    out = [f"<table><tr><th>Gold emotion</th><th>n</th>{head}</tr>"]
+    for label, e in views[0].results["per_emotion"].items():
+        cells = "".join(
+            f"<td>{escape(fmt_pct(v.results['per_emotion'].get(label, {}).get('accuracy')))}</td>"
+            for v in views
+        )
+        out.append(f"<tr><td>{escape(label)}</td><td>{e['n']}</td>{cells}</tr>")
+    return "".join(out) + "</table>"
+
+
 def _pick(ids: list[str], k: int, seed: int) -> list[str]:
     """k ids chosen by a seeded hash (stable whatever the file order), shown in id order."""
     ranked = sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).digest())
@@ -213,68 +306,112 @@ def _pick(ids: list[str], k: int, seed: int) -> list[str]:
     return [i for i in ids if i in chosen]
 
 
-def _samples(eval_dir: str, results: dict, k: int, seed: int) -> str:
-    comps = store.read_jsonl(os.path.join(eval_dir, store.COMPLETIONS), repair=False)
-    ident = results.get("rubric", {}).get("judge")
+def _read_answers(view: View) -> tuple[dict[str, dict], dict[str, list]]:
+    """A row's completions by id, and its scores from the judge its results name."""
+    comps = store.read_jsonl(os.path.join(view.eval_dir, store.COMPLETIONS), repair=False)
+    ident = view.results.get("rubric", {}).get("judge")
     scores = {}
     if ident:
-        for r in store.read_jsonl(os.path.join(eval_dir, store.SCORES), repair=False):
+        for r in store.read_jsonl(os.path.join(view.eval_dir, store.SCORES), repair=False):
             if r.get("judge") == ident:
                 scores[r["id"]] = r["scores"]
-    by_id = {r["id"]: r for r in comps}
-    chosen = [by_id[i] for i in _pick(list(by_id), k, seed)]
-    checks = per_example_rows(
-        [Record(r["id"], "", r["gold"], r.get("completion", "")) for r in chosen]
+    return {r["id"]: r for r in comps}, scores
+
+
+def _answer(r: dict, c: dict, s: list | None) -> str:
+    """One completion: its four spans, the emotion verdict, format, finish and scores."""
+    text = r.get("completion", "")
+    parts = candidate_parts(text)
+    emotion = extract_emotion(text)
+    spans = [
+        ("understanding", parts.understanding),
+        ("reasoning", parts.reasoning),
+        ("emotion", emotion),
+        ("response", parts.response if parts.source in ("spans", "lenient") else None),
+    ]
+    verdict = (
+        f'<span class="ok">correct ({escape(c["gold"])})</span>'
+        if c["correct"]
+        else f'<span class="bad">wrong: predicted {escape(c["predicted"] or "no label")}, '
+        f"gold {escape(c['gold'])}</span>"
     )
+    fmt = (
+        '<span class="ok">well formed</span>'
+        if c["format_error"] is None
+        else f'<span class="bad">format failure: {escape(c["format_error"])}</span>'
+    )
+    score_line = (
+        " · ".join(f"{DIMENSION_TITLES[d]} {v:.2f}" for d, v in zip(DIMENSIONS, s, strict=True))
+        if s
+        else "rubric not scored"
+    )
+    body = "".join(
+        f'<div class="span"><b>{name}</b>{escape(v) if v else "<i>(absent)</i>"}</div>'
+        for name, v in spans
+    )
+    raw = (
+        f'<details><summary>raw completion</summary><div class="raw">{escape(text)}</div></details>'
+        if c["format_error"] is not None
+        else ""
+    )
+    return (
+        f'{body}<div class="scores">emotion: {verdict} · {fmt} · '
+        f"finish: {escape(str(r.get('finish_reason', '?')))} · {escape(score_line)}</div>"
+        f"{raw}"
+    )
+
+
+def _checks(rows: list[dict]) -> list[dict]:
+    return per_example_rows([Record(r["id"], "", r["gold"], r.get("completion", "")) for r in rows])
+
+
+def _samples(views: list[View], k: int, seed: int) -> str:
+    """k test turns (seeded choice); with several rows, each turn shows every row's
+    answer side by side, in the rows' order."""
+    answers = [_read_answers(v) for v in views]
+    by_id = answers[0][0]
+    chosen_ids = _pick(list(by_id), k, seed)
+    columns = []  # per row: (its completion rows for the chosen ids, their checks, scores)
+    for comps, scores in answers:
+        rows = [comps.get(i) or {"id": i, "gold": by_id[i]["gold"]} for i in chosen_ids]
+        columns.append((rows, _checks(rows), scores))
+    multi = len(views) > 1
+    grid = f'<div class="cols" style="grid-template-columns:repeat({len(views)},minmax(0,1fr))">'
     out = []
-    for r, c in zip(chosen, checks, strict=True):
-        text = r.get("completion", "")
-        parts = candidate_parts(text)
-        emotion = extract_emotion(text)
-        spans = [
-            ("understanding", parts.understanding),
-            ("reasoning", parts.reasoning),
-            ("emotion", emotion),
-            ("response", parts.response if parts.source in ("spans", "lenient") else None),
+    for n, i in enumerate(chosen_ids):
+        r = by_id[i]
+        answers_html = [
+            _answer(rows[n], checks[n], scores.get(i))
+            if "completion" in rows[n]
+            else "<p><i>(no completion)</i></p>"
+            for rows, checks, scores in columns
         ]
-        verdict = (
-            f'<span class="ok">correct ({escape(c["gold"])})</span>'
-            if c["correct"]
-            else f'<span class="bad">wrong: predicted {escape(c["predicted"] or "no label")}, '
-            f"gold {escape(c['gold'])}</span>"
-        )
-        fmt = (
-            '<span class="ok">well formed</span>'
-            if c["format_error"] is None
-            else f'<span class="bad">format failure: {escape(c["format_error"])}</span>'
-        )
-        s = scores.get(r["id"])
-        score_line = (
-            " · ".join(f"{DIMENSION_TITLES[d]} {v:.2f}" for d, v in zip(DIMENSIONS, s, strict=True))
-            if s
-            else "rubric not scored"
-        )
-        body = "".join(
-            f'<div class="span"><b>{name}</b>{escape(v) if v else "<i>(absent)</i>"}</div>'
-            for name, v in spans
-        )
-        raw = (
-            f'<details><summary>raw completion</summary><div class="raw">{escape(text)}</div>'
-            "</details>"
-            if c["format_error"] is not None
-            else ""
-        )
+        if multi:
+            body = (
+                grid
+                + "".join(
+                    f'<div class="answer"><div class="who">{escape(v.name)}</div>{a}</div>'
+                    for v, a in zip(views, answers_html, strict=True)
+                )
+                + "</div>"
+            )
+        else:
+            body = "<hr>" + answers_html[0]
         out.append(
             f'<div class="sample"><h3>{escape(r["id"])}</h3>'
             f'<div class="span"><b>situation</b>{escape(r.get("situation", ""))}</div>'
             f'<div class="span"><b>user</b>{escape(r.get("user", ""))}</div>'
-            f'<hr>{body}<div class="scores">emotion: {verdict} · {fmt} · '
-            f"finish: {escape(str(r.get('finish_reason', '?')))} · {escape(score_line)}</div>"
-            f"{raw}</div>"
+            f"{body}</div>"
         )
     if not out:
         return "<p>No completions.</p>"
-    return f"<p>{len(out)} of {len(comps)} completions (seeded choice).</p>" + "".join(out)
+    if multi:
+        names = ", ".join(v.name for v in views)
+        return (
+            f"<p>{len(out)} of {len(by_id)} test turns (seeded choice), each with the answers "
+            f"of {escape(names)}.</p>" + "".join(out)
+        )
+    return f"<p>{len(out)} of {len(by_id)} completions (seeded choice).</p>" + "".join(out)
 
 
 def write_report(
@@ -287,38 +424,58 @@ def write_report(
     title: str = "kardia-jax evaluation report",
 ) -> str:
     """Writes the report from an eval workdir (results.json, completions.jsonl,
-    judge_scores.jsonl) and the SFT / GRPO log folders (a run's workdir or its tb/);
-    returns `out_html`."""
-    results = _load_json(os.path.join(eval_dir, store.RESULTS_JSON))
+    judge_scores.jsonl; or a rows workdir of eval/compare.py, whose results.json
+    names each row's folder) and the SFT / GRPO log folders (a run's workdir or its
+    tb/); returns `out_html`."""
+    views, _ = load_views(eval_dir)
+    multi = len(views) > 1
+    results = views[0].results  # data, counts, judge and bootstrap: the same for every row
     c = results["counts"]
     rubric = results.get("rubric", {})
-    warn = rubric.get("warning")
+    if multi:
+        who = "rows " + " · ".join(f"{v.name} ({v.results.get('model', '?')})" for v in views)
+    else:
+        who = f"model {results.get('model', '?')}"
+    warnings = [
+        f"Warning{f' ({v.name})' if multi else ''}: {v.results['rubric']['warning']}"
+        for v in views
+        if v.results.get("rubric", {}).get("warning")
+    ]
+    limit_hits = (
+        "completions that hit the token limit: "
+        + ", ".join(f"{v.name} {v.results['counts'].get('hit_token_limit', 0)}" for v in views)
+        if multi
+        else f"{c.get('hit_token_limit', 0)} completions hit the token limit"
+    )
+    last = views[-1]
     sections = [
         f"<h1>{escape(title)}</h1>",
-        f'<p class="meta">model {escape(str(results.get("model", "?")))} · data '
+        f'<p class="meta">{escape(who)} · data '
         f"{escape(str(results.get('data', '?')))} · {c['examples']} examples from "
-        f"{c['dialogues']} dialogues · judge {escape(str(rubric.get('judge') or 'none'))}</p>",
+        f"{c['dialogues']} dialogues{', the same for every row' if multi else ''} · judge "
+        f"{escape(str(rubric.get('judge') or 'none'))}</p>",
         f'<p class="note">{escape(caveat(results))}<br>Paper source: {escape(PAPER_SOURCE)}.</p>',
-        f'<p class="note">Warning: {escape(warn)}</p>' if warn else "",
+        "".join(f'<p class="note">{escape(w)}</p>' for w in warnings),
         "<h2>Results beside the paper (Table 2 layout)</h2>",
-        _table_html(results),
+        _table_html(views),
         "<h2>Our figures with bootstrap 95% intervals</h2>",
-        _ci_table(results),
+        _rows_ci_table(views) if multi else _ci_table(results),
         f'<p class="meta">{results["bootstrap"]["resamples"]} percentile-bootstrap resamples '
         f"of {escape(results['bootstrap']['unit'])}s, seed {results['bootstrap']['seed']}; "
-        f"{c.get('hit_token_limit', 0)} completions hit the token limit.</p>",
+        f"{escape(limit_hits)}.</p>",
         "<h2>Rubric dimensions</h2>",
-        _dimension_chart(results),
+        _dimension_chart(views),
         "<h2>Training curves</h2>",
         _curves(tb_dirs or {}),
         "<h2>Emotions</h2>",
         '<div class="grid"><div>',
-        _per_emotion(results),
+        _rows_per_emotion(views) if multi else _per_emotion(results),
         "</div><div>",
-        _heat(results),
+        f'<p class="meta">Confusions of {escape(last.name)}</p>' if multi else "",
+        _heat(last.results),
         "</div></div>",
         "<h2>Sample dialogues</h2>",
-        _samples(eval_dir, results, samples, seed),
+        _samples(views, samples, seed),
     ]
     page = (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
