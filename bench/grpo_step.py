@@ -41,6 +41,7 @@ from kardia_jax.host import keep_freed_memory
 from kardia_jax.models import ModelConfig, init_model
 from kardia_jax.rewards import JudgeConfig, KardiaReward, RewardWeights, RubricJudge
 from kardia_jax.rl import rollout as R
+from kardia_jax.rl.config import step_batch
 from kardia_jax.rl.grpo import (
     _logp,
     _loss_settings,
@@ -142,7 +143,7 @@ class GRPOBench:
         self.examples = load_grpo_prompts(config.data, self.tokenizer)
         vocab = -(-len(self.tokenizer) // 128) * 128
         cfg = policy_shape(size, vocab).replace(dtype=config.model.compute_dtype)
-        self.rows = rc.prompts_per_step * rc.group_size
+        self.prompts_per_step, self.rows = step_batch(rc)  # rollout.global_batch completions
         self.tx = make_optimizer(config.train, 1000)
         self.loss = _loss_settings(config)
         self.graphdef, self.state, shardings = init_train_state(
@@ -195,7 +196,7 @@ class GRPOBench:
         )
 
     def prompts(self, step: int):
-        n = self.config.rollout.prompts_per_step
+        n = self.prompts_per_step
         index = np.array([(step * n + i) % len(self.examples) for i in range(n)])
         return index, [self.examples[i].prompt_ids.tolist() for i in index]
 

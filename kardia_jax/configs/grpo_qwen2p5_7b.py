@@ -1,7 +1,7 @@
-"""GRPO of the SFT'd Qwen2.5-7B policy with the paper's recipe: G = 8, 32 prompts
-per step, lr 1e-6, 2 epochs over the hard split, reward 1/3 format + 1/3 emotion +
-1/3 rubric from a Qwen3-8B judge on the same mesh. The 3B run's settings
-(configs/grpo_qwen2p5_3b.py) with the 7B shape.
+"""GRPO of the SFT'd Qwen2.5-7B policy with the paper's recipe: G = 8, global batch
+32 completions (4 prompts), lr 1e-6, 2 epochs over the hard split, reward 1/3 format
++ 1/3 emotion + 1/3 rubric from a Qwen3-8B judge on the same mesh, the best checkpoint
+across RL epochs. The 3B run's settings (configs/grpo_qwen2p5_3b.py) with the 7B shape.
 
   --config.model.path=SFT_WORKDIR/hf --config.reward.judge_path=/ckpt/Qwen3-8B
   --config.data.path=/data/KardiaBench

@@ -11,7 +11,7 @@ def get_config():
     c.model.compute_dtype = "float32"  # bf16 matmuls are slower than f32 on CPU
     c.data.max_length = 512
     c.data.buckets = (256, 512)
-    c.rollout.prompts_per_step = 4
+    c.rollout.global_batch = 16  # completions per step: 4 prompts x 4
     c.rollout.group_size = 4
     c.rollout.max_new_tokens = 32
     c.reward.format = 0.5  # no judge on CPU by default: format and emotion only
@@ -24,4 +24,9 @@ def get_config():
     c.train.steps = 4
     c.checkpoint.every = 2
     c.log.peak_tflops = 0.2
+    # Best-checkpoint selection kept cheap: a few held-out prompts every other step
+    # (answers as long as the rollouts').
+    c.select.every = 2
+    c.select.heldout_fraction = 0.2  # the sample has 12 training profiles: hold out ~2
+    c.select.prompts = 8
     return c

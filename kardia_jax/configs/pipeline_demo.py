@@ -54,7 +54,7 @@ def get_config():
     c.grpo.model.scan_layers = True
     c.grpo.model.remat = "full"
     c.grpo.rollout.unroll_layers = True  # decode through unrolled layers (faster on CPU)
-    c.grpo.rollout.prompts_per_step = 2
+    c.grpo.rollout.global_batch = 8  # completions per step: 2 prompts x 4
     c.grpo.rollout.group_size = 4
     c.grpo.rollout.max_new_tokens = 128  # room for the four spans
     c.grpo.reward.format = 1 / 3  # the paper's weights, with the judge
@@ -63,6 +63,8 @@ def get_config():
     c.grpo.train.lr = 1e-6  # the paper's GRPO lr
     c.grpo.train.steps = 2
     c.grpo.checkpoint.every = 1
+    c.grpo.select.every = 1  # the SFT policy, then steps 1 and 2 on 4 held-out prompts
+    c.grpo.select.prompts = 4
 
     c.eval = load_config(str(HERE / "eval_tiny.py"))
     c.eval.eval.limit = 16  # test turns scored

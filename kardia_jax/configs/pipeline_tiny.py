@@ -32,7 +32,7 @@ def get_config(variant: str = ""):
     c.sft.log.every = 1
 
     c.grpo = load_config(str(HERE / "grpo_tiny.py"))
-    c.grpo.rollout.prompts_per_step = 2
+    c.grpo.rollout.global_batch = 8  # completions per step: 2 prompts x 4
     c.grpo.rollout.group_size = 4
     c.grpo.rollout.max_new_tokens = 16
     c.grpo.train.steps = 4

@@ -1,7 +1,10 @@
 """Rubric-ERL's second stage: GRPO on the hard split from the SFT policy. Each step
 samples G completions per prompt with our sampler, scores them (format, emotion,
 rubric judge on the same mesh), normalises rewards within groups, and takes `mu`
-passes of clipped-surrogate updates with a KL penalty to the frozen reference."""
+passes of clipped-surrogate updates with a KL penalty to the frozen reference. Every
+`select.every` steps the policy answers held-out prompts and the best step is kept
+(kardia_jax/rl/select.py): WORKDIR/hf is the best step's policy, WORKDIR/last/hf the
+last's."""
 
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from kardia_jax.data.pipeline import bucket_length, build_prompt_dataset, check_
 from kardia_jax.data.reader import sample_path
 from kardia_jax.data.splits import stage_split
 from kardia_jax.data.tokenizer import load_tokenizer
-from kardia_jax.data.validate import load_dialogues
+from kardia_jax.data.validate import data_record, load_dialogues, write_data_record
 from kardia_jax.errors import ConfigError, DataError
 from kardia_jax.host import HeapGuard
 from kardia_jax.models import (
@@ -39,6 +42,8 @@ from kardia_jax.rewards import JudgeConfig, KardiaReward, RewardWeights, RubricJ
 from kardia_jax.rewards.prompt import JudgeContext
 from kardia_jax.rl import metrics as M
 from kardia_jax.rl import rollout as R
+from kardia_jax.rl import select as S
+from kardia_jax.rl.config import minibatch_rows, step_batch
 from kardia_jax.rl.step import GRPOLoss, completion_log_probs, grpo_step
 from kardia_jax.sampling import Sampler, SamplingConfig
 from kardia_jax.sampling.sampler import PROMPT_BUCKETS
@@ -54,12 +59,25 @@ from kardia_jax.train.state import (
 )
 
 
-def load_grpo_prompts(dcfg: ConfigDict, tokenizer):
-    """Turn-level examples of the hard split (their targets give the gold emotion)."""
+def load_grpo_data(dcfg: ConfigDict, tokenizer, select: ConfigDict | None = None):
+    """(prompts trained on, held-out prompts, what was read): turn-level examples
+    (their targets give the gold emotion) of the hard dialogues of the train split;
+    with selection on (`select.every`), the dialogues of a profile-disjoint slice are
+    held out for it."""
     path = dcfg.path or str(sample_path("train"))
-    dialogues, report = load_dialogues(path, mode=dcfg.mode)
+    dialogues, report = load_dialogues(path, mode=dcfg.mode, split="train")
     hard = stage_split(dialogues, "grpo")
-    return build_examples(hard, tokenizer, max_length=dcfg.max_length, report=report)
+    train, held = hard, []
+    if select is not None and select.every:
+        train, held = S.heldout_split(hard, float(select.heldout_fraction), int(dcfg.seed), path)
+    kw = dict(max_length=dcfg.max_length, report=report)
+    train, held = build_examples(train, tokenizer, **kw), build_examples(held, tokenizer, **kw)
+    return train, held, data_record(report, {"train": train, "held_out": held})
+
+
+def load_grpo_prompts(dcfg: ConfigDict, tokenizer):
+    """Turn-level examples of the hard dialogues of the train split, none held out."""
+    return load_grpo_data(dcfg, tokenizer)[0]
 
 
 def _loss_settings(config) -> GRPOLoss:
@@ -83,7 +101,9 @@ class GRPOInputs:
     mesh: Mesh
     rules: tuple
     tokenizer: Any
-    examples: list
+    examples: list  # the prompts trained on
+    heldout: list  # the prompts best-checkpoint selection scores (empty when it is off)
+    data: dict  # what was read, for WORKDIR/data.json
     model_config: ModelConfig
 
 
@@ -103,21 +123,22 @@ def prepare_grpo(
         raise ConfigError("model.path: GRPO starts from a policy checkpoint (the SFT export)")
     _check_settings(config)
     writable_dir(workdir, "workdir")
-    rc, g = config.rollout, config.grpo
+    g = config.grpo
     mesh, rules = mesh_and_rules(config)
-    rows = rc.prompts_per_step * rc.group_size
-    dp = data_parallel_size(mesh, rules)
-    if rows % g.minibatches or (rows // g.minibatches) % dp:
-        raise ConfigError(
-            f"rollout.prompts_per_step x rollout.group_size = {rows} rows must split into "
-            f"grpo.minibatches={g.minibatches} minibatches divisible by the data-parallel size {dp}"
-        )
+    minibatch_rows(config, data_parallel_size(mesh, rules))
     if tokenizer is None:
         tokenizer = load_tokenizer(config.data.tokenizer or None)
-    examples = load_grpo_prompts(config.data, tokenizer)
+    examples, heldout, data = load_grpo_data(config.data, tokenizer, config.select)
     if not examples:
         raise DataError(f"data.path={config.data.path!r}: no GRPO prompts after filtering")
-    check_buckets([e.prompt_length for e in examples], config.data.buckets, "GRPO prompts")
+    if config.select.every and not heldout:
+        raise DataError(
+            f"data.path={config.data.path!r}: no held-out prompts for select.heldout_fraction="
+            f"{config.select.heldout_fraction} after filtering (or select.every=0: no selection)"
+        )
+    check_buckets(
+        [e.prompt_length for e in examples + heldout], config.data.buckets, "GRPO prompts"
+    )
     R.stop_token_ids(tokenizer)
     if not upstream:
         check_hf_checkpoint(config.model.path)
@@ -129,9 +150,9 @@ def prepare_grpo(
             config.reward.judge_path,
             _judge_settings(config.reward),
             dtype=config.reward.judge_dtype,
-            contexts=(JudgeContext.from_example(e) for e in examples),
+            contexts=(JudgeContext.from_example(e) for e in examples + heldout),
         )
-    return GRPOInputs(mesh, rules, tokenizer, examples, model_config)
+    return GRPOInputs(mesh, rules, tokenizer, examples, heldout, data, model_config)
 
 
 def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None) -> dict:
@@ -140,8 +161,8 @@ def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None)
     rc, g = config.rollout, config.grpo
     mesh, rules, tokenizer = inputs.mesh, inputs.rules, inputs.tokenizer
     examples, cfg = inputs.examples, inputs.model_config
-    rows = rc.prompts_per_step * rc.group_size
-    per_epoch = math.ceil(len(examples) / rc.prompts_per_step)
+    prompts_per_step, rows = step_batch(rc)
+    per_epoch = math.ceil(len(examples) / prompts_per_step)
     total_steps = int(config.train.steps) or int(config.train.epochs * per_epoch)
     tx = make_optimizer(config.train, total_steps * g.mu * g.minibatches)
     loss = _loss_settings(config)
@@ -209,7 +230,7 @@ def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None)
     sampling = SamplingConfig(temperature=rc.temperature, top_k=rc.top_k, top_p=rc.top_p)
     dataset = build_prompt_dataset(
         examples,
-        batch_size=rc.prompts_per_step,
+        batch_size=prompts_per_step,
         seed=config.data.seed,
         shard_index=0,
         shard_count=1,
@@ -242,14 +263,41 @@ def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None)
     logger = MetricsLogger(os.path.join(workdir, "tb"), total_steps, enabled=main)
     ledger = os.path.join(workdir, "rollouts.jsonl")
     log_path = os.path.join(workdir, "grpo_log.jsonl")
+    selection = os.path.join(workdir, S.SELECTION_LOG)
+    write_data_record(workdir, inputs.data)  # process 0
     if main:
         for p in (ledger, log_path):
             truncate_jsonl(p, start)
+        # A fresh run scores its baseline again: no row survives.
+        truncate_jsonl(selection, start if start else -1)
+    compiles = M.CompileCounter()
+    every = S.scoring_interval(config.select, per_epoch)
+
+    def export(path):  # every host takes part in the gathers; process 0 writes
+        save_hf_model(nnx.merge(graphdef, state.params), path, tokenizer=tokenizer)
 
     step = start
-    compiles = M.CompileCounter()
     heap_guard = HeapGuard()  # kept host memory, bounded (kardia_jax/host.py)
+    selector = None
     try:
+        if every:
+            selector = S.Selector(
+                examples=inputs.heldout,
+                scfg=config.select,
+                workdir=workdir,
+                sampler=sampler,
+                tokenizer=tokenizer,
+                stop_ids=stop_ids,
+                reward_fn=reward_fn,
+                judge=judge,
+                max_new_tokens=rc.max_new_tokens,
+                batch=rows,  # what the rollouts decode at once
+                seed=int(config.data.seed),
+                start=start,
+                compile_count=lambda: compiles.count,
+            )
+            if start == 0:
+                _select(selector, 0, export, logger)  # the starting policy: the baseline
         while step < total_steps:
             heap_guard()
             t0 = time.perf_counter()
@@ -292,9 +340,9 @@ def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None)
                 useful = sum(
                     R.informative_groups(p.rewards["total"], rc.group_size).sum() for p in parts
                 )
-                if not rc.dynamic_sampling or useful >= rc.prompts_per_step:
+                if not rc.dynamic_sampling or useful >= prompts_per_step:
                     break
-            ro = R.select_groups(parts, rc.group_size, rc.prompts_per_step, rc.dynamic_sampling)
+            ro = R.select_groups(parts, rc.group_size, prompts_per_step, rc.dynamic_sampling)
             adv = R.advantages_of(
                 ro.rewards["total"], rc.group_size, g.advantage_scale, float(g.advantage_eps)
             )
@@ -386,28 +434,40 @@ def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None)
                     f"{config.train.max_nonfinite} non-finite updates in a row at step {step} "
                     f"(train.max_nonfinite); the last checkpoint is intact"
                 )
+            # Scored before the checkpoint: a run resumed from this step's checkpoint
+            # finds this step in the history.
+            if selector is not None and (step % every == 0 or step == total_steps):
+                _select(selector, step, export, logger)
             if config.checkpoint.every and step % config.checkpoint.every == 0:
                 ckpt.save(step, state, it.get_state())
         if not ckpt.steps() or ckpt.steps()[-1] != step:
             ckpt.save(step, state, it.get_state())
         ckpt.wait()
-        if config.export_hf:
-            save_hf_model(
-                nnx.merge(graphdef, state.params), os.path.join(workdir, "hf"), tokenizer=tokenizer
-            )
-        return {"step": step, "prompts": len(examples), "reference_model": ref is not None}
+        summary = {"step": step, "prompts": len(examples), "reference_model": ref is not None}
+        summary.update(S.final_exports(workdir, step, selector, export, config.export_hf))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            # Process 0 writes the exports: no host returns (and reads them) before.
+            multihost_utils.sync_global_devices("grpo: exports written")
+        return summary
     finally:
         logger.close()
         ckpt.close()
+
+
+def _select(selector, step, export, logger) -> None:
+    row = selector(step, export)
+    logger.scalars(step, {k: v for k, v in row.items() if k.startswith("reward/")}, "select")
 
 
 def _check_settings(config: ConfigDict) -> None:
     rc, g = config.rollout, config.grpo
     if rc.old_logp not in ("recompute", "sampler"):
         raise ConfigError(f"rollout.old_logp={rc.old_logp!r}: expected 'recompute' or 'sampler'")
+    step_batch(rc)
+    S.check_select(config.select)
     for name, value in (
-        ("rollout.prompts_per_step", rc.prompts_per_step),
-        ("rollout.group_size", rc.group_size),
         ("rollout.max_new_tokens", rc.max_new_tokens),
         ("grpo.mu", g.mu),
         ("grpo.minibatches", g.minibatches),

@@ -217,20 +217,16 @@ def compile_check(config, devices=None) -> dict:
         shapes = f"batch {b} x {t} tokens, microbatches {config.train.microbatches}"
         programs.append(_report("sft_train_step", shapes, compiled, est))
     else:
+        from kardia_jax.rl.config import minibatch_rows, step_batch
         from kardia_jax.rl.grpo import _logp, _loss_settings, _update_shardings
         from kardia_jax.rl.step import grpo_step
         from kardia_jax.train.state import data_parallel_size, param_bytes_per_device
 
-        rc, g = config.rollout, config.grpo
-        rows = int(rc.prompts_per_step) * int(rc.group_size)
-        dp = data_parallel_size(mesh, rules)
-        if rows % int(g.minibatches) or (rows // int(g.minibatches)) % dp:
-            raise ConfigError(  # the GRPO driver's own check
-                f"rollout.prompts_per_step x rollout.group_size = {rows} rows must split into "
-                f"grpo.minibatches={g.minibatches} minibatches divisible by the data-parallel "
-                f"size {dp}"
-            )
-        mb_rows, n = rows // int(g.minibatches), int(rc.max_new_tokens)
+        rc = config.rollout
+        # The GRPO driver's own check: rollout.global_batch completions per step.
+        mb_rows = minibatch_rows(config, data_parallel_size(mesh, rules))
+        rows = step_batch(rc)[1]
+        n = int(rc.max_new_tokens)
         t = int(length) + n
         loss = _loss_settings(config)
         f32, i32 = jnp.float32, jnp.int32

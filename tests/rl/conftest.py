@@ -100,13 +100,14 @@ def read_jsonl(path) -> list[dict]:
 
 def driver_args(workdir, policy, tokenizer, data, steps, **overrides) -> list[str]:
     """`kardia-jax grpo` on configs/grpo_tiny.py with the short data (one 256-token
-    prompt bucket) and 16-token completions."""
+    prompt bucket, read as the train split) and 16-token completions; no checkpoint
+    selection unless `select.every` is overridden."""
     from ..train.conftest import REPO
 
     base = {
         "model.path": policy,
         "data.tokenizer": tokenizer,
-        "data.path": data,
+        "data.path": f"{data}:train",
         "data.max_length": 256,
         "data.buckets": (256,),
         "model.vocab_multiple": 8,
@@ -115,6 +116,7 @@ def driver_args(workdir, policy, tokenizer, data, steps, **overrides) -> list[st
         "export_hf": False,
         "log.text_samples": 1,
         "rollout.max_new_tokens": 16,
+        "select.every": 0,
     }
     base.update(overrides)
     return [

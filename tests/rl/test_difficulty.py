@@ -111,7 +111,8 @@ def test_cli_writes_files_that_validate_and_feed_grpo(
     assert main(["data", "validate", hard, "--tokenizer", rl_tokenizer]) == 0
     assert "OK" in capsys.readouterr().out
     tok = load_tokenizer(rl_tokenizer)
-    prompts = load_grpo_prompts(ConfigDict(dict(path=hard, mode="strict", max_length=256)), tok)
+    dcfg = ConfigDict(dict(path=f"{hard}:train", mode="strict", max_length=256))
+    prompts = load_grpo_prompts(dcfg, tok)
     assert len(prompts) == sum(n for _, _, n in DIALOGUES)
 
 

@@ -26,6 +26,7 @@ def test_tiny_policy_learns_a_verifiable_reward(tmp_path, rl_policy, rl_tokenize
             "train.lr": 3e-2,
             "grpo.beta": 0.04,
             "rollout.dynamic_sampling": False,
+            "export_hf": True,  # selection off: WORKDIR/hf is the last step's policy
         },
     )
     proc = run_cli(args, ONE_DEVICE)
@@ -40,6 +41,11 @@ def test_tiny_policy_learns_a_verifiable_reward(tmp_path, rl_policy, rl_tokenize
     assert np.all(np.isfinite(kl)) and np.all(kl >= 0) and kl[-1] > 0
     assert log[0]["compiles"] > 0
     assert [r["compiles"] for r in log[1:]] == [0] * (STEPS - 1)  # one program set
-    assert json.loads(out.strip().splitlines()[-1])["reference_model"] is True
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["reference_model"] is True
+    assert result["hf"] == str(tmp_path / "hf") and result["last_step"] == STEPS
+    assert result["best_step"] is None and result["best_hf"] is None
+    assert (tmp_path / "hf" / "config.json").is_file()
+    assert not (tmp_path / "best").exists() and not (tmp_path / "selection.jsonl").exists()
     events = b"".join(p.read_bytes() for p in (tmp_path / "tb").rglob("*tfevents*"))
     assert b"train/kl" in events and b"train/reward/total" in events

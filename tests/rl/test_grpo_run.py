@@ -35,6 +35,7 @@ def test_dynamic_sampling_refills_planted_groups_without_recompiling(
             steps,
             **{
                 "reward.fn": "tests.rl.toy_rewards:planted",
+                "rollout.dynamic_sampling": True,  # ours, off by default
                 "rollout.group_size": group,
                 "rollout.max_refill_rounds": 3,
                 "grpo.beta": 0.0,
