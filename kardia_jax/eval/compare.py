@@ -182,6 +182,45 @@ def headline(results: dict) -> dict:
     }
 
 
+def write_rows(
+    workdir: str, rows: list[Row], results: list[dict], *, seconds: float | None = None
+) -> dict:
+    """Writes a rows workdir's results.json (each row's headline figures and its own
+    results.json, by a path relative to the workdir so a moved workdir still reads)
+    and results.md, from the rows' results; returns the combined results."""
+    first = results[0]
+    out = {
+        ROWS_KEY: [
+            {
+                "name": row.name,
+                "model": r["model"],
+                "results": os.path.join(row.slug, store.RESULTS_JSON),
+                **headline(r),
+            }
+            for row, r in zip(rows, results, strict=True)
+        ],
+        "judge": (first.get("rubric") or {}).get("judge"),
+        "data": first["data"],
+        "counts": {
+            "rows": len(rows),
+            "examples": first["counts"]["examples"],
+            "dialogues": first["counts"]["dialogues"],
+            "generated_this_run": sum(r["counts"].get("generated_this_run", 0) for r in results),
+            "judged_this_run": sum(r["counts"].get("judged_this_run", 0) for r in results),
+        },
+        "paper": {"source": PAPER_SOURCE, "rows": list(PAPER_ROWS)},
+        "seconds": None if seconds is None else round(seconds, 1),
+    }
+    store.write_text(
+        os.path.join(workdir, store.RESULTS_JSON),
+        json.dumps(out, indent=2, ensure_ascii=False, default=str) + "\n",
+    )
+    named = [(row.name, r) for row, r in zip(rows, results, strict=True)]
+    details = [os.path.join(row.slug, store.RESULTS_MD) for row in rows]
+    store.write_text(os.path.join(workdir, store.RESULTS_MD), rows_results_markdown(named, details))
+    return out
+
+
 def evaluate_rows(
     config: ConfigDict,
     rows: Sequence[tuple[str, str] | Row],
@@ -207,46 +246,18 @@ def evaluate_rows(
     if judge is None and judge_dir:
         judge = local_judge(config, judge_dir, inputs[0].mesh, inputs[0].rules)
 
-    named = []
+    results = []
     for row, inp in zip(rows, inputs, strict=True):
         row_dir = os.path.join(workdir, row.slug)
         log(f"eval: row {row.name}: {inp.model_dir} -> {row_dir}")
         row_config = copy.deepcopy(config)
         row_config.eval.label = row.name
-        r = run_eval(row_config, inp.model_dir, row_dir, judge=judge, report=False, inputs=inp)
-        named.append((row.name, r))
+        results.append(
+            run_eval(row_config, inp.model_dir, row_dir, judge=judge, report=False, inputs=inp)
+        )
         gc.collect()  # this row's policy goes before the next row loads its own
 
-    first = named[0][1]
-    out = {
-        ROWS_KEY: [
-            {
-                "name": row.name,
-                "model": r["model"],
-                "results": os.path.join(row.slug, store.RESULTS_JSON),
-                **headline(r),
-            }
-            for row, (_, r) in zip(rows, named, strict=True)
-        ],
-        "judge": (first.get("rubric") or {}).get("judge"),
-        "data": first["data"],
-        "counts": {
-            "rows": len(rows),
-            "examples": first["counts"]["examples"],
-            "dialogues": first["counts"]["dialogues"],
-            "generated_this_run": sum(r["counts"]["generated_this_run"] for _, r in named),
-            "judged_this_run": sum(r["counts"]["judged_this_run"] for _, r in named),
-        },
-        "paper": {"source": PAPER_SOURCE, "rows": list(PAPER_ROWS)},
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
-    # Paths relative to the workdir, so a moved or remounted workdir still reads.
-    store.write_text(
-        os.path.join(workdir, store.RESULTS_JSON),
-        json.dumps(out, indent=2, ensure_ascii=False, default=str) + "\n",
-    )
-    details = [os.path.join(row.slug, store.RESULTS_MD) for row in rows]
-    store.write_text(os.path.join(workdir, store.RESULTS_MD), rows_results_markdown(named, details))
+    out = write_rows(workdir, rows, results, seconds=time.perf_counter() - t0)
     if report:
         from kardia_jax.eval.report import write_report
 

@@ -87,7 +87,7 @@ tr.ours td{background:#eef4ff;font-weight:600}
  word-break:break-word;max-height:220px;overflow:auto}
 .scores{font-size:12px;color:#333}
 .cols{display:grid;gap:10px;margin-top:8px}
-.answer{border-top:3px solid #3b6fb6;padding-top:4px;min-width:0}
+.answer{border-top:3px solid #4f6d9a;padding-top:4px;min-width:0}
 .answer .who{font-weight:600;font-size:13px;margin-bottom:4px}
 .cols .span b{display:block;min-width:0}
 """

@@ -4,6 +4,7 @@ nothing that could run or load."""
 
 import json
 import os
+from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from kardia_jax.eval import store
 from kardia_jax.eval.events import read_scalars
 from kardia_jax.eval.metrics import Record, compute_metrics
 from kardia_jax.eval.report import CURVES, write_report
+from kardia_jax.eval.table import fmt_pct, fmt_score
 from kardia_jax.rewards.rubric import DIMENSIONS
 
 # Every element the report may contain: no script, image, frame, link or form.
@@ -63,17 +65,19 @@ def test_scalars_read_back_and_resumed_steps_keep_the_later_value(tmp_path):
     assert read_scalars(str(tmp_path))["train/loss"][-1] == (3, 9.0)
 
 
-def make_eval_dir(path, n=24):
-    rng = np.random.default_rng(0)
+def make_eval_dir(path, n=24, *, miss=4, seed=0, label="lab<el>"):
+    """An eval workdir of fabricated records: every `miss`-th prediction wrong, judge
+    scores drawn with `seed`; the label is in every answer's reply."""
+    rng = np.random.default_rng(seed)
     records, rows, scores = [], [], []
     golds = ["sad", "proud", "afraid"]
     for i in range(n):
         gold = golds[i % 3]
-        pred = gold if i % 4 else "angry"
+        pred = gold if i % miss else "angry"
         text = (
             f"<|understanding_begin|>u{i}<|understanding_end|>"
             f"<|reasoning_begin|>r<|reasoning_end|><|emotion_begin|>{pred}<|emotion_end|>"
-            f"<|response_begin|>reply {i} {HOSTILE}<|response_end|>"
+            f"<|response_begin|>reply {label} {i} {HOSTILE}<|response_end|>"
         )
         s = [float(x) for x in rng.integers(1, 6, len(DIMENSIONS))]
         rid = f"t.jsonl:{i // 2 + 1}#{2 * (i % 2) + 2}"
@@ -82,7 +86,7 @@ def make_eval_dir(path, n=24):
         scores.append({"id": rid, "judge": "j", "scores": s})
     results = compute_metrics(records, resamples=100)
     results["rubric"]["judge"] = "j"
-    results.update(label="lab<el>", model="m", data="d")
+    results.update(label=label, model=f"m/{label}", data="d")
     os.makedirs(path, exist_ok=True)
     store.write_text(os.path.join(path, store.RESULTS_JSON), json.dumps(results))
     store.append_jsonl(os.path.join(path, store.COMPLETIONS), rows)
@@ -138,3 +142,68 @@ def test_report_without_logs_or_judge_says_so(tmp_path):
     assert "SFT: no log folder given" in html and "rubric not scored" in html
     with pytest.raises(DataError, match="results.json: no such file"):
         write_report(str(tmp_path / "x.html"), str(tmp_path / "missing"))
+
+
+ROWS = (("Base", 1), ("SFT", 3), ("Kardia-R1 <final>", 5))  # (name, every miss-th wrong)
+
+
+def make_rows_dir(path, n=24):
+    """A rows workdir (eval/compare.py) of three fabricated rows on the same ids."""
+    from kardia_jax.eval.compare import parse_rows, write_rows
+
+    rows = parse_rows([(name, f"m/{name}") for name, _ in ROWS])
+    results = [
+        make_eval_dir(os.path.join(path, row.slug), n, miss=miss, seed=k, label=row.name)
+        for k, (row, (_, miss)) in enumerate(zip(rows, ROWS, strict=True))
+    ]
+    write_rows(str(path), rows, results)
+    return rows, results
+
+
+def test_rows_report_shows_every_row_and_their_answers_side_by_side(tmp_path):
+    rows, results = make_rows_dir(tmp_path / "rows")
+    html = Path(write_report(str(tmp_path / "r.html"), str(tmp_path / "rows"))).read_text()
+    tags, attrs = elements(html)
+    assert tags <= SAFE_TAGS, tags - SAFE_TAGS
+    assert not {a for a in attrs if a.startswith("on") or a in ("src", "href")}
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
+    assert "<final>" not in html and "Kardia-R1 &lt;final&gt;" in html
+
+    # Table 2: our three rows, each with its interval, then the paper's rows (no interval).
+    table = html.split("<h2>Results beside the paper (Table 2 layout)</h2>")[1].split("<h2>")[0]
+    assert "<th>95% CI</th>" in table
+    for row, r in zip(rows, results, strict=True):
+        acc = r["emotion_accuracy"]
+        dims = "".join(
+            f"<td>{fmt_score(r['rubric']['dimensions'][d]['mean'])}</td>" for d in DIMENSIONS
+        )
+        cells = (
+            f"<td>ours: {escape(row.name)}</td><td>{fmt_pct(acc['value'])}</td>"
+            f"<td>[{fmt_pct(acc['ci95'][0])}, {fmt_pct(acc['ci95'][1])}]</td>{dims}"
+        )
+        assert f'<tr class="ours">{cells}</tr>' in table
+    assert table.count('<tr class="ours">') == 3
+    assert "<td>paper: GPT-4o</td><td>15.14%</td><td>n/a</td><td>n/a</td><td>n/a</td>" in table
+    # Accuracies differ by construction: every 1st, 3rd and 5th answer is wrong.
+    assert [r["emotion_accuracy"]["correct"] for r in results] == [0, 16, 19]
+    for name in ("ours (Base)", "ours (SFT)", "ours (Kardia-R1 &lt;final&gt;)"):
+        assert name in html  # the dimension chart's legend
+
+    # Every sample turn shows the three rows' answers, in the rows' order, side by side.
+    samples = html.split('<div class="sample">')[1:]
+    assert len(samples) == 20 and "20 of 24 test turns" in html
+    for sample in samples:
+        rid = sample.split("<h3>")[1].split("</h3>")[0]
+        i = [r["id"] for r in read_rows(tmp_path / "rows" / "base")].index(rid)
+        answers = sample.split('<div class="answer">')[1:]
+        assert len(answers) == 3
+        for row, a in zip(rows, answers, strict=True):
+            assert a.startswith(f'<div class="who">{escape(row.name)}</div>')
+            assert f"reply {escape(row.name)} {i} " in a
+    with pytest.raises(DataError, match="sft/results.json: no such file"):
+        os.remove(tmp_path / "rows" / "sft" / store.RESULTS_JSON)
+        write_report(str(tmp_path / "x.html"), str(tmp_path / "rows"))
+
+
+def read_rows(path):
+    return store.read_jsonl(os.path.join(path, store.COMPLETIONS), repair=False)

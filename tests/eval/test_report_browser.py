@@ -1,8 +1,10 @@
 """The browser checks of tests/browser.py: the PNG decoder against every row filter,
 the pixel checks on drawn images, and, in headless Chromium, a report with a script,
 an event handler or an external load is caught (the page's own CSP blocks those
-loads, so the parsed DOM must catch them; without the CSP the network log does).
-The real report (tiny pipeline) is rendered in tests/pipeline/test_pipeline.py."""
+loads, so the parsed DOM must catch them; without the CSP the network log does);
+and the rows report (Base, SFT, final policy) is drawn with each sample turn's
+answers side by side. The real report (tiny pipeline) is rendered in
+tests/pipeline/test_pipeline.py."""
 
 import importlib.util
 import os
@@ -16,6 +18,7 @@ import pytest
 
 from .. import browser
 from .conftest import REPO
+from .test_report import CURVES, ROWS, log, make_rows_dir
 
 
 def encode_png(img: np.ndarray, filters) -> bytes:
@@ -159,3 +162,52 @@ def test_curves_that_do_not_draw_fail_the_chart_check(demo_report, tmp_path):
     # (a few heat-map pixels pass for the green; far from a curve's worth)
     assert len(problems) == 1 and "stroke pixels in the chart colours" in problems[0], problems
     assert "#3b6fb6 0/" in problems[0]  # the legend squares and bars are there, filled
+
+
+ANSWER_BORDER = "#4f6d9a"  # report.py's .answer top border: in no chart's palette
+
+
+def side_by_side(img: np.ndarray) -> list[tuple[int, int]]:
+    """The horizontal runs (>= 100 pixels) of the answer border's colour on the first
+    screen row that has any: one per answer column drawn next to each other."""
+    mask = np.all(img == browser._rgb(ANSWER_BORDER).astype(np.uint8), axis=-1)
+    ys = np.nonzero(mask.any(axis=1))[0]
+    assert len(ys), "no answer border drawn"
+    edges = np.diff(np.concatenate([[0], mask[ys[0]].astype(np.int8), [0]]))
+    starts, ends = np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]
+    return [(int(a), int(b)) for a, b in zip(starts, ends, strict=True) if b - a >= 100]
+
+
+def test_rows_report_in_the_browser(tmp_path):
+    """The rows report is drawn, its charts show, nothing runs or loads, and each
+    sample turn's three answers stand in three columns; the same page with the
+    columns stacked fails that check."""
+    from kardia_jax.eval.report import write_report
+
+    chromium = browser.chromium_or_skip()
+    make_rows_dir(tmp_path / "rows")
+    log(str(tmp_path / "sft" / "tb"), {"train/loss": [4.0, 3.0, 2.5, 2.0], "eval/loss": [3.2, 2.4]})
+    grpo = {tag: [0.1, 0.2, 0.4] for _, stage, tags in CURVES if stage == "grpo" for _, tag in tags}
+    log(str(tmp_path / "grpo" / "tb"), grpo)
+    page = tmp_path / "report.html"
+    tb = {"sft": str(tmp_path / "sft"), "grpo": str(tmp_path / "grpo")}
+    write_report(str(page), str(tmp_path / "rows"), tb_dirs=tb, samples=2)
+    stacked = tmp_path / "stacked.html"
+    stacked.write_text(
+        page.read_text().replace("</style>", ".cols{display:block !important}</style>", 1)
+    )
+
+    def shoot(html):  # 2600 pixels high: the first sample's answers are in view
+        return browser.render(
+            str(html), str(html.with_suffix(".png")), height=2600, chromium=chromium
+        )
+
+    with ThreadPoolExecutor(2) as pool:
+        ok, bad = pool.map(shoot, [page, stacked])
+    assert browser.page_problems(ok) == [], ok.png
+    assert ok.dom.count('<tr class="ours">') == len(ROWS)
+    runs = side_by_side(ok.image)
+    assert len(runs) == len(ROWS), runs  # three columns on one screen row
+    widths = [b - a for a, b in runs]
+    assert max(widths) - min(widths) <= 2 and min(widths) > 250, runs  # equal columns
+    assert len(side_by_side(bad.image)) == 1
