@@ -127,7 +127,10 @@ def parse_reply(content) -> list[int]:
         v = obj[d]
         # bool is an int in Python; JSON true is not a score.
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 5:
-            raise InvalidReply(f"{d!r} is {json.dumps(v)[:20]}, not an integer in 1..5")
+            # An integer is shown, anything else only by its type: server text could
+            # hold anything, and this message goes into the cache file.
+            shown = str(v) if isinstance(v, int) and not isinstance(v, bool) else type(v).__name__
+            raise InvalidReply(f"{d!r} is {shown}, not an integer in 1..5")
         out.append(v)
     return out
 

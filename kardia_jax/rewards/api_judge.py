@@ -140,7 +140,7 @@ class ApiJudgeConfig:
 class ApiJudgeResult:
     """Scores of N candidates; a failed item's row is NaN (no score is invented)."""
 
-    scores: np.ndarray  # [N, 5] f32, DIMENSIONS order; NaN rows where `failed`
+    scores: np.ndarray  # [N, 5] f64, DIMENSIONS order; NaN rows where `failed`
     failed: np.ndarray  # [N] bool: no valid reply within the retry budget
     source: list[str]  # per item: "expected" | "integer" | "mixed" | "empty" | "failed"
     empty: np.ndarray  # [N] bool: nothing to judge, scored `empty_score`
@@ -258,8 +258,10 @@ class ApiJudge:
         return _sha256({"base_url": self.base_url, "body": self.request_body(messages)})
 
     def _scrub(self, text: str) -> str:
-        text = " ".join(str(text).split())[:_SERVER_TEXT]
-        return text.replace(self._key, "***") if self._key else text
+        """Server text fit for a message or a file: the key replaced before the text
+        is cut (a cut key would leak its prefix), one line."""
+        text = str(text).replace(self._key, "***") if self._key else str(text)
+        return " ".join(text.split())[:_SERVER_TEXT]
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -388,7 +390,7 @@ class ApiJudge:
             raise KardiaError(f"{len(contexts)} contexts but {len(completions)} completions")
         c = self.config
         n = len(contexts)
-        scores = np.full((n, len(DIMENSIONS)), np.nan, np.float32)
+        scores = np.full((n, len(DIMENSIONS)), np.nan, np.float64)
         source = ["failed"] * n
         empty, truncated = np.zeros(n, bool), np.zeros(n, bool)
         todo: dict[str, tuple[list[dict], list[int]]] = {}  # one request per unique prompt
