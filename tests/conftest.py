@@ -56,6 +56,7 @@ _SLOW_FILES = (
     "test_sft_recovery.py",
     "test_grpo_learning.py",
     "test_grpo_run.py",
+    "test_grpo_select.py",
     "test_gguf.py",
 )
 

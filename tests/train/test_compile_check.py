@@ -9,6 +9,7 @@ import jax
 import pytest
 
 from kardia_jax.config_files import load_config
+from kardia_jax.errors import ConfigError
 from kardia_jax.train.compile_check import (
     GIB,
     MemoryBudgetExceeded,
@@ -81,6 +82,32 @@ def test_grpo_tiny_compiles_update_and_log_probs(small_tokenizer, tmp_path):
     update, logp = programs
     assert update.resident_bytes == pytest.approx(logp.argument_bytes, rel=0.05)
     assert logp.resident_bytes == pytest.approx(update.argument_bytes, rel=0.05)
+    # rollout.global_batch counts completions (4 prompts x G 4): the log-prob pass takes
+    # them all, each of the grpo.minibatches updates its share.
+    assert config.rollout.global_batch == 16
+    assert update.shapes.startswith("16 rollouts") and logp.shapes.startswith("16 rollouts")
+    halves = compile_check(
+        load_config(
+            GRPO,
+            [
+                f"--config.data.tokenizer={small_tokenizer}",
+                f"--config.model.path={tmp_path}",
+                "--config.grpo.minibatches=2",
+            ],
+        )
+    )["programs"]
+    assert halves[0].shapes.startswith("8 rollouts") and halves[1].shapes.startswith("16 ")
+    with pytest.raises(ConfigError, match="rollout.global_batch=18 .* rollout.group_size=4"):
+        compile_check(
+            load_config(
+                GRPO,
+                [
+                    f"--config.data.tokenizer={small_tokenizer}",
+                    f"--config.model.path={tmp_path}",
+                    "--config.rollout.global_batch=18",
+                ],
+            )
+        )
 
 
 def test_budget_check_names_the_program_and_the_budget():
