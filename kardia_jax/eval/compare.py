@@ -28,9 +28,10 @@ from ml_collections import ConfigDict
 from kardia_jax.checks import writable_dir
 from kardia_jax.errors import ConfigError
 from kardia_jax.eval import store
-from kardia_jax.eval.config import judge_settings
-from kardia_jax.eval.run import EvalInputs, judge_identity, prepare_eval, run_eval
+from kardia_jax.eval.config import api_judge_settings, judge_settings
+from kardia_jax.eval.run import API_CACHE, EvalInputs, judge_identity, prepare_eval, run_eval
 from kardia_jax.eval.table import PAPER_ROWS, PAPER_SOURCE, ROWS_KEY, rows_results_markdown
+from kardia_jax.rewards.api_judge import is_api_spec
 from kardia_jax.rewards.rubric import DIMENSIONS
 
 
@@ -167,6 +168,21 @@ def local_judge(config: ConfigDict, judge_dir: str, mesh, rules) -> SharedJudge:
     return SharedJudge(build, name=path, rubric=load_rubric(settings.rubric), config=settings)
 
 
+def api_judge(config: ConfigDict, spec: str, workdir: str):
+    """An `ApiJudge` (`openai:MODEL`) whose replies are cached in WORKDIR/
+    api_judge_cache.jsonl: one cache for every row (a request is keyed by its exact
+    text). As eval/run.py builds its own; that builder is private to run.py."""
+    from kardia_jax.rewards.api_judge import ApiJudge
+
+    path = os.path.join(workdir, API_CACHE)
+    return ApiJudge.from_spec(
+        spec,
+        api_judge_settings(config.judge),
+        cache_rows=store.read_jsonl(path),
+        record=lambda row: store.append_jsonl(path, [row]),
+    )
+
+
 def headline(results: dict) -> dict:
     """The figures of one row that the combined results.json repeats."""
     acc, rubric = results["emotion_accuracy"], results.get("rubric") or {}
@@ -242,20 +258,28 @@ def evaluate_rows(
     rows = parse_rows(rows)
     if inputs is None:
         inputs = check_rows(config, rows, workdir, data_path=data_path, judge_dir=judge_dir)
-    judge_dir = inputs[0].judge_dir
-    if judge is None and judge_dir:
+    judge_dir, own = inputs[0].judge_dir, None
+    if judge is None and is_api_spec(judge_dir):
+        judge = own = api_judge(config, judge_dir, workdir)
+    elif judge is None and judge_dir:
         judge = local_judge(config, judge_dir, inputs[0].mesh, inputs[0].rules)
 
     results = []
-    for row, inp in zip(rows, inputs, strict=True):
-        row_dir = os.path.join(workdir, row.slug)
-        log(f"eval: row {row.name}: {inp.model_dir} -> {row_dir}")
-        row_config = copy.deepcopy(config)
-        row_config.eval.label = row.name
-        results.append(
-            run_eval(row_config, inp.model_dir, row_dir, judge=judge, report=False, inputs=inp)
-        )
-        gc.collect()  # this row's policy goes before the next row loads its own
+    try:
+        for row, inp in zip(rows, inputs, strict=True):
+            row_dir = os.path.join(workdir, row.slug)
+            log(f"eval: row {row.name}: {inp.model_dir} -> {row_dir}")
+            row_config = copy.deepcopy(config)
+            row_config.eval.label = row.name
+            if hasattr(judge, "api_counts"):
+                judge.totals.clear()  # each row's results count that row's requests only
+            results.append(
+                run_eval(row_config, inp.model_dir, row_dir, judge=judge, report=False, inputs=inp)
+            )
+            gc.collect()  # this row's policy goes before the next row loads its own
+    finally:
+        if own is not None:
+            own.close()
 
     out = write_rows(workdir, rows, results, seconds=time.perf_counter() - t0)
     if report:

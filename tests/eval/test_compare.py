@@ -7,6 +7,7 @@ nothing; rows whose tokenizers give different test turns are refused; and the
 import hashlib
 import json
 import os
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from kardia_jax import cli
 from kardia_jax.errors import CheckpointError, ConfigError
 from kardia_jax.eval import run as run_mod
 from kardia_jax.eval.compare import check_rows, evaluate_rows, local_judge, parse_rows
-from kardia_jax.eval.run import judge_identity
+from kardia_jax.eval.run import API_CACHE, judge_identity
 from kardia_jax.eval.store import COMPLETIONS, RESULTS_JSON, SCORES
 from kardia_jax.models import check_hf_checkpoint, save_hf_model
 from kardia_jax.rewards import RubricJudge
@@ -182,6 +183,59 @@ def test_three_rows_same_turns_one_judge(
     assert [{k: v for k, v in r.items() if k not in strip} for r in again["rows"]] == [
         {k: v for k, v in r.items() if k not in strip} for r in out["rows"]
     ]
+
+
+class FakeApiJudge(CountingJudge):
+    """Stands in for `ApiJudge.from_spec`: records each reply through `record` (as the
+    real one appends to the workdir's cache) and counts requests in `totals`."""
+
+    made: list = []
+
+    def __init__(self, spec, settings, *, cache_rows, record):
+        FakeApiJudge.made.append(self)
+        self.name, self.rubric, self.config = spec, load_rubric(settings.rubric), settings
+        self.cache_rows, self.record, self.closed = list(cache_rows), record, 0
+        self.calls, self.totals = [], Counter()
+
+    def evaluate(self, contexts, completions):
+        self.totals["requests"] += len(completions)
+        for c in completions:
+            self.record({"key": c, "scores": judge_scores(c)})
+        return super().evaluate(contexts, completions)
+
+    def api_counts(self):
+        return {
+            "requests": self.totals["requests"],
+            "retries": {},
+            "failures": 0,
+            "cache_hits": 0,
+            "tokens": {"prompt": 0, "completion": 0},
+        }
+
+    def close(self):
+        self.closed += 1
+
+
+def test_rows_share_one_api_judge_and_its_cache(tmp_path, tiny_policy, monkeypatch):
+    from kardia_jax.rewards.api_judge import ApiJudge
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # never contacted
+    FakeApiJudge.made = []
+    monkeypatch.setattr(ApiJudge, "from_spec", FakeApiJudge)
+    config = eval_config(**{"eval.limit": 3, "eval.max_new_tokens": 4})
+    rows = [("Base", tiny_policy), ("SFT", tiny_policy)]
+    out = evaluate_rows(config, rows, str(tmp_path), judge_dir="openai:m", report=False)
+    (judge,) = FakeApiJudge.made
+    assert judge.closed == 1 and judge.calls == [3, 3]
+    # One cache for both rows, in the rows workdir; each row counts its own requests.
+    cache = read_jsonl(tmp_path / API_CACHE)
+    assert len(cache) == 6
+    for slug in ("base", "sft"):
+        r = json.loads((tmp_path / slug / RESULTS_JSON).read_text())
+        assert r["rubric"]["api"]["requests"] == 3 and r["rubric"]["judge"] == out["judge"]
+    evaluate_rows(config, rows, str(tmp_path), judge_dir="openai:m", report=False)
+    assert FakeApiJudge.made[1].cache_rows == cache and FakeApiJudge.made[1].calls == []
 
 
 def merged_tokenizer():
