@@ -1,5 +1,7 @@
 """`kardia-jax report --eval DIR [--sft DIR] [--grpo DIR] [--out FILE]`: rebuilds
-report.html from a finished eval workdir and the training logs (no model loaded)."""
+report.html from a finished eval workdir and the training logs (no model loaded). A
+rows workdir (`kardia-jax eval --model NAME=DIR ...`) gives every row in the table
+and each sample turn's answers side by side."""
 
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ import os
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--eval", required=True, help="eval workdir (holds results.json)")
+    parser.add_argument(
+        "--eval", required=True, help="eval workdir, one policy's or rows' (holds results.json)"
+    )
     parser.add_argument("--sft", default=None, help="SFT workdir or its tb/ dir")
     parser.add_argument("--grpo", default=None, help="GRPO workdir or its tb/ dir")
     parser.add_argument("--out", default=None, help="output file (default: EVAL/report.html)")

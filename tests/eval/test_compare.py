@@ -351,7 +351,11 @@ def test_eval_cli_rows(tmp_path, tiny_policy, sft_policy, capsys):
     assert [x["name"] for x in r["rows"]] == ["Base", "SFT"]
     assert [x["model"] for x in r["rows"]] == [tiny_policy, sft_policy]
     assert r["counts"]["examples"] == 2 and (work / "base" / COMPLETIONS).exists()
-    assert (work / "report.html").exists()
+    # `kardia-jax report` rebuilds the same rows page from the workdir alone.
+    again = tmp_path / "again.html"
+    assert cli.main(["report", "--eval", str(work), "--out", str(again)]) == 0
+    assert again.read_text() == (work / "report.html").read_text()
+    assert again.read_text().count('<div class="answer">') == 2 * 2
 
     # Several plain dirs, or plain and named mixed, are refused in one line.
     assert cli.main(argv + ["--model", tiny_policy, "--model", sft_policy]) == 2
