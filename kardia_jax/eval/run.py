@@ -234,7 +234,9 @@ def judge_missing(items, completions: dict, judge, path: str, batch_size: int) -
 API_CACHE = "api_judge_cache.jsonl"
 
 
-def _api_judge(config: ConfigDict, spec: str, workdir: str):
+def api_judge(config: ConfigDict, spec: str, workdir: str):
+    """The `ApiJudge` of `openai:MODEL` with `judge.api` settings, its replies cached
+    in WORKDIR/api_judge_cache.jsonl (read now, appended per reply)."""
     from kardia_jax.rewards.api_judge import ApiJudge
 
     path = os.path.join(workdir, API_CACHE)
@@ -250,8 +252,7 @@ def _check_unscored(config, items, scores: dict, judge, ident: str, workdir: str
     """More examples without a score than judge.api.max_failure_fraction is an error:
     means over a large, unchosen remainder would not be the test split's."""
     n = sum(it.id not in scores for it in items)
-    limit = max_failure_fraction(config.judge)
-    if n and n > limit * len(items):
+    if n and n > (limit := max_failure_fraction(config.judge)) * len(items):
         counts = judge.api_counts() if hasattr(judge, "api_counts") else {}
         causes = ", ".join(f"{k} {v}" for k, v in counts.get("retries", {}).items() if v)
         raise DataError(
@@ -426,7 +427,7 @@ def run_eval(
 
     judged, ident, scores, own_api_judge = 0, None, {}, None
     if judge is None and is_api_spec(judge_dir):
-        judge = own_api_judge = _api_judge(config, judge_dir, workdir)
+        judge = own_api_judge = api_judge(config, judge_dir, workdir)
     elif judge is None and judge_dir:
         from kardia_jax.rewards import RubricJudge
 
