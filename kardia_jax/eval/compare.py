@@ -28,8 +28,8 @@ from ml_collections import ConfigDict
 from kardia_jax.checks import writable_dir
 from kardia_jax.errors import ConfigError
 from kardia_jax.eval import store
-from kardia_jax.eval.config import api_judge_settings, judge_settings
-from kardia_jax.eval.run import API_CACHE, EvalInputs, judge_identity, prepare_eval, run_eval
+from kardia_jax.eval.config import judge_settings
+from kardia_jax.eval.run import EvalInputs, api_judge, judge_identity, prepare_eval, run_eval
 from kardia_jax.eval.table import PAPER_ROWS, PAPER_SOURCE, ROWS_KEY, rows_results_markdown
 from kardia_jax.rewards.api_judge import is_api_spec
 from kardia_jax.rewards.rubric import DIMENSIONS
@@ -168,21 +168,6 @@ def local_judge(config: ConfigDict, judge_dir: str, mesh, rules) -> SharedJudge:
     return SharedJudge(build, name=path, rubric=load_rubric(settings.rubric), config=settings)
 
 
-def api_judge(config: ConfigDict, spec: str, workdir: str):
-    """An `ApiJudge` (`openai:MODEL`) whose replies are cached in WORKDIR/
-    api_judge_cache.jsonl: one cache for every row (a request is keyed by its exact
-    text). As eval/run.py builds its own; that builder is private to run.py."""
-    from kardia_jax.rewards.api_judge import ApiJudge
-
-    path = os.path.join(workdir, API_CACHE)
-    return ApiJudge.from_spec(
-        spec,
-        api_judge_settings(config.judge),
-        cache_rows=store.read_jsonl(path),
-        record=lambda row: store.append_jsonl(path, [row]),
-    )
-
-
 def headline(results: dict) -> dict:
     """The figures of one row that the combined results.json repeats."""
     acc, rubric = results["emotion_accuracy"], results.get("rubric") or {}
@@ -260,6 +245,8 @@ def evaluate_rows(
         inputs = check_rows(config, rows, workdir, data_path=data_path, judge_dir=judge_dir)
     judge_dir, own = inputs[0].judge_dir, None
     if judge is None and is_api_spec(judge_dir):
+        # One reply cache for every row, in the rows workdir: a request is keyed by its
+        # exact text, so rows never share a reply they should not.
         judge = own = api_judge(config, judge_dir, workdir)
     elif judge is None and judge_dir:
         judge = local_judge(config, judge_dir, inputs[0].mesh, inputs[0].rules)
