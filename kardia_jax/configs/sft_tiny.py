@@ -22,6 +22,9 @@ def get_config():
         eos_token_id=151645,
     )
     c.model.compute_dtype = "float32"  # bf16 matmuls are slower than f32 on CPU
+    # Per turn: at max_length 512 the sample's whole dialogues (~950-1550 tokens) would
+    # be cut to their first exchange or two; holding them whole needs 3x longer rows.
+    c.data.example = "turn"
     c.data.max_length = 512
     c.data.buckets = (256, 512)
     c.data.heldout_fraction = 0.2  # the sample has 12 training profiles: hold out ~2

@@ -45,6 +45,8 @@ _EXPORTS = {
     "TokenizedExample": "examples",
     "turn_examples": "examples",
     "encode_dialogue": "examples",
+    "encode_whole_dialogue": "examples",
+    "EXAMPLE_FORMS": "examples",
     "build_examples": "examples",
     "stage_split": "splits",
     "profile_split": "splits",
@@ -56,6 +58,7 @@ _EXPORTS = {
     "save_iterator_state": "pipeline",
     "restore_iterator": "pipeline",
     "dataset_stats": "stats",
+    "emotion_disagreements": "stats",
 }
 __all__ = sorted(_EXPORTS)
 
