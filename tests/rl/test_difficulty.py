@@ -59,7 +59,7 @@ def run_split(policy, data, out, turns):
 def test_controlled_reward_puts_the_expected_dialogues_in_easy_and_hard(
     tmp_path, rl_policy, rl_tokenizer, short_data
 ):
-    result, reward = run_split(rl_policy, short_data, tmp_path / "all", "all")
+    result, reward = run_split(rl_policy, f"{short_data}:train", tmp_path / "all", "all")
     prompts = sum(n for _, _, n in DIALOGUES)
     assert reward.completions == 2 * prompts  # N = 2 samples of every prompt
     # angry: turns 0.35 and 0.55 -> 0.45 < 0.5: hard with every turn counted.
@@ -85,7 +85,7 @@ def test_controlled_reward_puts_the_expected_dialogues_in_easy_and_hard(
         assert all(len(p["rewards"]) == 2 for p in row["prompts"])
 
     # Only the last turn: angry's 0.55 makes it easy.
-    result, reward = run_split(rl_policy, short_data, tmp_path / "last", "last")
+    result, reward = run_split(rl_policy, f"{short_data}:train", tmp_path / "last", "last")
     assert reward.completions == 2 * len(DIALOGUES)
     easy_last = ["joyful", "angry", "proud", "grateful"]
     assert [r["emotion"] for r in read_jsonl(result["files"]["easy"])] == easy_last
@@ -95,7 +95,7 @@ def test_cli_writes_files_that_validate_and_feed_grpo(
     tmp_path, rl_policy, rl_tokenizer, short_data, capsys
 ):
     # The real reward (format + emotion): a random policy earns 0 everywhere.
-    argv = ["data", "split-difficulty", "--model", rl_policy, "--data", short_data]
+    argv = ["data", "split-difficulty", "--model", rl_policy, "--data", f"{short_data}:train"]
     argv += ["--out", str(tmp_path), "--samples", "2", "--max-new-tokens", "8"]
     argv += ["--dtype", "float32", "--max-length", "256", "--threshold", "0.25"]
     assert main(argv) == 0, capsys.readouterr().err
@@ -119,7 +119,7 @@ def test_cli_writes_files_that_validate_and_feed_grpo(
 def test_bad_input_is_refused_naming_the_file_or_flag(tmp_path, rl_policy, capsys):
     bad = dict(short_record(0, *DIALOGUES[0]), emotion="meh")
     data = write_jsonl(tmp_path / "bad.jsonl", [short_record(1, *DIALOGUES[1]), bad])
-    base = ["data", "split-difficulty", "--data", data, "--out", str(tmp_path / "out")]
+    base = ["data", "split-difficulty", "--data", f"{data}:train", "--out", str(tmp_path / "out")]
     assert main([*base, "--model", rl_policy]) == 2
     assert (
         capsys.readouterr().err.strip().endswith(f"{data}:2: field emotion: unknown emotion 'meh'")
@@ -135,4 +135,4 @@ def test_bad_input_is_refused_naming_the_file_or_flag(tmp_path, rl_policy, capsy
     assert main([*base[:-1], str(tmp_path / "file"), "--model", rl_policy]) == 2
     assert "--out" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="--turns"):
-        DifficultySettings(turns="first")
+        DifficultySettings(turns="middle")
