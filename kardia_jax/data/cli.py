@@ -22,7 +22,13 @@ PATH_HELP = (
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="PATH", help=PATH_HELP)
-    p.add_argument("--split", default="train", help="split to load for a hub id")
+    p.add_argument(
+        "--split",
+        choices=("train", "test"),
+        default=None,
+        help="read only this split (a folder's train.* / test.* files, a hub split); default: "
+        "every file PATH names (a hub id: train)",
+    )
     p.add_argument("--tokenizer", default=None, help="HF tokenizer folder (default: Qwen2.5)")
     p.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, help="tokens per example")
     p.add_argument("--notation", choices=NOTATIONS, default="special", help="span notation")
@@ -86,7 +92,7 @@ def _split_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="bfloat16", help="policy parameter dtype")
     p.add_argument("--tokenizer", default=None, help="tokenizer dir (default: the model's)")
     p.add_argument("--max-length", type=int, default=1536, help="prompt tokens")
-    p.add_argument("--split", default="train", help="split to load for a hub id")
+    p.add_argument("--split", choices=("train",), default="train", help="the train split is split")
     p.add_argument("--mode", choices=MODES, default="strict", help="strict or skip bad records")
 
 

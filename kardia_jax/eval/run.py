@@ -411,6 +411,11 @@ def run_eval(
     model_dir, tokenizer, items, data = inp.model_dir, inp.tokenizer, inp.items, inp.data
     mesh, rules, judge_dir = inp.mesh, inp.rules, inp.judge_dir
     store.check_manifest(workdir, inp.manifest)
+    from kardia_jax.data.validate import data_record, write_data_record
+
+    # Every test turn of the split, and the ones scored (eval.limit may take a subset).
+    examples = [it.example for it in inp.items]
+    write_data_record(workdir, data_record(inp.data_report, {"scored": examples}))
     e = config.eval
 
     comp_path = os.path.join(workdir, store.COMPLETIONS)

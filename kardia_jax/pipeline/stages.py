@@ -29,7 +29,8 @@ from ml_collections import ConfigDict
 from kardia_jax.checks import stage as check_stage
 from kardia_jax.checks import writable_dir
 from kardia_jax.errors import ConfigError
-from kardia_jax.eval.run import load_eval_tokenizer, prepare_eval, run_eval
+from kardia_jax.eval.compare import check_rows, evaluate_rows
+from kardia_jax.eval.run import load_eval_tokenizer
 from kardia_jax.host import release_freed_memory
 from kardia_jax.models import check_hf_checkpoint
 from kardia_jax.rl.difficulty import EASY_FILE, HARD_FILE, SIGNALS
@@ -60,6 +61,7 @@ class Pipeline:
         self.log = log
         self.main = jax.process_index() == 0
         self.marks = os.path.join(workdir, "pipeline")
+        self.stages: tuple[str, ...] = STAGES
 
     # -- bookkeeping -------------------------------------------------------------
     def path(self, *parts: str) -> str:
@@ -230,17 +232,36 @@ class Pipeline:
     def grpo(self) -> dict:
         return run_grpo(self.grpo_config(), self.path("grpo"))
 
+    def rows(self, stages: tuple[str, ...] = STAGES) -> list[tuple[str, str]]:
+        """Table 2's rows: the base policy (when there is one), the SFT policy, and the
+        final policy (GRPO's best checkpoint) when GRPO runs or ran."""
+        rows = [("Base", self.policy())] if self.policy() else []
+        rows.append(("SFT", self.path("sft", "hf")))
+        if "grpo" in stages or self.done("grpo"):
+            rows.append(("Kardia-R1", self.path("grpo", "hf")))
+        return rows
+
     def eval(self) -> dict:
-        run_eval(
+        warning = self.judge_warning()
+        if warning:
+            self.log(f"WARNING: {warning}")
+        results = evaluate_rows(
             self.c.eval,
-            model_dir=self.final_policy(),
-            workdir=self.path("eval"),
+            self.rows(self.stages),
+            self.path("eval"),
             data_path=self.c.data_path or None,
             judge_dir=self.judge(for_eval=True),
+            log=self.log,
             report=False,  # the report stage adds the training curves
         )
-        with open(self.path("eval", "results.json")) as f:
-            return {"results": self.path("eval", "results.json"), **_headline(json.load(f))}
+        summary = {"results": self.path("eval", "results.json"), "rows": {}}
+        for row in results["rows"]:
+            summary["rows"][row["name"]] = {
+                k: row[k] for k in ("emotion_accuracy", "format_failure_rate", "rubric")
+            }
+        if warning:
+            summary["judge_warning"] = warning
+        return summary
 
     def report(self) -> dict:
         from kardia_jax.eval.report import write_report
@@ -252,10 +273,6 @@ class Pipeline:
             tb_dirs={"sft": self.path("sft"), "grpo": self.path("grpo")},
         )
         return {"report": out}
-
-    def final_policy(self) -> str:
-        grpo_hf = self.path("grpo", "hf")
-        return grpo_hf if self.done("grpo") else self.path("sft", "hf")
 
     # -- preflight ---------------------------------------------------------------
     def preflight(self, stages: tuple[str, ...]) -> None:
@@ -314,24 +331,29 @@ class Pipeline:
                 prepare_grpo(self.grpo_config(), self.path("grpo"), **upstream)
         if "eval" in todo:
             with check_stage("eval"):
-                # The final policy exists already, or will be the SFT policy's shape.
-                exists = self.done("grpo") or ("grpo" not in todo and self.done("sft"))
-                if not exists and not upstream:
+                # Policies not written yet will have the SFT policy's shape.
+                if not upstream:  # SFT ran earlier: its export is read
                     upstream = {
                         "tokenizer": load_eval_tokenizer(self.c.eval, sft_hf),
                         "model_config": check_hf_checkpoint(sft_hf),
                     }
-                prepare_eval(
+                later = {
+                    name: upstream
+                    for name, model in self.rows(stages)
+                    if name != "Base" and not os.path.isfile(os.path.join(model, "config.json"))
+                }
+                check_rows(
                     self.c.eval,
-                    self.final_policy() if "grpo" not in todo else self.path("grpo", "hf"),
+                    self.rows(stages),
                     self.path("eval"),
                     data_path=self.c.data_path or None,
                     judge_dir=eval_judge,
-                    **({} if exists else upstream),
+                    upstream=later,
                 )
 
     # -- driver ------------------------------------------------------------------
     def run(self, stages: tuple[str, ...] = STAGES) -> dict:
+        self.stages = stages
         t0 = time.perf_counter()
         self.preflight(stages)
         self.log(f"== preflight: every stage's inputs check out ({time.perf_counter() - t0:.1f} s)")
@@ -357,19 +379,6 @@ class Pipeline:
             if stage == "eval":
                 self.log("   " + json.dumps({k: v for k, v in summary.items() if k != "results"}))
         return summaries
-
-
-def _headline(results: dict) -> dict:
-    """The few numbers worth printing at the end of a run."""
-    out = {
-        "examples": results["counts"]["examples"],
-        "emotion_accuracy": results["emotion_accuracy"]["value"],
-        "format_failure_rate": results["format_failure_rate"]["value"],
-    }
-    rubric = results.get("rubric", {})
-    if rubric.get("scored"):
-        out["rubric"] = {d: v["mean"] for d, v in rubric.get("dimensions", {}).items()}
-    return out
 
 
 def run_pipeline(config: ConfigDict, workdir: str, stages=STAGES, log=print) -> dict:

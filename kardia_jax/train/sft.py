@@ -22,7 +22,7 @@ from kardia_jax.data.pipeline import build_sft_dataset, check_buckets, steps_per
 from kardia_jax.data.reader import sample_path
 from kardia_jax.data.splits import profile_split, stage_split
 from kardia_jax.data.tokenizer import load_tokenizer, span_marker_ids
-from kardia_jax.data.validate import load_dialogues
+from kardia_jax.data.validate import data_record, load_dialogues, write_data_record
 from kardia_jax.errors import DataError, KardiaError
 from kardia_jax.host import HeapGuard
 from kardia_jax.models import ModelConfig, check_hf_checkpoint, save_hf_model
@@ -107,6 +107,12 @@ def prepare_sft(config: ConfigDict, workdir: str) -> SFTInputs:
 def run_sft(config: ConfigDict, workdir: str, inputs: SFTInputs | None = None) -> dict:
     """Trains; `inputs` is `prepare_sft`'s result when the caller already has it."""
     inputs = inputs or prepare_sft(config, workdir)
+    write_data_record(  # what was read, train and held out (process 0)
+        workdir,
+        data_record(
+            inputs.report, {"train": inputs.train_examples, "held_out": inputs.held_examples}
+        ),
+    )
     tcfg = config.train
     mesh, rules, tokenizer = inputs.mesh, inputs.rules, inputs.tokenizer
     train_examples, held_examples = inputs.train_examples, inputs.held_examples
