@@ -339,6 +339,13 @@ def prepare_eval(
         )
     items, data, data_report = load_eval_examples(config, tokenizer, data_path)
     e = config.eval
+    longest = max(len(it.example.prompt_ids) for it in items) + int(e.max_new_tokens)
+    if longest > model_config.max_position_embeddings:
+        raise ConfigError(
+            f"{model_dir}: the longest test prompt + eval.max_new_tokens = {longest} tokens "
+            f"exceeds the model's max_position_embeddings={model_config.max_position_embeddings}"
+            f"; lower data.max_length={config.data.max_length} (older turns are dropped to fit)"
+        )
     for name in ("eval.batch_size", "judge.batch_size"):
         section, field = name.split(".")
         if int(config[section][field]) < 1:
