@@ -181,3 +181,33 @@ def test_each_stage_alone_checks_before_it_starts(tmp_path, tiny_policy, small_t
         assert expected[stage] in lines[0], out
         assert time.perf_counter() - t0 < 30
         assert sorted(p.name for p in work.iterdir()) == [], stage  # nothing written
+
+
+def test_data_whose_split_cannot_be_told_is_refused(tmp_path, base):
+    from kardia_jax.data.reader import sample_path
+
+    work, args = base
+    one = tmp_path / "kardia.jsonl"  # train and test in one file: which is which?
+    one.write_bytes(sample_path("train").read_bytes() + sample_path("test").read_bytes())
+    line = refused(tmp_path, [*args, f"--config.data_path={one}"])
+    assert line.startswith("kardia-jax pipeline: error: preflight (validate):"), line
+    assert "cannot tell which split" in line and f"{one}:train" in line
+    assert_no_stage_ran(work)
+
+
+def test_profiles_in_both_splits_are_refused_in_strict_mode(tmp_path, base):
+    from kardia_jax.data.reader import sample_path
+
+    work, args = base
+    data = tmp_path / "KardiaBench"
+    data.mkdir()
+    train = sample_path("train").read_text()
+    (data / "train.jsonl").write_text(train)
+    # Two training dialogues copied into test: their profiles are in both splits.
+    (data / "test.jsonl").write_text(
+        sample_path("test").read_text() + "".join(line + "\n" for line in train.splitlines()[:2])
+    )
+    line = refused(tmp_path, [*args, f"--config.data_path={data}"])
+    assert line.startswith("kardia-jax pipeline: error: preflight (validate):"), line
+    assert "appear in both train and test" in line
+    assert_no_stage_ran(work)
