@@ -224,6 +224,8 @@ class Selector:
         row["best"] = self.best.beaten_by(step, row["score"])
         if step == 0:
             self.best.baseline = row["score"]
+            if self.main:
+                print(f"selection: baseline (step 0) held-out reward {row['score']:.4f}")
         if row["best"]:
             # Exported before the row is written: a row marked best always has its
             # export on disk (a kill in between re-runs the step from a checkpoint).

@@ -226,6 +226,7 @@ def test_best_step_is_exported_kept_on_resume_and_last_step_kept_apart(
     assert [r["candidate"] for r in history] == [False, True, True, True, True]
     assert [r["best"] for r in history] == [False, True, True, False, False]
     assert new_best_lines(out) == [1, 2]  # a line per export
+    assert "selection: baseline (step 0) held-out reward 0.9000" in out
     assert_same(a / "hf", a / "best" / "hf")
     assert differ(a / "hf", a / "last" / "hf")  # the weights moved after step 2
     # No held-out prompt was trained on (the ledger names each prompt's record line).
@@ -258,5 +259,6 @@ def test_best_step_is_exported_kept_on_resume_and_last_step_kept_apart(
     assert [r["step"] for r in history] == [0, 1, 2, 3, 4]
     assert [r["score"] for r in history] == pytest.approx(SCORES)
     assert new_best_lines(out) == []  # 0.4 and 0.5 do not beat step 2's 0.7
+    assert "selection: baseline" not in out  # the baseline is not scored again
     assert_same(c / "hf", step2)
     assert_same(c / "last" / "hf", a / "last" / "hf")  # resumed = straight
