@@ -304,9 +304,6 @@ class Pipeline:
                     )
                 if judge and self.c.split.signal == "reward":
                     check_hf_checkpoint(judge)
-        warning = self.judge_warning() if "eval" in todo else None
-        if warning:
-            self.log(f"WARNING: {warning}")
         # What the SFT policy will be, for the stages that start from it. Data errors
         # surface here too: each stage loads and validates its data in its check.
         sft_hf = self.path("sft", "hf")
@@ -357,6 +354,9 @@ class Pipeline:
         t0 = time.perf_counter()
         self.preflight(stages)
         self.log(f"== preflight: every stage's inputs check out ({time.perf_counter() - t0:.1f} s)")
+        warning = self.judge_warning() if "eval" in stages and not self.done("eval") else None
+        if warning:  # the run goes on, said before hours of training, and again at eval
+            self.log(f"WARNING: {warning}")
         summaries = {}
         for stage in stages:
             prior = self.done(stage)

@@ -83,22 +83,31 @@ def test_a_missing_tokenizer_file_is_refused(tmp_path, base, small_tokenizer):
     assert_no_stage_ran(work)
 
 
+def kardiabench_with_train(tmp_path, content: bytes):
+    """A KardiaBench folder whose train.jsonl holds `content` (test.jsonl is valid)."""
+    from kardia_jax.data.reader import sample_path
+
+    folder = tmp_path / "KardiaBench"
+    folder.mkdir()
+    (folder / "train.jsonl").write_bytes(content)
+    (folder / "test.jsonl").write_bytes(sample_path("test").read_bytes())
+    return folder
+
+
 @pytest.mark.parametrize("content", ["not json\n", '{"conversation": 3}\n'])
 def test_invalid_data_is_refused_naming_the_file_and_line(tmp_path, base, content):
     work, args = base
-    data = tmp_path / "data.jsonl"
-    data.write_text(content)
+    data = kardiabench_with_train(tmp_path, content.encode())
     line = refused(tmp_path, [*args, f"--config.data_path={data}"])
-    assert "preflight (sft):" in line and f"{data}:1" in line, line
+    assert "preflight (validate):" in line and f"{data / 'train.jsonl'}:1" in line, line
     assert_no_stage_ran(work)
 
 
 def test_unreadable_data_is_refused(tmp_path, base):
     work, args = base
-    data = tmp_path / "data.jsonl"
-    data.write_bytes(b"\xff\xfe\x00 not utf-8\n")
+    data = kardiabench_with_train(tmp_path, b"\xff\xfe\x00 not utf-8\n")
     line = refused(tmp_path, [*args, f"--config.data_path={data}"])
-    assert "preflight (sft):" in line and str(data) in line, line
+    assert "preflight (validate):" in line and str(data / "train.jsonl") in line, line
     assert_no_stage_ran(work)
 
 
