@@ -19,6 +19,7 @@ The files keep the input records as they were."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -295,14 +296,19 @@ def split_difficulty(
 # -- the likelihood signal ---------------------------------------------------------
 
 
-def _nll_program(graphdef):
+def _nll_program(graphdef, mesh=None):
     import jax
     import jax.numpy as jnp
     from flax import nnx
+    from jax.sharding import NamedSharding, PartitionSpec
 
     from kardia_jax.models.logprobs import token_log_probs
 
-    @jax.jit
+    # Replicated outputs: every host reads every row's score (a batch-sharded result
+    # would not be addressable from one host of a pod).
+    rep = NamedSharding(mesh, PartitionSpec()) if mesh is not None else None
+
+    @functools.partial(jax.jit, out_shardings=(rep, rep) if rep is not None else None)
     def run(params, input_ids, attention_mask, index, weight):
         model = nnx.merge(graphdef, params)
         hidden = model.hidden_states(input_ids, attention_mask)
@@ -337,7 +343,7 @@ def reference_log_likelihood(
     from kardia_jax.train.step import target_bucket, with_target_index
 
     graphdef, params = nnx.split(model)
-    run = _nll_program(graphdef)
+    run = _nll_program(graphdef, mesh)
     dp = data_parallel_size(mesh, rules) if mesh is not None else 1
     rows = -(-batch_size // dp) * dp
     bsh = batch_sharding(mesh, rules) if mesh is not None else None
@@ -528,4 +534,8 @@ def curriculum(
             k: os.path.join(out_dir, f)
             for k, f in (("easy", EASY_FILE), ("hard", HARD_FILE), ("report", REPORT_FILE))
         }
+    if jax.process_count() > 1:  # the other hosts read the files next
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("curriculum written")
     return {"signal": used, "counts": full["counts"], "files": paths}

@@ -98,3 +98,68 @@ def test_verdicts_take_the_papers_rule_without_a_model(tmp_path):
         curriculum(None, data, str(tmp_path / "s2"), signal="verdicts")
     with pytest.raises(ConfigError, match="scores with the base policy"):
         curriculum(None, data, str(tmp_path / "s3"))
+
+
+CHILD = """
+import json, sys
+import jax
+from kardia_jax.train.distributed import maybe_initialize
+port, pid, policy, data, out = sys.argv[1:]
+if pid != "-":
+    maybe_initialize(f"localhost:{port}", 2, int(pid))
+from kardia_jax.rl.difficulty import curriculum
+from kardia_jax.train.setup import mesh_and_rules
+from ml_collections import ConfigDict
+mesh, rules = mesh_and_rules(ConfigDict(dict(sharding="fsdp", mesh={}, dcn_mesh={})))
+r = curriculum(policy, data, out, dtype="float32", max_length=256, batch_size=4,
+               mesh=mesh, rules=rules, log=lambda s: None)
+print(json.dumps(r["counts"]))
+"""
+
+
+def test_two_processes_split_as_one_does(tmp_path, rl_policy, short_data):
+    """A pod's path: two processes (two devices each, gloo) score their rows of each
+    batch on one mesh; both get every score, one writes, and the split equals the
+    one-process split over four devices."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import jax
+
+    from ..train.conftest import REPO
+
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+
+    def start(pid, devices, out):
+        env = dict(os.environ)
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        env["JAX_COMPILATION_CACHE_DIR"] = jax.config.jax_compilation_cache_dir
+        args = [str(port), pid, rl_policy, f"{short_data}:train", str(out)]
+        return subprocess.Popen(
+            [sys.executable, str(script), *args],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    one = start("-", 4, tmp_path / "one")
+    two = [start(str(i), 2, tmp_path / "two") for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in (one, *two)]
+    assert all(p.returncode == 0 for p in (one, *two)), outs
+    counts = [json.loads(o.strip().splitlines()[-1]) for o in outs]
+    assert counts[0] == counts[1] == counts[2] and counts[0]["easy"] == 4
+    a = json.loads((tmp_path / "one" / "difficulty.json").read_text())
+    b = json.loads((tmp_path / "two" / "difficulty.json").read_text())
+    for x, y in zip(a["dialogues"], b["dialogues"], strict=True):
+        assert x["split"] == y["split"]
+        assert x["mean_log_prob"] == pytest.approx(y["mean_log_prob"], abs=1e-5)
+    for name in ("easy.jsonl", "hard.jsonl"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
