@@ -184,7 +184,12 @@ def headline(results: dict) -> dict:
 
 
 def write_rows(
-    workdir: str, rows: list[Row], results: list[dict], *, seconds: float | None = None
+    workdir: str,
+    rows: list[Row],
+    results: list[dict],
+    *,
+    seconds: float | None = None,
+    warnings: Sequence[str] = (),
 ) -> dict:
     """Writes a rows workdir's results.json (each row's headline figures and its own
     results.json, by a path relative to the workdir so a moved workdir still reads)
@@ -211,6 +216,7 @@ def write_rows(
         },
         "paper": {"source": PAPER_SOURCE, "rows": list(PAPER_ROWS)},
         "seconds": None if seconds is None else round(seconds, 1),
+        "warnings": list(warnings),  # e.g. the evaluation judge is the training judge
     }
     store.write_text(
         os.path.join(workdir, store.RESULTS_JSON),
@@ -218,7 +224,10 @@ def write_rows(
     )
     named = [(row.name, r) for row, r in zip(rows, results, strict=True)]
     details = [os.path.join(row.slug, store.RESULTS_MD) for row in rows]
-    store.write_text(os.path.join(workdir, store.RESULTS_MD), rows_results_markdown(named, details))
+    store.write_text(
+        os.path.join(workdir, store.RESULTS_MD),
+        rows_results_markdown(named, details, warnings=warnings),
+    )
     return out
 
 
@@ -233,6 +242,7 @@ def evaluate_rows(
     log: Callable[[str], object] = print,
     report: bool = True,
     inputs: list[EvalInputs] | None = None,
+    warnings: Sequence[str] = (),
 ) -> dict:
     """Evaluates each row with `run_eval` into WORKDIR/<slug>/ on the same test turns
     and with one judge (`judge`, else one built from `judge_dir` or config.judge.path,
@@ -268,7 +278,7 @@ def evaluate_rows(
         if own is not None:
             own.close()
 
-    out = write_rows(workdir, rows, results, seconds=time.perf_counter() - t0)
+    out = write_rows(workdir, rows, results, seconds=time.perf_counter() - t0, warnings=warnings)
     if report:
         from kardia_jax.eval.report import write_report
 

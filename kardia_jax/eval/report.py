@@ -427,7 +427,7 @@ def write_report(
     judge_scores.jsonl; or a rows workdir of eval/compare.py, whose results.json
     names each row's folder) and the SFT / GRPO log folders (a run's workdir or its
     tb/); returns `out_html`."""
-    views, _ = load_views(eval_dir)
+    views, combined = load_views(eval_dir)
     multi = len(views) > 1
     results = views[0].results  # data, counts, judge and bootstrap: the same for every row
     c = results["counts"]
@@ -436,7 +436,8 @@ def write_report(
         who = "rows " + " · ".join(f"{v.name} ({v.results.get('model', '?')})" for v in views)
     else:
         who = f"model {results.get('model', '?')}"
-    warnings = [
+    warnings = [f"Warning: {w}" for w in (combined or {}).get("warnings", [])]
+    warnings += [
         f"Warning{f' ({v.name})' if multi else ''}: {v.results['rubric']['warning']}"
         for v in views
         if v.results.get("rubric", {}).get("warning")

@@ -4,6 +4,8 @@ confidence intervals, the format-failure rate and per-emotion accuracy."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from kardia_jax.rewards.rubric import DIMENSIONS
 
 DIMENSION_TITLES = {
@@ -192,7 +194,9 @@ def results_markdown(results: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def rows_results_markdown(named: list[tuple[str, dict]], details: list[str]) -> str:
+def rows_results_markdown(
+    named: list[tuple[str, dict]], details: list[str], warnings: Sequence[str] = ()
+) -> str:
     """results.md of a rows workdir (Base, SFT, the final policy, all on the same test
     turns with the same judge): one Table 2 block with every row beside the paper's,
     per-emotion accuracy side by side, then each row's intervals. `details`: each
@@ -207,6 +211,7 @@ def rows_results_markdown(named: list[tuple[str, dict]], details: list[str]) -> 
         f"{c['dialogues']} dialogues, the same test turns for every row  ",
         f"Judge: {judge or 'none'} (the same for every row)",
         "",
+        *(f"> **Warning:** {w}\n" for w in warnings),
         "| Row | Model | Details |",
         "|---|---|---|",
     ]

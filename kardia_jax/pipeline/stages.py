@@ -253,6 +253,7 @@ class Pipeline:
             judge_dir=self.judge(for_eval=True),
             log=self.log,
             report=False,  # the report stage adds the training curves
+            warnings=[warning] if warning else [],
         )
         summary = {"results": self.path("eval", "results.json"), "rows": {}}
         for row in results["rows"]:

@@ -234,8 +234,13 @@ def test_rows_share_one_api_judge_and_its_cache(tmp_path, tiny_policy, monkeypat
     for slug in ("base", "sft"):
         r = json.loads((tmp_path / slug / RESULTS_JSON).read_text())
         assert r["rubric"]["api"]["requests"] == 3 and r["rubric"]["judge"] == out["judge"]
-    evaluate_rows(config, rows, str(tmp_path), judge_dir="openai:m", report=False)
+    evaluate_rows(config, rows, str(tmp_path), judge_dir="openai:m", warnings=["judge X"])
     assert FakeApiJudge.made[1].cache_rows == cache and FakeApiJudge.made[1].calls == []
+    # A warning the caller gives (the pipeline's: the evaluation judge is the training
+    # judge) is in results.json, results.md and the report.
+    assert json.loads((tmp_path / RESULTS_JSON).read_text())["warnings"] == ["judge X"]
+    assert "> **Warning:** judge X" in (tmp_path / "results.md").read_text()
+    assert "Warning: judge X" in (tmp_path / "report.html").read_text()
 
 
 def merged_tokenizer():

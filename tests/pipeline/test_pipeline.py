@@ -227,3 +227,32 @@ def test_a_torn_stage_marker_counts_as_not_done(tmp_path):
     assert p.done("sft") == {"step": 3}
     (tmp_path / "pipeline" / "sft.json").write_text('{"step": ')
     assert p.done("sft") is None
+
+
+def test_the_evaluation_judge_being_the_training_judge_is_said(tmp_path):
+    from kardia_jax.models import ModelConfig, save_hf_model
+    from kardia_jax.pipeline import pipeline_config
+    from tests.rewards.helpers import numpy_model
+
+    judge, other = str(tmp_path / "judge"), str(tmp_path / "other")
+    cfg = ModelConfig(
+        family="llama",
+        vocab_size=64,
+        hidden_size=8,
+        intermediate_size=16,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=4,
+    )
+    for d in (judge, other):
+        save_hf_model(numpy_model(cfg), d)
+    c = pipeline_config()
+    c.judge = judge
+    p = Pipeline(c, str(tmp_path / "w"), log=lambda s: None)
+    assert "the evaluation judge is the training judge" in p.judge_warning()
+    for eval_judge in (other, "openai:gpt-5-mini"):
+        c.eval_judge = eval_judge
+        assert p.judge(for_eval=True) == eval_judge and p.judge_warning() is None
+    c.eval_judge = judge + "/"  # the same dir, spelt differently
+    assert p.judge_warning() is not None
