@@ -29,7 +29,14 @@ from kardia_jax.checks import writable_dir
 from kardia_jax.errors import ConfigError
 from kardia_jax.eval import store
 from kardia_jax.eval.config import judge_settings
-from kardia_jax.eval.run import EvalInputs, api_judge, judge_identity, prepare_eval, run_eval
+from kardia_jax.eval.run import (
+    EvalInputs,
+    api_judge,
+    judge_identity,
+    prepare_eval,
+    run_eval,
+    write_eval_report,
+)
 from kardia_jax.eval.table import PAPER_ROWS, PAPER_SOURCE, ROWS_KEY, rows_results_markdown
 from kardia_jax.rewards.api_judge import is_api_spec
 from kardia_jax.rewards.rubric import DIMENSIONS
@@ -280,14 +287,5 @@ def evaluate_rows(
 
     out = write_rows(workdir, rows, results, seconds=time.perf_counter() - t0, warnings=warnings)
     if report:
-        from kardia_jax.eval.report import write_report
-
-        e = config.eval
-        write_report(
-            os.path.join(workdir, store.REPORT_HTML),
-            workdir,
-            tb_dirs={"sft": config.report.sft, "grpo": config.report.grpo},
-            samples=int(e.samples_in_report),
-            seed=int(e.seed),
-        )
+        write_eval_report(config, workdir)
     return out

@@ -521,13 +521,19 @@ def run_eval(
         os.path.join(workdir, store.RESULTS_MD), results_markdown(results) + _api_line(results)
     )
     if report:
-        from kardia_jax.eval.report import write_report
-
-        write_report(
-            os.path.join(workdir, store.REPORT_HTML),
-            workdir,
-            tb_dirs={"sft": config.report.sft, "grpo": config.report.grpo},
-            samples=int(e.samples_in_report),
-            seed=int(e.seed),
-        )
+        write_eval_report(config, workdir)
     return results
+
+
+def write_eval_report(config: ConfigDict, workdir: str) -> None:
+    """WORKDIR/report.html of an eval workdir (one policy's or rows'), with the
+    training curves of config.report's SFT / GRPO folders."""
+    from kardia_jax.eval.report import write_report
+
+    write_report(
+        os.path.join(workdir, store.REPORT_HTML),
+        workdir,
+        tb_dirs={"sft": config.report.sft, "grpo": config.report.grpo},
+        samples=int(config.eval.samples_in_report),
+        seed=int(config.eval.seed),
+    )

@@ -1,5 +1,6 @@
-"""`kardia-jax pipeline --config configs/pipeline_demo.py --workdir DIR`: data ->
-(difficulty split) -> SFT -> GRPO -> eval -> report; rerun to resume."""
+"""`kardia-jax pipeline --config configs/pipeline_demo.py --workdir DIR`: both splits
+validated -> (easy / hard curriculum of train) -> SFT -> GRPO -> eval of the Base,
+SFT and final rows on test -> report; rerun to resume."""
 
 from __future__ import annotations
 

@@ -14,11 +14,11 @@ import numpy as np
 
 from kardia_jax.errors import ConfigError
 from kardia_jax.rewards.prompt import (
-    EMPTY_REPLY,
     NO_HISTORY,
     TRUNCATED,
     JudgeContext,
     PromptLimits,
+    shown_candidate,
 )
 from kardia_jax.rewards.rubric import DIMENSIONS, Rubric
 from kardia_jax.rewards.sanitize import candidate_parts, neutralize
@@ -52,16 +52,7 @@ def candidate_text(completion: str, show_reasoning: bool, limits: PromptLimits):
     """(what the judge is shown of a completion, empty, truncated): the same pieces
     as `PromptBuilder.candidate_ids`, cut by characters instead of tokens."""
     parts = candidate_parts(completion)
-    clean = lambda s: neutralize(s or "").strip()
-    response = clean(parts.response) or EMPTY_REPLY
-    if show_reasoning:
-        text = (
-            f"[understanding]\n{clean(parts.understanding) or '(missing)'}\n\n"
-            f"[reasoning]\n{clean(parts.reasoning) or '(missing)'}\n\n"
-            f"[response]\n{response}"
-        )
-    else:
-        text = response
+    text = shown_candidate(parts, show_reasoning)
     limit = limits.max_candidate_tokens * CHARS_PER_TOKEN
     truncated = len(text) > limit
     if truncated:

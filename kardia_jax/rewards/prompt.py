@@ -79,6 +79,20 @@ class PromptLimits:
     max_prompt_tokens: int = 4096  # prefix + longest suffix: the largest length bucket
 
 
+def shown_candidate(parts: CandidateParts, show_reasoning: bool, reserved=()) -> str:
+    """What a judge is shown of a completion, neutralised: the response, or with
+    `show_reasoning` the understanding and reasoning spans too (labelled)."""
+    clean = lambda s: neutralize(s or "", reserved).strip()
+    response = clean(parts.response) or EMPTY_REPLY
+    if not show_reasoning:
+        return response
+    return (
+        f"[understanding]\n{clean(parts.understanding) or '(missing)'}\n\n"
+        f"[reasoning]\n{clean(parts.reasoning) or '(missing)'}\n\n"
+        f"[response]\n{response}"
+    )
+
+
 class PromptBuilder:
     """Builds `JudgePrompt`s for one tokenizer and rubric."""
 
@@ -122,16 +136,7 @@ class PromptBuilder:
 
     def candidate_ids(self, parts: CandidateParts) -> tuple[list[int], bool]:
         """The candidate region's tokens and whether they were truncated."""
-        clean = lambda s: neutralize(s or "", self.reserved).strip()
-        response = clean(parts.response) or EMPTY_REPLY
-        if self.show_reasoning:
-            text = (
-                f"[understanding]\n{clean(parts.understanding) or '(missing)'}\n\n"
-                f"[reasoning]\n{clean(parts.reasoning) or '(missing)'}\n\n"
-                f"[response]\n{response}"
-            )
-        else:
-            text = response
+        text = shown_candidate(parts, self.show_reasoning, self.reserved)
         ids = self._encode(text, split_special=True)
         bad = sorted(set(ids) & self.forbidden_ids)
         if bad:  # neutralize() makes this impossible for every tokenizer we know
