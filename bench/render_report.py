@@ -5,7 +5,7 @@ what a reader sees (charts drawn, tables laid out, model text escaped).
     python bench/render_report.py --demo /tmp/report-demo --out shot.png
 
 `--demo DIR` first writes a report from fabricated records (every dimension scored,
-hostile model text, SFT and GRPO TensorBoard logs with every tag the report
+hostile model text, SFT and GRPO JSONL logs with every curve the report
 draws), so the layout can be checked without a model. Chromium runs offline, with
 a throwaway profile: `apt-get install -y chromium` (Debian) provides it. `--check`
 also runs the tests' checks on the render (tests/browser.py).
@@ -47,12 +47,17 @@ def screenshot(
 def demo(workdir: str) -> str:
     """A report from fabricated records and logs (no model); returns its path."""
     import numpy as np
-    from tensorboardX import SummaryWriter
 
     from kardia_jax.data.emotions import EMOTIONS
     from kardia_jax.eval import store
     from kardia_jax.eval.metrics import Record, compute_metrics
-    from kardia_jax.eval.report import write_report
+    from kardia_jax.eval.report import (
+        GRPO_LOG,
+        SELECTION_LOG,
+        SFT_EVAL_LOG,
+        SFT_LOG,
+        write_report,
+    )
     from kardia_jax.rewards.rubric import DIMENSIONS
 
     rng = np.random.default_rng(0)
@@ -94,26 +99,31 @@ def demo(workdir: str) -> str:
     store.write_text(os.path.join(workdir, store.COMPLETIONS), "")
     store.append_jsonl(os.path.join(workdir, store.COMPLETIONS), rows)
     store.append_jsonl(os.path.join(workdir, store.SCORES), scores)
-    for stage, steps in (("sft", 60), ("grpo", 40)):
-        w = SummaryWriter(os.path.join(workdir, stage, "tb"))
-        for t in range(1, steps + 1):
-            if stage == "sft":
-                w.add_scalar("train/loss", 6 * np.exp(-t / 15) + 0.8 + 0.05 * rng.random(), t)
-                if t % 20 == 0:
-                    w.add_scalar("eval/loss", 6 * np.exp(-t / 15) + 1.0, t)
-                continue
-            for k, base in (("total", 0.5), ("format", 0.8), ("emotion", 0.4), ("rubric", 0.6)):
-                w.add_scalar(f"train/reward/{k}", base + 0.004 * t + 0.03 * rng.random(), t)
-            for j, d in enumerate(DIMENSIONS):
-                w.add_scalar(f"train/reward/rubric/{d}", 3 + 0.2 * j + 0.01 * t, t)
-            w.add_scalar("train/kl", 0.001 * t * (1 + 0.2 * rng.random()), t)
-            w.add_scalar("train/completion/length_mean", 150 - t + 5 * rng.random(), t)
-            w.add_scalar("train/completion/length_max", 256, t)
-        w.close()
+    logs = {name: [] for name in (SFT_LOG, SFT_EVAL_LOG, GRPO_LOG, SELECTION_LOG)}
+    for t in range(1, 61):
+        logs[SFT_LOG].append({"step": t, "loss": 6 * np.exp(-t / 15) + 0.8 + 0.05 * rng.random()})
+        if t % 20 == 0:
+            logs[SFT_EVAL_LOG].append({"step": t, "loss": 6 * np.exp(-t / 15) + 1.0})
+    for t in range(1, 41):
+        row = {"step": t}
+        for k, base in (("total", 0.5), ("format", 0.8), ("emotion", 0.4), ("rubric", 0.6)):
+            row[f"reward/{k}"] = base + 0.004 * t + 0.03 * rng.random()
+        for j, d in enumerate(DIMENSIONS):
+            row[f"reward/rubric/{d}"] = 3 + 0.2 * j + 0.01 * t
+        row["kl"] = 0.001 * t * (1 + 0.2 * rng.random())
+        row["completion/length_mean"] = 150 - t + 5 * rng.random()
+        row["completion/length_max"] = 256
+        logs[GRPO_LOG].append(row)
+        if t % 10 == 0:
+            logs[SELECTION_LOG].append({"step": t, "reward/total": 0.45 + 0.004 * t})
+    for name, log_rows in logs.items():
+        stage = "sft" if name in (SFT_LOG, SFT_EVAL_LOG) else "grpo"
+        os.makedirs(os.path.join(workdir, stage), exist_ok=True)
+        store.append_jsonl(os.path.join(workdir, stage, name), log_rows)
     return write_report(
         os.path.join(workdir, store.REPORT_HTML),
         workdir,
-        tb_dirs={"sft": os.path.join(workdir, "sft"), "grpo": os.path.join(workdir, "grpo")},
+        run_dirs={"sft": os.path.join(workdir, "sft"), "grpo": os.path.join(workdir, "grpo")},
     )
 
 

@@ -7,7 +7,7 @@ beside the paper's Table 2) and the self-contained HTML report.
     evaluate_rows(config, [("Base", base), ("SFT", "sft/hf"), ("Kardia-R1", "grpo/hf")],
                   "rows_out", judge_dir="openai:gpt-5-mini")
     from kardia_jax.eval.report import write_report
-    write_report("report.html", "eval_out", tb_dirs={"sft": "sft", "grpo": "grpo"})
+    write_report("report.html", "eval_out", run_dirs={"sft": "sft", "grpo": "grpo"})
 
 Names are imported lazily: the report needs neither JAX nor a model.
 """

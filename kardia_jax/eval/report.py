@@ -1,6 +1,6 @@
 """report.html: one self-contained page (inline CSS and SVG, no script, nothing
 fetched) with the results table beside the paper's, a chart of the five rubric
-dimensions, training curves from the TensorBoard logs, the emotion confusion heat
+dimensions, training curves from the runs' JSONL logs, the emotion confusion heat
 map and sample dialogues. Model text is untrusted data: every string is escaped.
 
 An eval workdir of one policy gives one row; a rows workdir (eval/compare.py: Base,
@@ -18,7 +18,6 @@ from html import escape
 
 from kardia_jax.errors import DataError
 from kardia_jax.eval import store
-from kardia_jax.eval.events import read_scalars, resolve_logdir
 from kardia_jax.eval.metrics import Record, per_example_rows
 from kardia_jax.eval.svg import bar_chart, line_chart
 from kardia_jax.eval.table import (
@@ -35,32 +34,69 @@ from kardia_jax.rewards.emotion import extract_emotion
 from kardia_jax.rewards.rubric import DIMENSIONS
 from kardia_jax.rewards.sanitize import candidate_parts
 
-# (panel title, stage, [(legend, tag)]): the tags MetricsLogger writes for
-# kardia_jax/train/sft.py and kardia_jax/rl/grpo.py (prefix "train/" or "eval/").
-CURVES: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
-    ("SFT loss", "sft", (("train", "train/loss"), ("held-out", "eval/loss"))),
+# The JSONL logs the drivers write into their workdirs, process 0 only: the SFT
+# driver (kardia_jax/train/sft.py) one row per step and one per held-out evaluation,
+# the GRPO driver (kardia_jax/rl/grpo.py) one row per step and one per checkpoint
+# selection scoring (rl/select.py's held-out reward). Named here, not imported: the
+# report loads neither JAX nor a model.
+SFT_LOG, SFT_EVAL_LOG = "train_log.jsonl", "eval_log.jsonl"
+GRPO_LOG, SELECTION_LOG = "grpo_log.jsonl", "selection.jsonl"
+
+# (panel title, stage, [(legend, log file, field)]).
+CURVES: tuple[tuple[str, str, tuple[tuple[str, str, str], ...]], ...] = (
+    ("SFT loss", "sft", (("train", SFT_LOG, "loss"), ("held-out", SFT_EVAL_LOG, "loss"))),
     (
         "GRPO reward",
         "grpo",
         (
-            ("total", "train/reward/total"),
-            ("format", "train/reward/format"),
-            ("emotion", "train/reward/emotion"),
-            ("rubric", "train/reward/rubric"),
+            ("total", GRPO_LOG, "reward/total"),
+            ("format", GRPO_LOG, "reward/format"),
+            ("emotion", GRPO_LOG, "reward/emotion"),
+            ("rubric", GRPO_LOG, "reward/rubric"),
+            ("held-out total", SELECTION_LOG, "reward/total"),
         ),
     ),
     (
         "GRPO rubric reward per dimension (1-5)",
         "grpo",
-        tuple((DIMENSION_TITLES[d], f"train/reward/rubric/{d}") for d in DIMENSIONS),
+        tuple((DIMENSION_TITLES[d], GRPO_LOG, f"reward/rubric/{d}") for d in DIMENSIONS),
     ),
-    ("GRPO KL to the reference", "grpo", (("kl", "train/kl"),)),
+    ("GRPO KL to the reference", "grpo", (("kl", GRPO_LOG, "kl"),)),
     (
         "GRPO completion length (tokens)",
         "grpo",
-        (("mean", "train/completion/length_mean"), ("max", "train/completion/length_max")),
+        (
+            ("mean", GRPO_LOG, "completion/length_mean"),
+            ("max", GRPO_LOG, "completion/length_max"),
+        ),
     ),
 )
+
+
+def read_log(path: str) -> dict[str, list[tuple[int, float]]]:
+    """field -> [(step, value)] sorted by step, from a JSONL log's numeric fields. A
+    step written twice (a run's final evaluation at a step it already evaluated)
+    keeps the later row; a torn last line (a writer killed mid-line) is left out."""
+    by_field: dict[str, dict[int, float]] = {}
+    for row in store.read_jsonl(path, repair=False):  # a reader never edits a run's logs
+        step = row.get("step")
+        if not isinstance(step, int) or isinstance(step, bool):
+            continue
+        for k, v in row.items():
+            if k != "step" and isinstance(v, int | float) and not isinstance(v, bool):
+                by_field.setdefault(k, {})[step] = float(v)
+    return {k: sorted(steps.items()) for k, steps in by_field.items()}
+
+
+def resolve_run_dir(path: str | None) -> str | None:
+    """A run's workdir, also when given as its tb/ folder (TensorBoard's logdir)."""
+    if not path:
+        return None
+    path = os.path.normpath(path)
+    logs = {log for _, _, series in CURVES for _, log, _ in series}
+    here = any(os.path.exists(os.path.join(path, log)) for log in logs)
+    return os.path.dirname(path) if os.path.basename(path) == "tb" and not here else path
+
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1120px;color:#1d1d1d;
@@ -231,25 +267,37 @@ def _dimension_chart(views: list[View]) -> str:
     )
 
 
-def _curves(tb_dirs: dict[str, str | None]) -> str:
-    scalars = {}
+def _curves(run_dirs: dict[str, str | None]) -> str:
+    logs: dict[str, dict[str, dict]] = {}  # stage -> log file -> field -> points
     notes = []
     for stage in ("sft", "grpo"):
-        logdir = resolve_logdir(tb_dirs.get(stage))
-        if logdir is None:
+        run = resolve_run_dir(run_dirs.get(stage))
+        names = sorted({log for _, s, series in CURVES if s == stage for _, log, _ in series})
+        if run is None:
             notes.append(f"{stage.upper()}: no log folder given")
-        elif not os.path.isdir(logdir):
-            notes.append(f"{stage.upper()}: {logdir} does not exist")
+            continue
+        if not os.path.isdir(run):
+            notes.append(f"{stage.upper()}: {run} does not exist")
+            continue
+        found = {}
+        for name in names:
+            try:
+                found[name] = read_log(os.path.join(run, name))
+            except DataError as e:  # a corrupt log loses its curves, not the report
+                notes.append(f"{stage.upper()}: {e}")
+        if any(found.values()):
+            logs[stage] = found
         else:
-            scalars[stage] = read_scalars(logdir)
-            if not scalars[stage]:
-                notes.append(f"{stage.upper()}: no scalars in {logdir}")
+            notes.append(f"{stage.upper()}: no {' or '.join(names)} rows in {run}")
     charts = []
-    for title, stage, tags in CURVES:
-        found = scalars.get(stage, {})
-        series = [(name, found[tag]) for name, tag in tags if tag in found]
-        if stage in scalars:
-            charts.append(line_chart(series, title=title))
+    for title, stage, series in CURVES:
+        if stage in logs:
+            lines = [
+                (name, logs[stage][log][field])
+                for name, log, field in series
+                if field in logs[stage].get(log, {})
+            ]
+            charts.append(line_chart(lines, title=title))
     out = ""
     if notes:
         out += '<p class="note">' + "<br>".join(escape(n) for n in notes) + "</p>"
@@ -417,7 +465,7 @@ def _samples(views: list[View], k: int, seed: int) -> str:
 def write_report(
     out_html: str,
     eval_dir: str,
-    tb_dirs: dict[str, str | None] | None = None,
+    run_dirs: dict[str, str | None] | None = None,
     *,
     samples: int = 20,
     seed: int = 0,
@@ -425,8 +473,8 @@ def write_report(
 ) -> str:
     """Writes the report from an eval workdir (results.json, completions.jsonl,
     judge_scores.jsonl; or a rows workdir of eval/compare.py, whose results.json
-    names each row's folder) and the SFT / GRPO log folders (a run's workdir or its
-    tb/); returns `out_html`."""
+    names each row's folder) and the SFT / GRPO run folders, whose JSONL logs give the
+    training curves (a run's workdir, or its tb/ folder); returns `out_html`."""
     views, combined = load_views(eval_dir)
     multi = len(views) > 1
     results = views[0].results  # data, counts, judge and bootstrap: the same for every row
@@ -467,7 +515,7 @@ def write_report(
         "<h2>Rubric dimensions</h2>",
         _dimension_chart(views),
         "<h2>Training curves</h2>",
-        _curves(tb_dirs or {}),
+        _curves(run_dirs or {}),
         "<h2>Emotions</h2>",
         '<div class="grid"><div>',
         _rows_per_emotion(views) if multi else _per_emotion(results),

@@ -533,7 +533,7 @@ def write_eval_report(config: ConfigDict, workdir: str) -> None:
     write_report(
         os.path.join(workdir, store.REPORT_HTML),
         workdir,
-        tb_dirs={"sft": config.report.sft, "grpo": config.report.grpo},
+        run_dirs={"sft": config.report.sft, "grpo": config.report.grpo},
         samples=int(config.eval.samples_in_report),
         seed=int(config.eval.seed),
     )

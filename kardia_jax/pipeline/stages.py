@@ -271,7 +271,7 @@ class Pipeline:
         write_report(
             out,
             self.path("eval"),
-            tb_dirs={"sft": self.path("sft"), "grpo": self.path("grpo")},
+            run_dirs={"sft": self.path("sft"), "grpo": self.path("grpo")},
         )
         return {"report": out}
 

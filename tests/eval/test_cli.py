@@ -15,7 +15,7 @@ from .. import browser
 from ..rewards.helpers import TEST_RUBRIC_TEXT, marker_model
 from ..train.conftest import run_cli
 from .conftest import EVAL_TINY, REPO
-from .test_report import log
+from .test_report import SFT_LOG, log
 
 ONE_DEVICE = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
 
@@ -25,7 +25,7 @@ def test_eval_and_report_commands(tmp_path, tiny_policy, capsys):
     marker_model(judge)
     rubric = tmp_path / "rubric.txt"
     rubric.write_text(TEST_RUBRIC_TEXT)
-    log(str(tmp_path / "sft" / "tb"), {"train/loss": [5.0, 4.0, 3.5]})
+    log(str(tmp_path / "sft"), {SFT_LOG: {"loss": [5.0, 4.0, 3.5]}})
     work = tmp_path / "eval"
     proc = run_cli(
         [

@@ -1,6 +1,7 @@
-"""report.html: every section, training curves read back from tensorboardX event
-files (a torn file read up to its last intact record), escaped model text, and
-nothing that could run or load."""
+"""report.html: every section, training curves read back from the runs' JSONL logs
+(a resumed step keeps its later row, a torn last line is left out, a corrupt log
+loses its curves with a note), escaped model text, and nothing that could run or
+load."""
 
 import json
 import os
@@ -10,13 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tensorboardX import SummaryWriter
 
 from kardia_jax.errors import DataError
 from kardia_jax.eval import store
-from kardia_jax.eval.events import read_scalars
 from kardia_jax.eval.metrics import Record, compute_metrics
-from kardia_jax.eval.report import CURVES, write_report
+from kardia_jax.eval.report import (
+    CURVES,
+    SFT_EVAL_LOG,
+    SFT_LOG,
+    read_log,
+    resolve_run_dir,
+    write_report,
+)
 from kardia_jax.eval.table import fmt_pct, fmt_score
 from kardia_jax.rewards.rubric import DIMENSIONS
 
@@ -42,27 +48,90 @@ def elements(html: str) -> tuple[set[str], set[str]]:
     return tags, attrs
 
 
-def log(logdir, tag_values: dict[str, list[float]], start: int = 1):
-    # Two writers within one second would share a file name: the suffix keeps both.
-    w = SummaryWriter(logdir, filename_suffix=f".{start}")
-    for tag, values in tag_values.items():
-        for k, v in enumerate(values):
-            w.add_scalar(tag, v, start + k)
-    w.close()
+def log(run_dir, logs: dict[str, dict[str, list[float]]], start: int = 1):
+    """Appends rows to a run folder's JSONL logs as the drivers do: one row per step
+    from `start`, {"step", field: value, ...}; the folder holds a tb/ as a run's does."""
+    os.makedirs(os.path.join(run_dir, "tb"), exist_ok=True)
+    for name, fields in logs.items():
+        n = max(len(v) for v in fields.values())
+        rows = [
+            {"step": start + k, **{f: v[k] for f, v in fields.items() if k < len(v)}}
+            for k in range(n)
+        ]
+        store.append_jsonl(os.path.join(run_dir, name), rows)
 
 
-def test_scalars_read_back_and_resumed_steps_keep_the_later_value(tmp_path):
-    log(str(tmp_path), {"train/loss": [3.0, 2.0, 1.5]})
-    log(str(tmp_path), {"train/loss": [9.0, 1.0]}, start=3)  # a resumed run re-logs step 3
-    scalars = read_scalars(str(tmp_path))
-    assert scalars["train/loss"] == [(1, 3.0), (2, 2.0), (3, 9.0), (4, 1.0)]
-    # A file cut mid-record (killed writer) is read up to its last intact record.
-    path = sorted(os.path.join(tmp_path, f) for f in os.listdir(tmp_path))[-1]
-    with open(path, "rb") as f:
-        data = f.read()
-    with open(path, "wb") as f:
-        f.write(data[:-7])
-    assert read_scalars(str(tmp_path))["train/loss"][-1] == (3, 9.0)
+def grpo_logs(values: list[float]) -> dict[str, dict[str, list[float]]]:
+    """Every GRPO log and field the report draws, each with `values`."""
+    logs: dict[str, dict[str, list[float]]] = {}
+    for _, stage, series in CURVES:
+        for _, name, field in series:
+            if stage == "grpo":
+                logs.setdefault(name, {})[field] = values
+    return logs
+
+
+def test_logs_read_back_and_resumed_steps_keep_the_later_row(tmp_path):
+    path = str(tmp_path / SFT_LOG)
+    log(str(tmp_path), {SFT_LOG: {"loss": [3.0, 2.0, 1.5], "lr": [1e-4, 2e-4, 3e-4]}})
+    log(str(tmp_path), {SFT_LOG: {"loss": [9.0, 1.0]}}, start=3)  # step 3 written again
+    with open(path, "a", encoding="utf-8") as f:  # flags and text are no curves
+        f.write(json.dumps({"step": 5, "loss": 0.5, "best": True, "note": "x"}) + "\n")
+    logs = read_log(path)
+    assert logs["loss"] == [(1, 3.0), (2, 2.0), (3, 9.0), (4, 1.0), (5, 0.5)]
+    assert logs["lr"] == [(1, 1e-4), (2, 2e-4), (3, 3e-4)]
+    assert set(logs) == {"loss", "lr"}
+    # A line cut mid-write (killed writer) is left out, and the file is not repaired.
+    with open(path, "a", encoding="utf-8") as f:
+        f.write('{"step": 6, "loss": 0.')
+    size = os.path.getsize(path)
+    assert read_log(path)["loss"][-1] == (5, 0.5)
+    assert os.path.getsize(path) == size
+    assert read_log(str(tmp_path / "missing.jsonl")) == {}
+
+
+def test_run_folder_or_its_tb_folder(tmp_path):
+    run = str(tmp_path / "sft")
+    log(run, {SFT_LOG: {"loss": [1.0]}})
+    assert resolve_run_dir(run) == run
+    assert resolve_run_dir(os.path.join(run, "tb")) == run
+    assert resolve_run_dir(os.path.join(run, "tb") + os.sep) == run
+    assert resolve_run_dir(None) is None and resolve_run_dir("") is None
+    # A workdir that happens to be named tb/ and holds the logs is itself the run.
+    named_tb = str(tmp_path / "tb")
+    log(named_tb, {SFT_LOG: {"loss": [1.0]}})
+    assert resolve_run_dir(named_tb) == named_tb
+
+
+def test_a_corrupt_log_loses_its_curves_not_the_report(tmp_path):
+    make_eval_dir(tmp_path / "eval")
+    log(str(tmp_path / "sft"), {SFT_LOG: {"loss": [4.0, 3.0]}, SFT_EVAL_LOG: {"loss": [3.5, 3.2]}})
+    with open(tmp_path / "sft" / SFT_LOG, "r+b") as f:
+        f.seek(1)
+        f.write(b"#")  # the first of two lines: corruption, not a torn write
+    html = Path(
+        write_report(
+            str(tmp_path / "r.html"),
+            str(tmp_path / "eval"),
+            run_dirs={"sft": str(tmp_path / "sft")},
+        )
+    ).read_text("utf-8")
+    assert f"SFT: {tmp_path / 'sft' / SFT_LOG}:1: not a JSON object" in html
+    assert "GRPO: no log folder given" in html
+    panel = html.split('aria-label="SFT loss"')[1].split("</svg>")[0]
+    assert panel.count("<polyline") == 1 and ">held-out (last 3.2)<" in panel
+    assert ">train (" not in panel
+    # An existing run folder without any of the logs says which files it looked for.
+    os.makedirs(tmp_path / "grpo")
+    html = Path(
+        write_report(
+            str(tmp_path / "r.html"),
+            str(tmp_path / "eval"),
+            run_dirs={"grpo": str(tmp_path / "grpo")},
+        )
+    ).read_text("utf-8")
+    assert f"GRPO: no grpo_log.jsonl or selection.jsonl rows in {tmp_path / 'grpo'}" in html
+    assert 'aria-label="GRPO reward"' not in html
 
 
 def make_eval_dir(path, n=24, *, miss=4, seed=0, label="lab<el>"):
@@ -96,13 +165,12 @@ def make_eval_dir(path, n=24, *, miss=4, seed=0, label="lab<el>"):
 
 def test_report_has_every_section_and_escapes_model_text(tmp_path):
     make_eval_dir(tmp_path / "eval")
-    log(str(tmp_path / "sft" / "tb"), {"train/loss": [4.0, 3.0, 2.5], "eval/loss": [3.2]})
-    grpo = {tag: [0.1, 0.2, 0.4] for _, stage, tags in CURVES if stage == "grpo" for _, tag in tags}
-    log(str(tmp_path / "grpo" / "tb"), grpo)
+    log(str(tmp_path / "sft"), {SFT_LOG: {"loss": [4.0, 3.0, 2.5]}, SFT_EVAL_LOG: {"loss": [3.2]}})
+    log(str(tmp_path / "grpo"), grpo_logs([0.1, 0.2, 0.4]))
     out = write_report(
         str(tmp_path / "r.html"),
         str(tmp_path / "eval"),
-        tb_dirs={"sft": str(tmp_path / "sft"), "grpo": str(tmp_path / "grpo" / "tb")},
+        run_dirs={"sft": str(tmp_path / "sft"), "grpo": str(tmp_path / "grpo" / "tb")},
         samples=20,
     )
     html = Path(out).read_text(encoding="utf-8")

@@ -18,7 +18,7 @@ import pytest
 
 from .. import browser
 from .conftest import REPO
-from .test_report import CURVES, ROWS, log, make_rows_dir
+from .test_report import ROWS, SFT_EVAL_LOG, SFT_LOG, grpo_logs, log, make_rows_dir
 
 
 def encode_png(img: np.ndarray, filters) -> bytes:
@@ -186,12 +186,14 @@ def test_rows_report_in_the_browser(tmp_path):
 
     chromium = browser.chromium_or_skip()
     make_rows_dir(tmp_path / "rows")
-    log(str(tmp_path / "sft" / "tb"), {"train/loss": [4.0, 3.0, 2.5, 2.0], "eval/loss": [3.2, 2.4]})
-    grpo = {tag: [0.1, 0.2, 0.4] for _, stage, tags in CURVES if stage == "grpo" for _, tag in tags}
-    log(str(tmp_path / "grpo" / "tb"), grpo)
+    log(
+        str(tmp_path / "sft"),
+        {SFT_LOG: {"loss": [4.0, 3.0, 2.5, 2.0]}, SFT_EVAL_LOG: {"loss": [3.2, 2.4]}},
+    )
+    log(str(tmp_path / "grpo"), grpo_logs([0.1, 0.2, 0.4]))
     page = tmp_path / "report.html"
-    tb = {"sft": str(tmp_path / "sft"), "grpo": str(tmp_path / "grpo")}
-    write_report(str(page), str(tmp_path / "rows"), tb_dirs=tb, samples=2)
+    runs = {"sft": str(tmp_path / "sft"), "grpo": str(tmp_path / "grpo")}
+    write_report(str(page), str(tmp_path / "rows"), run_dirs=runs, samples=2)
     stacked = tmp_path / "stacked.html"
     stacked.write_text(
         page.read_text().replace("</style>", ".cols{display:block !important}</style>", 1)
