@@ -46,10 +46,10 @@ from kardia_jax.rl.grpo import (
     _logp,
     _loss_settings,
     _to_devices,
-    _update_shardings,
     load_grpo_prompts,
+    prompt_buckets,
 )
-from kardia_jax.rl.step import grpo_step
+from kardia_jax.rl.step import jit_grpo_update
 from kardia_jax.sampling import Sampler, SamplingConfig
 from kardia_jax.train.optim import make_optimizer
 from kardia_jax.train.setup import mesh_and_rules
@@ -151,13 +151,14 @@ class GRPOBench:
         )
         # The frozen reference: the same initial weights, its own copy.
         self.ref = nnx.split(init_model(cfg, seed=0))
+        self.buckets = prompt_buckets(config)  # the driver's (the sampler's when empty)
         weights = RewardWeights(1 / 3, 1 / 3, 1 / 3) if judge else RewardWeights(0.5, 0.5, 0.0)
         rubric_judge = None
         if judge:
             jcfg = policy_shape(size, vocab)
             rubric_judge = RubricJudge(init_model(jcfg, seed=1), self.tokenizer, JudgeConfig())
             # As the driver does (rl/grpo.py): length buckets compiled up front.
-            longest = max(config.data.buckets) + rc.max_new_tokens
+            longest = max(self.buckets) + rc.max_new_tokens
             rubric_judge.warm_up(self.rows, max_tokens=int(1.5 * longest))
         self.reward_fn = KardiaReward(rubric_judge, weights)
         tok = self.tokenizer
@@ -169,6 +170,7 @@ class GRPOBench:
             pad_id=self.pad_id,
             mesh=self.mesh,
             rules=self.rules,
+            prompt_buckets=self.buckets,
         )
         self.sampling = SamplingConfig(temperature=rc.temperature, top_k=rc.top_k, top_p=rc.top_p)
         self.bsh = batch_sharding(self.mesh, self.rules)
@@ -182,17 +184,15 @@ class GRPOBench:
             ),
             static_argnums=0,
         )
-        self.step_fn = jax.jit(
-            functools.partial(
-                grpo_step,
-                graphdef=self.graphdef,
-                tx=self.tx,
-                loss=self.loss,
-                max_nonfinite=int(config.train.max_nonfinite),
-            ),
-            in_shardings=(shardings, _update_shardings(self.bsh, self.vsh)),
-            out_shardings=(shardings, None),
-            donate_argnums=0,
+        self.step_fn = jit_grpo_update(
+            self.graphdef,
+            self.tx,
+            self.loss,
+            shardings,
+            self.bsh,
+            self.vsh,
+            microbatches=int(config.train.microbatches),
+            max_nonfinite=int(config.train.max_nonfinite),
         )
 
     def prompts(self, step: int):
@@ -228,7 +228,7 @@ class GRPOBench:
         adv = R.advantages_of(
             ro.rewards["total"], rc.group_size, g.advantage_scale, float(g.advantage_eps)
         )
-        plen = bucket_length(max(map(len, ro.prompt_ids)), tuple(self.config.data.buckets))
+        plen = bucket_length(max(map(len, ro.prompt_ids)), self.buckets)
         return R.update_batch(ro, adv, plen, self.pad_id)
 
     def reference(self, host):

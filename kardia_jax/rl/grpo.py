@@ -44,7 +44,14 @@ from kardia_jax.rl import metrics as M
 from kardia_jax.rl import rollout as R
 from kardia_jax.rl import select as S
 from kardia_jax.rl.config import minibatch_rows, step_batch
-from kardia_jax.rl.step import GRPOLoss, completion_log_probs, grpo_step
+from kardia_jax.rl.core import AGG_MODES, KL_ESTIMATORS, SCALES
+from kardia_jax.rl.step import (
+    VECTOR_KEYS,
+    GRPOLoss,
+    check_microbatches,
+    completion_log_probs,
+    jit_grpo_update,
+)
 from kardia_jax.sampling import Sampler, SamplingConfig
 from kardia_jax.sampling.sampler import PROMPT_BUCKETS
 from kardia_jax.train.checkpoints import resume_or_init
@@ -125,7 +132,9 @@ def prepare_grpo(
     writable_dir(workdir, "workdir")
     g = config.grpo
     mesh, rules = mesh_and_rules(config)
-    minibatch_rows(config, data_parallel_size(mesh, rules))
+    check_microbatches(
+        minibatch_rows(config, data_parallel_size(mesh, rules)), int(config.train.microbatches)
+    )
     if tokenizer is None:
         tokenizer = load_tokenizer(config.data.tokenizer or None)
     examples, heldout, data = load_grpo_data(config.data, tokenizer, config.select)
@@ -169,9 +178,7 @@ def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     stop_ids = R.stop_token_ids(tokenizer)
     main = jax.process_index() == 0
-    # Prompt lengths are padded to these for the sampler and the update alike (the
-    # sampler's powers of two when none are configured).
-    buckets = tuple(config.data.buckets) or PROMPT_BUCKETS
+    buckets = prompt_buckets(config)
 
     ckpt, graphdef, state, shardings, start, data_state = resume_or_init(
         config, cfg, tx, mesh, rules, workdir
@@ -248,17 +255,15 @@ def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None)
         ),
         static_argnums=0,
     )
-    step_fn = jax.jit(
-        functools.partial(
-            grpo_step,
-            graphdef=graphdef,
-            tx=tx,
-            loss=loss,
-            max_nonfinite=int(config.train.max_nonfinite),
-        ),
-        in_shardings=(shardings, _update_shardings(bsh, vsh)),
-        out_shardings=(shardings, None),
-        donate_argnums=0,
+    step_fn = jit_grpo_update(
+        graphdef,
+        tx,
+        loss,
+        shardings,
+        bsh,
+        vsh,
+        microbatches=int(config.train.microbatches),
+        max_nonfinite=int(config.train.max_nonfinite),
     )
     logger = MetricsLogger(os.path.join(workdir, "tb"), total_steps, enabled=main)
     ledger = os.path.join(workdir, "rollouts.jsonl")
@@ -304,7 +309,7 @@ def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None)
             built = compiles.count
             if judge is not None:
                 judge.reset()
-            seed = int(config.seed) * 1_000_003 + step  # rollouts are a function of the step
+            seed = rollout_seed(int(config.seed), step)  # rollouts are a function of the step
             parts, drawn, t_sample, t_score = [], 0, 0.0, 0.0
             for round_ in range(1 + (rc.max_refill_rounds if rc.dynamic_sampling else 0)):
                 batch = next(it)
@@ -317,7 +322,7 @@ def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None)
                     rc.max_new_tokens,
                     sampling,
                     group_size=rc.group_size,
-                    seed=seed * 7 + round_,
+                    seed=rollout_seed(int(config.seed), step, round_),
                 )
                 texts = R.decode_completions(tokenizer, comp.tokens, comp.lengths, stop_ids)
                 t_sample += time.perf_counter() - t
@@ -461,10 +466,34 @@ def _select(selector, step, export, logger) -> None:
     logger.scalars(step, {k: v for k, v in row.items() if k.startswith("reward/")}, "select")
 
 
+def prompt_buckets(config: ConfigDict) -> tuple[int, ...]:
+    """Prompt lengths are padded to these for the sampler and the update alike (the
+    sampler's powers of two when `data.buckets` is empty)."""
+    return tuple(int(b) for b in config.data.buckets) or PROMPT_BUCKETS
+
+
+def rollout_seed(seed: int, step: int, round_: int = 0) -> int:
+    """The sampler's seed for a step's refill round: a hash of all three, so distinct
+    (step, round) pairs never share a seed (an affine mix such as seed * 7 + round
+    collides across steps)."""
+    return int(np.random.SeedSequence([seed, step, round_]).generate_state(1)[0])
+
+
 def _check_settings(config: ConfigDict) -> None:
     rc, g = config.rollout, config.grpo
     if rc.old_logp not in ("recompute", "sampler"):
         raise ConfigError(f"rollout.old_logp={rc.old_logp!r}: expected 'recompute' or 'sampler'")
+    # The ratio compares log-probs of the sampling distribution, logits / temperature:
+    # greedy decoding (0) has none.
+    if not float(rc.temperature) > 0:
+        raise ConfigError(f"rollout.temperature={rc.temperature}: GRPO samples, need > 0")
+    for name, value, allowed in (
+        ("grpo.agg", g.agg, AGG_MODES),
+        ("grpo.kl_estimator", g.kl_estimator, KL_ESTIMATORS),
+        ("grpo.advantage_scale", g.advantage_scale, SCALES),
+    ):
+        if value not in allowed:
+            raise ConfigError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
     step_batch(rc)
     S.check_select(config.select)
     for name, value in (
@@ -529,16 +558,8 @@ def _logp(graphdef, params, input_ids, attention_mask, *, n, chunk, temperature)
     )
 
 
-_VECTOR_KEYS = ("advantages",)
-
-
-def _update_shardings(bsh, vsh):
-    keys = ("input_ids", "attention_mask", "completion_mask", "old_logp", "ref_logp")
-    return {**{k: bsh for k in keys}, **{k: vsh for k in _VECTOR_KEYS}}
-
-
 def _to_devices(part, bsh, vsh):
     local = host_rows(part)
-    out = global_batch({k: v for k, v in local.items() if k not in _VECTOR_KEYS}, bsh)
-    out.update(global_batch({k: local[k] for k in _VECTOR_KEYS}, vsh))
+    out = global_batch({k: v for k, v in local.items() if k not in VECTOR_KEYS}, bsh)
+    out.update(global_batch({k: local[k] for k in VECTOR_KEYS}, vsh))
     return out

@@ -16,11 +16,13 @@ positions per row.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from kardia_jax.errors import ConfigError
 from kardia_jax.models.logprobs import token_log_probs
 from kardia_jax.rl.core import aggregate, kl_penalty, policy_loss
 from kardia_jax.train.state import TrainState
@@ -80,10 +82,12 @@ def _objective(params, graphdef, batch, loss: GRPOLoss, num_tokens, num_seqs):
         dual_clip=loss.dual_clip,
         **norms,
     )
-    # Token-mean diagnostics of this part, weighted by its share of the tokens.
+    # Token-mean diagnostics of this part, weighted by its share of the tokens; the
+    # extremes and the token count are not means (the count's parts simply add up).
     share = jnp.sum(mask) / num_tokens
-    metrics = {k: v * share for k, v in pg_metrics.items() if k not in ("ratio_min", "ratio_max")}
-    metrics.update(ratio_min=pg_metrics["ratio_min"], ratio_max=pg_metrics["ratio_max"])
+    unweighted = ("ratio_min", "ratio_max", "num_tokens")
+    metrics = {k: v * share for k, v in pg_metrics.items() if k not in unweighted}
+    metrics.update({k: pg_metrics[k] for k in unweighted if k in pg_metrics})
     metrics["entropy"] = aggregate(entropy, mask, "token-mean", num_tokens=num_tokens)
     metrics["pg_loss"] = pg
     total = pg
@@ -143,3 +147,43 @@ def grpo_step(
         state, grads, metrics["loss"], tx=tx, max_nonfinite=max_nonfinite
     )
     return new_state, dict(metrics, grad_norm=grad_norm, skipped=skipped)
+
+
+# Per-row vectors of an update batch (sharded over the batch axis in one dimension).
+VECTOR_KEYS = ("advantages",)
+_MATRIX_KEYS = ("input_ids", "attention_mask", "completion_mask", "old_logp", "ref_logp")
+
+
+def update_shardings(bsh, vsh) -> dict:
+    """The update batch's shardings: `bsh` for [R, T] arrays, `vsh` for [R] vectors."""
+    return {**{k: bsh for k in _MATRIX_KEYS}, **{k: vsh for k in VECTOR_KEYS}}
+
+
+def check_microbatches(rows: int, microbatches: int) -> None:
+    """Each optimizer step's `rows` completions must split into `microbatches` parts."""
+    if microbatches < 1 or rows % microbatches:
+        raise ConfigError(
+            f"train.microbatches={microbatches}: the GRPO update's {rows} completions "
+            "(rollout.global_batch / grpo.minibatches) must split into that many parts"
+        )
+
+
+def jit_grpo_update(
+    graphdef, tx, loss: GRPOLoss, state_shardings, bsh, vsh, *, microbatches=1, max_nonfinite=5
+):
+    """The jitted GRPO update `(state, batch) -> (state, metrics)` with its shardings
+    and the state donated: the one builder for the driver, compile-check and the bench,
+    so that a setting such as `train.microbatches` reaches all three alike."""
+    return jax.jit(
+        functools.partial(
+            grpo_step,
+            graphdef=graphdef,
+            tx=tx,
+            loss=loss,
+            microbatches=int(microbatches),
+            max_nonfinite=int(max_nonfinite),
+        ),
+        in_shardings=(state_shardings, update_shardings(bsh, vsh)),
+        out_shardings=(state_shardings, None),
+        donate_argnums=0,
+    )

@@ -217,14 +217,20 @@ def compile_check(config, devices=None) -> dict:
         shapes = f"batch {b} x {t} tokens, microbatches {config.train.microbatches}"
         programs.append(_report("sft_train_step", shapes, compiled, est))
     else:
+        from kardia_jax.data.pipeline import bucket_length
         from kardia_jax.rl.config import minibatch_rows, step_batch
-        from kardia_jax.rl.grpo import _logp, _loss_settings, _update_shardings
-        from kardia_jax.rl.step import grpo_step
+        from kardia_jax.rl.grpo import _logp, _loss_settings, prompt_buckets
+        from kardia_jax.rl.step import check_microbatches, jit_grpo_update
         from kardia_jax.train.state import data_parallel_size, param_bytes_per_device
 
         rc = config.rollout
         # The GRPO driver's own check: rollout.global_batch completions per step.
         mb_rows = minibatch_rows(config, data_parallel_size(mesh, rules))
+        check_microbatches(mb_rows, int(config.train.microbatches))
+        # The driver pads prompts to a bucket (the sampler's powers of two when none are
+        # set): the one a data.max_length prompt lands in.
+        if not tuple(config.data.buckets):
+            length = bucket_length(int(config.data.max_length), prompt_buckets(config))
         rows = step_batch(rc)[1]
         n = int(rc.max_new_tokens)
         t = int(length) + n
@@ -238,21 +244,22 @@ def compile_check(config, devices=None) -> dict:
             "ref_logp": _struct((mb_rows, n), f32, bsh),
             "advantages": _struct((mb_rows,), f32, vsh),
         }
-        step = jax.jit(
-            functools.partial(
-                grpo_step,
-                graphdef=graphdef,
-                tx=tx,
-                loss=loss,
-                max_nonfinite=int(config.train.max_nonfinite),
-            ),
-            in_shardings=(shardings, _update_shardings(bsh, vsh)),
-            out_shardings=(shardings, None),
-            donate_argnums=0,
+        step = jit_grpo_update(
+            graphdef,
+            tx,
+            loss,
+            shardings,
+            bsh,
+            vsh,
+            microbatches=int(config.train.microbatches),
+            max_nonfinite=int(config.train.max_nonfinite),
         )
         compiled = step.lower(state, batch).compile()
         est = train_flops(cfg, mb_rows, t, n) / n_dev
-        shapes = f"{mb_rows} rollouts x ({length} prompt + {n} completion) tokens"
+        shapes = (
+            f"{mb_rows} rollouts x ({length} prompt + {n} completion) tokens, "
+            f"microbatches {config.train.microbatches}"
+        )
         params_bytes = param_bytes_per_device(abstract.params, shardings.params)
         state_bytes = param_bytes_per_device(abstract, shardings)
         ref_bytes = params_bytes if loss.beta > 0 else 0

@@ -149,3 +149,24 @@ def test_batch_that_does_not_split_over_the_mesh_is_refused(small_tokenizer):
     )  # 8 rows / 2 microbatches = 4 rows per microbatch over 8 devices
     with pytest.raises(ConfigError, match="not divisible by the data-parallel size 8"):
         compile_check(config)
+
+
+def test_grpo_update_is_compiled_with_train_microbatches(small_tokenizer, tmp_path, monkeypatch):
+    from kardia_jax.rl import step
+
+    sft = load_config(SFT, [f"--config.data.tokenizer={small_tokenizer}"])
+    cfg = planned_model_config(sft.model, _vocab(small_tokenizer))
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_hf_config()))  # no weights
+    built, real = [], step.jit_grpo_update
+
+    def spy(*args, **kwargs):  # the one builder the driver uses too
+        built.append(kwargs["microbatches"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(step, "jit_grpo_update", spy)
+    args = [f"--config.data.tokenizer={small_tokenizer}", f"--config.model.path={tmp_path}"]
+    update = compile_check(load_config(GRPO, [*args, "--config.train.microbatches=2"]))
+    assert built == [2] and "microbatches 2" in update["programs"][0].shapes
+    # 16 completions per update do not split into 3 microbatches: refused, named.
+    with pytest.raises(ConfigError, match="train.microbatches=3"):
+        compile_check(load_config(GRPO, [*args, "--config.train.microbatches=3"]))
