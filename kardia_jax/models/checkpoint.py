@@ -22,11 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 from kardia_jax.errors import CheckpointError, ConfigError
 from kardia_jax.models.config import ModelConfig
 from kardia_jax.models.decoder import Transformer, abstract_model
-from kardia_jax.models.safetensors_io import SafetensorsFile, write_safetensors
 from kardia_jax.sharding import DEFAULT_RULES, Rules, param_shardings
 
 WEIGHTS_NAME = "model.safetensors"
@@ -60,7 +61,7 @@ class _Layout:
     def to_hf(self, ours: np.ndarray) -> np.ndarray:
         return ours.transpose(np.argsort(self.perm)).reshape(self.hf_shape)
 
-    def read(self, file: SafetensorsFile, name: str, index: tuple[slice, ...]) -> np.ndarray:
+    def read(self, file: TensorFile, name: str, index: tuple[slice, ...]) -> np.ndarray:
         """Reads only the Hugging Face rows/cols behind `ours[index]`."""
         split_idx = [slice(None)] * len(self.split)
         for i, p in enumerate(self.perm):
@@ -114,6 +115,40 @@ def _entries(
 
 
 # -------------------------------------------------------------------------- reading
+class TensorFile:
+    """One .safetensors file opened with the `safetensors` library: opening parses
+    only the header, and `read` copies out just the requested slice of the
+    memory-mapped data, so a host touches only the shards its devices hold."""
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            self._file = safe_open(path, framework="numpy")
+            names = self._file.keys()  # a list: the handle itself is not iterable
+            self._shapes = {n: tuple(self._file.get_slice(n).get_shape()) for n in names}
+        except OSError as e:
+            raise CheckpointError(f"{path}: cannot read ({e})") from None
+        except SafetensorError as e:
+            raise CheckpointError(
+                f"{path}: not a valid safetensors file, truncated or corrupt ({e})"
+            ) from None
+
+    def names(self) -> list[str]:
+        return list(self._shapes)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._shapes[name]
+
+    def read(self, name: str, index: tuple[slice, ...] | None = None) -> np.ndarray:
+        """A copy of `tensor[index]` (contiguous slices); bfloat16 comes back as ml_dtypes'."""
+        try:
+            if index is None:
+                return self._file.get_tensor(name)
+            return np.asarray(self._file.get_slice(name)[index])
+        except SafetensorError as e:
+            raise CheckpointError(f"{self.path}: cannot read tensor {name!r} ({e})") from None
+
+
 class CheckpointFiles:
     """The safetensors files of a checkpoint dir, addressed by tensor name."""
 
@@ -134,14 +169,14 @@ class CheckpointFiles:
                 full = os.path.join(path, fname)
                 if not os.path.isfile(full):
                     raise CheckpointError(f"{index_file}: lists {fname!r}, which does not exist")
-                files[fname] = SafetensorsFile(full)
+                files[fname] = TensorFile(full)
             self._where = {}
             for name, fname in weight_map.items():
                 if name not in files[fname].names():
                     raise CheckpointError(f"{index_file}: {name!r} is not in {fname!r}")
                 self._where[name] = files[fname]
         elif os.path.isfile(single):
-            f = SafetensorsFile(single)
+            f = TensorFile(single)
             self._where = {name: f for name in f.names()}
         else:
             other = [n for n in os.listdir(path) if n.endswith((".bin", ".pt", ".pth", ".ckpt"))]
@@ -151,7 +186,7 @@ class CheckpointFiles:
     def names(self) -> set[str]:
         return set(self._where)
 
-    def file(self, name: str) -> SafetensorsFile:
+    def file(self, name: str) -> TensorFile:
         return self._where[name]
 
 
@@ -366,6 +401,25 @@ def _write_json(file: str, obj) -> None:
         f.write("\n")
 
 
+def write_shard(path: str, entries) -> None:
+    """Writes one safetensors file from `(name, shape, dtype, produce)` entries through
+    the `safetensors` library, which takes the whole shard at once: `max_shard_bytes`
+    bounds the host memory a save needs. fsync'd, since the caller publishes the
+    directory by renaming it."""
+    tensors = {}
+    for name, shape, dtype, produce in entries:
+        arr = np.ascontiguousarray(produce(), dtype=dtype)
+        if arr.shape != tuple(shape):
+            raise ValueError(f"{name}: produced shape {arr.shape}, declared {tuple(shape)}")
+        tensors[name] = arr
+    save_file(tensors, path, metadata={"format": "pt"})
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _write_weights(dir_: str, entries, max_shard_bytes: int) -> None:
     shards, current, size = [], [], 0
     for e in entries:
@@ -377,12 +431,12 @@ def _write_weights(dir_: str, entries, max_shard_bytes: int) -> None:
         size += nbytes
     shards.append(current)
     if len(shards) == 1:
-        write_safetensors(os.path.join(dir_, WEIGHTS_NAME), shards[0])
+        write_shard(os.path.join(dir_, WEIGHTS_NAME), shards[0])
         return
     weight_map, total = {}, 0
     for i, shard in enumerate(shards):
         fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        write_safetensors(os.path.join(dir_, fname), shard)
+        write_shard(os.path.join(dir_, fname), shard)
         for name, shape, dt, _ in shard:
             weight_map[name] = fname
             total += math.prod(shape) * dt.itemsize

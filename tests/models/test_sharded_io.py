@@ -9,11 +9,11 @@ import pytest
 import transformers
 from flax import nnx
 from jax.sharding import PartitionSpec as P
+from safetensors.numpy import load_file, save_file
 
 from kardia_jax.errors import ConfigError
 from kardia_jax.models import load_hf_model, resize_token_embeddings, save_hf_model
-from kardia_jax.models.checkpoint import _layout
-from kardia_jax.models.safetensors_io import SafetensorsFile, write_safetensors
+from kardia_jax.models.checkpoint import TensorFile, _layout
 from kardia_jax.sharding import make_mesh
 
 from .conftest import left_padded_batch
@@ -30,10 +30,8 @@ def test_layout_reads_exactly_the_requested_slice(tmp_path):
     for path, shape in cases:
         layout = _layout(path, shape)
         hf = rng.standard_normal(layout.hf_shape).astype(np.float32)
-        write_safetensors(
-            str(tmp_path / "t.safetensors"), [("w", hf.shape, hf.dtype, lambda hf=hf: hf)]
-        )
-        f = SafetensorsFile(str(tmp_path / "t.safetensors"))
+        save_file({"w": hf}, tmp_path / "t.safetensors")
+        f = TensorFile(str(tmp_path / "t.safetensors"))
         ours = layout.to_ours(hf)
         np.testing.assert_array_equal(layout.to_hf(ours), hf)
         for bounds in itertools.product(*[[(0, n), (1, n), (0, n - 1), (1, 2)] for n in shape]):
@@ -45,9 +43,9 @@ def test_sharded_load_reads_per_device_slices_and_matches_unsharded(hf_checkpoin
     path, _ = hf_checkpoint("qwen2_untied")
     mesh = make_mesh({"fsdp": 4, "tensor": 2})
     reads = []
-    real_read = SafetensorsFile.read
+    real_read = TensorFile.read
     monkeypatch.setattr(
-        SafetensorsFile,
+        TensorFile,
         "read",
         lambda self, name, index=None: reads.append((name, index)) or real_read(self, name, index),
     )
@@ -75,12 +73,12 @@ def test_sharded_scanned_model_saves_the_same_checkpoint(hf_checkpoint, tmp_path
     model = load_hf_model(path, mesh=mesh, scan_layers=True)
     save_hf_model(model, tmp_path / "out")
     a, b = (
-        SafetensorsFile(f"{path}/model.safetensors"),
-        SafetensorsFile(str(tmp_path / "out/model.safetensors")),
+        load_file(f"{path}/model.safetensors"),
+        load_file(tmp_path / "out/model.safetensors"),
     )
-    assert sorted(a.names()) == sorted(b.names())
-    for name in a.names():
-        np.testing.assert_array_equal(a.read(name), b.read(name), err_msg=name)
+    assert sorted(a) == sorted(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
 def test_mesh_that_does_not_divide_a_tensor_is_a_clear_error(hf_checkpoint):

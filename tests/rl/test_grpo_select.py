@@ -10,12 +10,12 @@ import shutil
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from kardia_jax.config_files import load_config
 from kardia_jax.data.splits import profile_split
 from kardia_jax.data.validate import load_dialogues
 from kardia_jax.errors import ConfigError, DataError
-from kardia_jax.models.safetensors_io import SafetensorsFile
 from kardia_jax.rl.config import grpo_config, step_batch
 from kardia_jax.rl.grpo import _check_settings, prepare_grpo
 from kardia_jax.rl.select import fixed_subset, read_history, scoring_interval
@@ -146,8 +146,7 @@ def test_heldout_prompts_are_profile_disjoint_from_the_training_prompts(
 
 # ---------------------------------------------------------------- the driver
 def weights(hf_dir) -> dict[str, np.ndarray]:
-    f = SafetensorsFile(os.path.join(hf_dir, "model.safetensors"))
-    return {name: f.read(name) for name in f.names()}
+    return load_file(os.path.join(hf_dir, "model.safetensors"))
 
 
 def assert_same(a, b):

@@ -8,9 +8,9 @@ import time
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from kardia_jax.cli import main
-from kardia_jax.models.safetensors_io import SafetensorsFile
 
 from .conftest import run_cli, tiny_overrides
 
@@ -130,7 +130,7 @@ def test_resume_after_sigterm_and_sigkill_is_bit_identical(tmp_path, small_token
     assert proc.returncode == 0 and "resumed from step" in out, out
 
     assert read_log(broken) == read_log(straight)
-    a = SafetensorsFile(os.path.join(straight, "hf", "model.safetensors"))
-    b = SafetensorsFile(os.path.join(broken, "hf", "model.safetensors"))
-    for name in a.names():
-        np.testing.assert_array_equal(a.read(name), b.read(name), err_msg=name)
+    a = load_file(os.path.join(straight, "hf", "model.safetensors"))
+    b = load_file(os.path.join(broken, "hf", "model.safetensors"))
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)

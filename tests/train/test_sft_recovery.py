@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from safetensors.numpy import load_file
 
 from kardia_jax.cli import main
-from kardia_jax.models.safetensors_io import SafetensorsFile
 
 from .conftest import tiny_overrides
 from .test_sft import TINY, read_log
@@ -45,14 +45,14 @@ def test_start_from_hf_checkpoint_grows_vocab_for_the_tokenizer(tmp_path, small_
         },
     )
     assert rc == 0
-    before = SafetensorsFile(str(tmp_path / "base" / "model.safetensors"))
-    after = SafetensorsFile(str(tmp_path / "run" / "hf" / "model.safetensors"))
-    emb0, emb1 = before.read("model.embed_tokens.weight"), after.read("model.embed_tokens.weight")
+    before = load_file(tmp_path / "base" / "model.safetensors")
+    after = load_file(tmp_path / "run" / "hf" / "model.safetensors")
+    emb0, emb1 = before["model.embed_tokens.weight"], after["model.embed_tokens.weight"]
     assert emb1.shape == (4176, 64)  # 4175 tokenizer ids, padded to a multiple of 8
     np.testing.assert_array_equal(emb1[:4096], emb0)
     np.testing.assert_allclose(emb1[4096:], np.broadcast_to(emb0.mean(0), (80, 64)), atol=1e-6)
     name = "model.layers.1.self_attn.q_proj.bias"
-    np.testing.assert_array_equal(after.read(name), before.read(name))
+    np.testing.assert_array_equal(after[name], before[name])
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(
