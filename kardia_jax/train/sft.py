@@ -164,8 +164,10 @@ def run_sft(config: ConfigDict, workdir: str, inputs: SFTInputs | None = None) -
     eval_fn = jax.jit(functools.partial(eval_step, graphdef=graphdef))
 
     log_path = os.path.join(workdir, "train_log.jsonl")
+    eval_log_path = os.path.join(workdir, "eval_log.jsonl")  # held-out loss: {step, loss}
     if main:
         truncate_jsonl(log_path, start)
+        truncate_jsonl(eval_log_path, start)
     logger = MetricsLogger(os.path.join(workdir, "tb"), total_steps, enabled=main)
     preempt = _Preemption()
     pending: list[tuple[int, dict, int, float]] = []  # device metrics not yet fetched
@@ -245,6 +247,8 @@ def run_sft(config: ConfigDict, workdir: str, inputs: SFTInputs | None = None) -
         loss = float(nll) / max(float(tokens), 1.0)
         logger.scalars(step, {"loss": loss}, prefix="eval")
         if main:
+            with open(eval_log_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, "loss": loss}) + "\n")
             print(f"step {step}: held-out loss {loss:.4f}", flush=True)
         return loss
 
