@@ -113,7 +113,7 @@ from ml_collections import ConfigDict
 mesh, rules = mesh_and_rules(ConfigDict(dict(sharding="fsdp", mesh={}, dcn_mesh={})))
 r = curriculum(policy, data, out, dtype="float32", max_length=256, batch_size=4,
                mesh=mesh, rules=rules, log=lambda s: None)
-print(json.dumps(r["counts"]))
+print("COUNTS " + json.dumps(r["counts"]), flush=True)
 """
 
 
@@ -154,7 +154,10 @@ def test_two_processes_split_as_one_does(tmp_path, rl_policy, short_data):
     two = [start(str(i), 2, tmp_path / "two") for i in range(2)]
     outs = [p.communicate(timeout=300)[0] for p in (one, *two)]
     assert all(p.returncode == 0 for p in (one, *two)), outs
-    counts = [json.loads(o.strip().splitlines()[-1]) for o in outs]
+    # Gloo logs to the same stream, at any time: the counts line carries a tag.
+    counts = [
+        json.loads(next(x for x in o.splitlines() if x.startswith("COUNTS "))[7:]) for o in outs
+    ]
     assert counts[0] == counts[1] == counts[2] and counts[0]["easy"] == 4
     a = json.loads((tmp_path / "one" / "difficulty.json").read_text())
     b = json.loads((tmp_path / "two" / "difficulty.json").read_text())
