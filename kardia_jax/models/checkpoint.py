@@ -15,7 +15,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -362,9 +362,7 @@ def save_hf_model(
             f()  # take part in the gathers
         return
 
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=os.path.dirname(path))
-    try:
+    def fill(tmp: str) -> None:
         _write_weights(tmp, entries, max_shard_bytes)
         hf_config = cfg.to_hf_config()
         hf_config["torch_dtype"] = out_dtype.name
@@ -380,11 +378,22 @@ def save_hf_model(
         _write_json(os.path.join(tmp, "generation_config.json"), gen)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+
+    publish_dir(path, fill)
+
+
+def publish_dir(path: str, fill: Callable[[str], None]) -> None:
+    """Writes a folder by `fill(tmp)` into a temporary dir beside `path`, then swaps
+    it in by renames: a reader sees the old folder or the new one, never half of one,
+    and a failure leaves the old one as it was."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+    try:
+        fill(tmp)
         os.chmod(tmp, 0o755)
         if os.path.exists(path):
-            old = tempfile.mkdtemp(
-                prefix=f".{os.path.basename(path)}.old-", dir=os.path.dirname(path)
-            )
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
             os.rename(path, os.path.join(old, "d"))
             os.rename(tmp, path)
             shutil.rmtree(old)

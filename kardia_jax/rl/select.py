@@ -10,7 +10,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 
@@ -20,6 +19,7 @@ from ml_collections import ConfigDict
 
 from kardia_jax.data.splits import profile_split
 from kardia_jax.errors import ConfigError, DataError, KardiaError
+from kardia_jax.models.checkpoint import publish_dir
 from kardia_jax.rl import rollout as R
 from kardia_jax.sampling import SamplingConfig
 
@@ -108,9 +108,6 @@ def copy_hf_dir(src: str, dst: str) -> None:
     dir like `save_hf_model` does. Files are hard links where the filesystem allows:
     `save_hf_model` never rewrites a file in place (it renames a new dir over the old),
     so a link never changes under the other name. Process 0 only."""
-    parent = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.tmp-", dir=parent)
 
     def link(s, d):
         try:
@@ -118,19 +115,7 @@ def copy_hf_dir(src: str, dst: str) -> None:
         except OSError:
             shutil.copy2(s, d)
 
-    try:
-        shutil.copytree(src, tmp, copy_function=link, dirs_exist_ok=True)
-        os.chmod(tmp, 0o755)
-        if os.path.exists(dst):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.old-", dir=parent)
-            os.rename(dst, os.path.join(old, "d"))
-            os.rename(tmp, dst)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    publish_dir(dst, lambda tmp: shutil.copytree(src, tmp, copy_function=link, dirs_exist_ok=True))
 
 
 def _agreed(score: float) -> float:
