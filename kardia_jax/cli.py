@@ -27,7 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("kardia_jax.eval.cli", "evaluate on the test split: emotion accuracy, rubric, report"),
     "report": ("kardia_jax.eval.report_cli", "rebuild report.html from an eval workdir and logs"),
     "pipeline": ("kardia_jax.pipeline.cli", "data -> SFT -> GRPO -> eval -> report, resumable"),
-    "compile-check": ("kardia_jax.train.compile_check", "memory and FLOPs of compiled steps"),
+    "compile-check": ("kardia_jax.pipeline.compile_check", "memory and FLOPs of compiled steps"),
 }
 
 

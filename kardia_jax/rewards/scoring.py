@@ -15,12 +15,14 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from kardia_jax.models.decoder import positions_from_mask
 
 TRACES: collections.Counter = collections.Counter()
-_SCORES = jnp.arange(1, 6, dtype=jnp.float32)
+# numpy, not jnp: importing this module must not start a JAX backend.
+_SCORES = np.arange(1, 6, dtype=np.float32)
 
 
 def _constrain(x, sharding):

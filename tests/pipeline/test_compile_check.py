@@ -10,7 +10,7 @@ import pytest
 
 from kardia_jax.config_files import load_config
 from kardia_jax.errors import ConfigError
-from kardia_jax.train.compile_check import (
+from kardia_jax.pipeline.compile_check import (
     GIB,
     MemoryBudgetExceeded,
     check_budget,
@@ -111,7 +111,7 @@ def test_grpo_tiny_compiles_update_and_log_probs(small_tokenizer, tmp_path):
 
 
 def test_budget_check_names_the_program_and_the_budget():
-    from kardia_jax.train.compile_check import ProgramReport
+    from kardia_jax.pipeline.compile_check import ProgramReport
 
     p = ProgramReport("sft_train_step", "", GIB, GIB, GIB, GIB // 2, 0, 1.0)
     check_budget([p], 2.0, "--budget-gib")  # 1.5 GiB fits
