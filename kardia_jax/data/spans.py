@@ -37,10 +37,42 @@ SPAN_REASONS: tuple[str, ...] = (
     "mixed_notation",  # special-token markers and tags in one answer
 )
 
+# The span-marker patterns, one home for every reader of spans (the parser below, the
+# format and emotion rewards, the judge's candidate extraction, the sampler's display).
 _NAMES_RE = "|".join(SPAN_NAMES)
-_MARKER_RE = re.compile(
+# Any begin or end marker of the four spans, either notation.
+MARKER_RE = re.compile(
     rf"<\|(?P<sname>{_NAMES_RE})_(?P<sedge>begin|end)\|>|<(?P<slash>/?)(?P<tname>{_NAMES_RE})>"
 )
+
+
+def _complete_span_re(names: str) -> re.Pattern:
+    return re.compile(
+        rf"(?:<\|(?P<a>{names})_begin\|>(?P<x>.*?)<\|(?P=a)_end\|>)"
+        rf"|(?:<(?P<b>{names})>(?P<y>.*?)</(?P=b)>)",
+        re.S,
+    )
+
+
+# A complete span (begin, body, matching end; either notation) of any name, and per name.
+SPAN_RE = _complete_span_re(_NAMES_RE)
+SPAN_RE_BY_NAME: dict[str, re.Pattern] = {n: _complete_span_re(n) for n in SPAN_NAMES}
+# The begin marker of one span, either notation.
+BEGIN_RE_BY_NAME: dict[str, re.Pattern] = {
+    n: re.compile(rf"<\|{n}_begin\|>|<{n}>") for n in SPAN_NAMES
+}
+
+
+def span_match(m: re.Match) -> tuple[str, str]:
+    """(name, raw body) of a `SPAN_RE` / `SPAN_RE_BY_NAME` match."""
+    return (m.group("a"), m.group("x")) if m.group("a") else (m.group("b"), m.group("y"))
+
+
+def find_span(name: str, text: str) -> str | None:
+    """The raw body of the first complete `name` span in `text`, or None (lenient: no
+    check of the rest of the text; `parse_spans` is the strict reader)."""
+    m = SPAN_RE_BY_NAME[name].search(text)
+    return None if m is None else span_match(m)[1]
 
 
 def marker(name: str, edge: Literal["begin", "end"], notation: Notation) -> str:
@@ -92,7 +124,7 @@ def parse_spans(text: str) -> FourSpans:
     open_at = 0
     notation: str | None = None
     pos = 0
-    for m in _MARKER_RE.finditer(text):
+    for m in MARKER_RE.finditer(text):
         if m.group("sname"):
             name, is_begin, this_notation = m.group("sname"), m.group("sedge") == "begin", "special"
         else:

@@ -10,17 +10,13 @@ must not hedge by naming several labels.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import numpy as np
 
 from kardia_jax.data.emotions import normalize_emotion
-from kardia_jax.data.spans import SpanError, parse_spans
+from kardia_jax.data.spans import BEGIN_RE_BY_NAME, SpanError, find_span, parse_spans
 from kardia_jax.errors import DataError
-
-_BEGIN = re.compile(r"<\|emotion_begin\|>|<emotion>")
-_SPAN = re.compile(r"<\|emotion_begin\|>(.*?)<\|emotion_end\|>|<emotion>(.*?)</emotion>", re.S)
 
 
 def extract_emotion(text: str, *, strict: bool = False) -> str | None:
@@ -32,12 +28,9 @@ def extract_emotion(text: str, *, strict: bool = False) -> str | None:
             return parse_spans(text).emotion
         except SpanError:
             return None
-    if len(_BEGIN.findall(text)) != 1:
+    if len(BEGIN_RE_BY_NAME["emotion"].findall(text)) != 1:
         return None
-    m = _SPAN.search(text)
-    if m is None:
-        return None
-    return m.group(1) if m.group(1) is not None else m.group(2)
+    return find_span("emotion", text)
 
 
 def predicted_emotions(texts: Sequence[str], *, strict: bool = False) -> list[str | None]:

@@ -8,19 +8,14 @@ is well formed on its own, so an invalid answer earns at most 0.8 < 1.0.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 
-from kardia_jax.data.spans import SPAN_NAMES, span_error
+from kardia_jax.data.spans import MARKER_RE, NOTATIONS, SPAN_NAMES, marker, span_error
 
 PARTIAL_PER_SPAN = 0.2
-
-_NAMES = "|".join(SPAN_NAMES)
-# Any span marker, either notation (as the data parser recognises them).
-_ANY_MARKER = re.compile(rf"<\|(?:{_NAMES})_(?:begin|end)\|>|</?(?:{_NAMES})>")
 
 
 def format_reasons(texts: Sequence[str]) -> list[str | None]:
@@ -42,12 +37,13 @@ def well_formed_spans(text: str) -> int:
     and no other marker between them."""
     good = 0
     for name in SPAN_NAMES:
-        for begin, end in ((f"<|{name}_begin|>", f"<|{name}_end|>"), (f"<{name}>", f"</{name}>")):
+        for notation in NOTATIONS:
+            begin, end = marker(name, "begin", notation), marker(name, "end", notation)
             if text.count(begin) != 1 or text.count(end) != 1:
                 continue
             i, j = text.index(begin) + len(begin), text.index(end)
             body = text[i:j] if i <= j else None
-            if body is not None and body.strip() and not _ANY_MARKER.search(body):
+            if body is not None and body.strip() and not MARKER_RE.search(body):
                 good += 1
                 break
     return good

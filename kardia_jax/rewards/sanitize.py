@@ -12,11 +12,10 @@ e.g. "[INST]") broken by a space after its first character.
 from __future__ import annotations
 
 import dataclasses
-import re
 import unicodedata
 from collections.abc import Iterable
 
-from kardia_jax.data.spans import SPAN_NAMES, SpanError, parse_spans
+from kardia_jax.data.spans import BEGIN_RE_BY_NAME, MARKER_RE, SpanError, find_span, parse_spans
 
 _BRACKETS = str.maketrans({"<": "\u2039", ">": "\u203a"})  # < > -> ‹ ›
 _KEEP_CONTROL = frozenset("\n\t")
@@ -24,14 +23,6 @@ _KEEP_CONTROL = frozenset("\n\t")
 # reply, and a way to smuggle bytes past a reader. Format characters (Cf: zero-width
 # joiners in emoji) are kept; they cannot spell a token once brackets are gone.
 _DROP_CATEGORIES = frozenset(("Cc", "Cs", "Co", "Cn"))
-
-_NAMES = "|".join(SPAN_NAMES)
-_COMPLETE = {
-    name: re.compile(rf"<\|{name}_begin\|>(.*?)<\|{name}_end\|>|<{name}>(.*?)</{name}>", re.S)
-    for name in SPAN_NAMES
-}
-_RESPONSE_BEGIN = re.compile(r"<\|response_begin\|>|<response>")
-_ANY_MARKER = re.compile(rf"<\|(?:{_NAMES})_(?:begin|end)\|>|</?(?:{_NAMES})>")
 
 
 def neutralize(text: str, reserved: Iterable[str] = ()) -> str:
@@ -68,10 +59,8 @@ class CandidateParts:
 
 
 def _span(name: str, text: str) -> str | None:
-    m = _COMPLETE[name].search(text)
-    if m is None:
-        return None
-    return (m.group(1) if m.group(1) is not None else m.group(2)).strip()
+    body = find_span(name, text)
+    return None if body is None else body.strip()
 
 
 def candidate_parts(text: str) -> CandidateParts:
@@ -94,10 +83,10 @@ def candidate_parts(text: str) -> CandidateParts:
     response = _span("response", text)
     if response is not None:
         return CandidateParts(response, understanding, reasoning, "lenient")
-    begins = list(_RESPONSE_BEGIN.finditer(text))
+    begins = list(BEGIN_RE_BY_NAME["response"].finditer(text))
     if begins:
-        tail = _ANY_MARKER.split(text[begins[-1].end() :])[0]
+        tail = MARKER_RE.split(text[begins[-1].end() :])[0]
         return CandidateParts(tail.strip(), understanding, reasoning, "unclosed")
-    if not _ANY_MARKER.search(text):
+    if not MARKER_RE.search(text):
         return CandidateParts(text.strip(), source="whole_text")
     return CandidateParts("", understanding, reasoning, "none")

@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from collections.abc import Iterable, Sequence
 
+from kardia_jax.data.spans import SPAN_RE, span_match
 from kardia_jax.errors import ConfigError, DataError
+from kardia_jax.sampling.tokens import eos_ids_for, load_tokenizer_for, single_token_id
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
-_CHAT_STOPS = ("<|im_end|>", "<|endoftext|>")  # always stop on these when they are tokens
 
 
 # ------------------------------------------------------------------- shared flags
@@ -133,48 +132,13 @@ class Session:
         return self._next_seed - 1
 
 
-def load_tokenizer_for(path: str):
-    """The checkpoint's own tokenizer when it has one (never running remote code),
-    else the built-in Qwen2.5 tokenizer with the span markers."""
-    from kardia_jax.data.tokenizer import load_tokenizer, read_tokenizer
-
-    if any(os.path.isfile(os.path.join(path, f)) for f in _TOKENIZER_FILES):
-        return read_tokenizer(path, "checkpoint's tokenizer")
-
-    return load_tokenizer(None, span_markers=True)
-
-
-def single_token_id(tokenizer, token: str) -> int:
-    ids = tokenizer.encode(token, add_special_tokens=False)
-    if len(ids) != 1:
-        raise ConfigError(f"stop token {token!r} is {len(ids)} tokens, not one")
-    return ids[0]
-
-
-def eos_ids_for(model_config, tokenizer) -> list[int]:
-    """The checkpoint's eos ids, the tokenizer's eos, and the chat end markers."""
-    ids = set(model_config.eos_ids)
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    vocab = tokenizer.get_vocab()
-    ids.update(vocab[t] for t in _CHAT_STOPS if t in vocab)
-    return sorted(ids)
-
-
 # ------------------------------------------------------------------------ spans
-_SPAN_RE = re.compile(
-    r"(?:<\|(?P<a>understanding|reasoning|emotion|response)_begin\|>(?P<x>.*?)<\|(?P=a)_end\|>)"
-    r"|(?:<(?P<b>understanding|reasoning|emotion|response)>(?P<y>.*?)</(?P=b)>)",
-    re.S,
-)
-
-
 def present_spans(text: str) -> dict[str, str]:
     """The four-span sections present in `text` (complete ones, either notation),
     leniently: for display, where `data.spans.parse_spans` is the strict judge."""
     found = {}
-    for m in _SPAN_RE.finditer(text):
-        name, body = (m.group("a"), m.group("x")) if m.group("a") else (m.group("b"), m.group("y"))
+    for m in SPAN_RE.finditer(text):
+        name, body = span_match(m)
         found.setdefault(name, body.strip())
     return found
 
