@@ -22,7 +22,6 @@ one-line summary; a script, not a test (the load average is recorded).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import os
@@ -42,18 +41,13 @@ from kardia_jax.models import ModelConfig, init_model
 from kardia_jax.rewards import JudgeConfig, KardiaReward, RewardWeights, RubricJudge
 from kardia_jax.rl import rollout as R
 from kardia_jax.rl.config import step_batch
-from kardia_jax.rl.grpo import (
-    _logp,
-    _loss_settings,
-    _to_devices,
-    load_grpo_prompts,
-    prompt_buckets,
-)
-from kardia_jax.rl.step import jit_grpo_update
+from kardia_jax.rl.grpo import load_grpo_prompts, prompt_buckets, to_devices
+from kardia_jax.rl.step import GRPOLoss, jit_grpo_update, jit_log_probs
 from kardia_jax.sampling import Sampler, SamplingConfig
 from kardia_jax.train.optim import make_optimizer
 from kardia_jax.train.setup import mesh_and_rules
 from kardia_jax.train.state import batch_sharding, init_train_state
+from kardia_jax.train.step import step_options
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -145,7 +139,7 @@ class GRPOBench:
         cfg = policy_shape(size, vocab).replace(dtype=config.model.compute_dtype)
         self.prompts_per_step, self.rows = step_batch(rc)  # rollout.global_batch completions
         self.tx = make_optimizer(config.train, 1000)
-        self.loss = _loss_settings(config)
+        self.loss = GRPOLoss.from_config(config)
         self.graphdef, self.state, shardings = init_train_state(
             cfg, self.tx, self.mesh, self.rules, seed=0
         )
@@ -175,15 +169,8 @@ class GRPOBench:
         self.sampling = SamplingConfig(temperature=rc.temperature, top_k=rc.top_k, top_p=rc.top_p)
         self.bsh = batch_sharding(self.mesh, self.rules)
         self.vsh = batch_sharding(self.mesh, self.rules, ndim=1)
-        self.logp_fn = jax.jit(
-            functools.partial(
-                _logp,
-                n=rc.max_new_tokens,
-                chunk=self.loss.logit_chunk,
-                temperature=self.loss.temperature,
-            ),
-            static_argnums=0,
-        )
+        # Built as the driver builds them (rl/grpo.py).
+        self.logp_fn = jit_log_probs(self.loss, rc.max_new_tokens)
         self.step_fn = jit_grpo_update(
             self.graphdef,
             self.tx,
@@ -191,8 +178,7 @@ class GRPOBench:
             shardings,
             self.bsh,
             self.vsh,
-            microbatches=int(config.train.microbatches),
-            max_nonfinite=int(config.train.max_nonfinite),
+            **step_options(config.train),
         )
 
     def prompts(self, step: int):
@@ -257,7 +243,7 @@ class GRPOBench:
                     "ref_logp": ref_logp[mb],
                     "advantages": host["advantages"][mb],
                 }
-                self.state, m = self.step_fn(self.state, _to_devices(part, self.bsh, self.vsh))
+                self.state, m = self.step_fn(self.state, to_devices(part, self.bsh, self.vsh))
                 metrics.append(m)
         self.sampler.update(nnx.merge(self.graphdef, self.state.params))
         return jax.device_get(metrics)

@@ -36,7 +36,8 @@ GIB = 2**30
 
 
 def _compiled_memory(fn, *args) -> dict:
-    mem = jax.jit(fn).lower(*args).compile().memory_analysis()
+    jitted = fn if hasattr(fn, "lower") else jax.jit(fn)  # a step factory's program as it is
+    mem = jitted.lower(*args).compile().memory_analysis()
     return {
         "temp_gib": mem.temp_size_in_bytes / GIB,
         "argument_gib": mem.argument_size_in_bytes / GIB,
@@ -91,7 +92,7 @@ def step_memory(lengths, remats, batch: int = 1) -> dict:
     from kardia_jax.sharding import make_mesh
     from kardia_jax.train.optim import make_optimizer
     from kardia_jax.train.state import abstract_train_state, state_shardings
-    from kardia_jax.train.step import train_step
+    from kardia_jax.train.step import jit_train_step
 
     mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
     tx = make_optimizer(TRAIN, 1000)
@@ -103,9 +104,7 @@ def step_memory(lengths, remats, batch: int = 1) -> dict:
         state = jax.tree.map(
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, sh
         )
-        fn = functools.partial(
-            train_step, graphdef=graphdef, tx=tx, microbatches=1, max_nonfinite=5
-        )
+        fn = jit_train_step(graphdef, tx, sh, None)  # as the driver builds it
         for t in lengths:
             i32 = jax.ShapeDtypeStruct((batch, t), jnp.int32)
             k = jax.ShapeDtypeStruct((batch, t - 1), jnp.int32)

@@ -39,7 +39,7 @@ from kardia_jax.sharding import make_mesh
 from kardia_jax.train.metrics import flops_per_token
 from kardia_jax.train.optim import make_optimizer
 from kardia_jax.train.state import init_train_state
-from kardia_jax.train.step import train_step, with_target_index
+from kardia_jax.train.step import jit_train_step, with_target_index
 
 # configs/sharding/dp.py's table (not loaded from there: no ml_collections needed).
 RULES = (("batch", ("data", "fsdp")),) + tuple(
@@ -111,14 +111,8 @@ class OursStep:
         cfg = cfg.replace(remat=remat)
         self.tx = make_optimizer(TRAIN, 1000)
         self.graphdef, self.state, shardings = init_train_state(cfg, self.tx, mesh, RULES, seed=0)
-        self.step = jax.jit(
-            functools.partial(
-                train_step, graphdef=self.graphdef, tx=self.tx, microbatches=1, max_nonfinite=5
-            ),
-            in_shardings=(shardings, None),
-            out_shardings=(shardings, None),
-            donate_argnums=0,
-        )
+        # The driver's builder (train/step.py); the batch is placed by device_put.
+        self.step = jit_train_step(self.graphdef, self.tx, shardings, None)
         # As the SFT driver prepares it: the target positions listed (here all of them).
         host = with_target_index(batch, batch["input_ids"].shape[1] - 1)
         self.batch = jax.device_put(host)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import os
 
@@ -187,7 +186,7 @@ def compile_check(config, devices=None) -> dict:
 
     if not grpo:
         from kardia_jax.train.setup import check_batch
-        from kardia_jax.train.step import train_step
+        from kardia_jax.train.step import jit_train_step, step_options
 
         check_batch(config.train.global_batch, config.train.microbatches, mesh, rules)
         b, t = int(config.train.global_batch), int(length)
@@ -197,18 +196,7 @@ def compile_check(config, devices=None) -> dict:
             k = t - 1  # worst case of `target_bucket`: every position a target
             batch["target_index"] = _struct((b, k), i32, bsh)
             batch["target_weight"] = _struct((b, k), i32, bsh)
-        step = jax.jit(
-            functools.partial(
-                train_step,
-                graphdef=graphdef,
-                tx=tx,
-                microbatches=int(config.train.microbatches),
-                max_nonfinite=int(config.train.max_nonfinite),
-            ),
-            in_shardings=(shardings, bsh),
-            out_shardings=(shardings, None),
-            donate_argnums=0,
-        )
+        step = jit_train_step(graphdef, tx, shardings, bsh, **step_options(config.train))
         compiled = step.lower(state, batch).compile()
         est = train_flops(
             cfg, b, t, batch["target_index"].shape[1] if "target_index" in batch else t
@@ -219,9 +207,10 @@ def compile_check(config, devices=None) -> dict:
     else:
         from kardia_jax.data.pipeline import bucket_length
         from kardia_jax.rl.config import minibatch_rows, step_batch
-        from kardia_jax.rl.grpo import _logp, _loss_settings, prompt_buckets
-        from kardia_jax.rl.step import check_microbatches, jit_grpo_update
+        from kardia_jax.rl.grpo import prompt_buckets
+        from kardia_jax.rl.step import GRPOLoss, check_microbatches, jit_grpo_update, jit_log_probs
         from kardia_jax.train.state import data_parallel_size, param_bytes_per_device
+        from kardia_jax.train.step import step_options
 
         rc = config.rollout
         # The GRPO driver's own check: rollout.global_batch completions per step.
@@ -234,7 +223,7 @@ def compile_check(config, devices=None) -> dict:
         rows = step_batch(rc)[1]
         n = int(rc.max_new_tokens)
         t = int(length) + n
-        loss = _loss_settings(config)
+        loss = GRPOLoss.from_config(config)
         f32, i32 = jnp.float32, jnp.int32
         batch = {
             "input_ids": _struct((mb_rows, t), i32, bsh),
@@ -245,14 +234,7 @@ def compile_check(config, devices=None) -> dict:
             "advantages": _struct((mb_rows,), f32, vsh),
         }
         step = jit_grpo_update(
-            graphdef,
-            tx,
-            loss,
-            shardings,
-            bsh,
-            vsh,
-            microbatches=int(config.train.microbatches),
-            max_nonfinite=int(config.train.max_nonfinite),
+            graphdef, tx, loss, shardings, bsh, vsh, **step_options(config.train)
         )
         compiled = step.lower(state, batch).compile()
         est = train_flops(cfg, mb_rows, t, n) / n_dev
@@ -267,11 +249,7 @@ def compile_check(config, devices=None) -> dict:
             shapes += f"; + frozen reference {ref_bytes / GIB:.3f} GiB resident"
         programs.append(_report("grpo_update_step", shapes, compiled, est, ref_bytes))
 
-        logp = jax.jit(
-            functools.partial(_logp, n=n, chunk=loss.logit_chunk, temperature=loss.temperature),
-            static_argnums=0,
-            in_shardings=(shardings.params, bsh, bsh),
-        )
+        logp = jit_log_probs(loss, n, params_shardings=shardings.params, bsh=bsh)
         ids = _struct((rows, t), i32, bsh)
         compiled = logp.lower(graphdef, state.params, ids, ids).compile()
         est = train_flops(cfg, rows, t, n) / 3 / n_dev  # forward only

@@ -9,7 +9,6 @@ last's."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib
 import math
 import os
@@ -49,8 +48,8 @@ from kardia_jax.rl.step import (
     VECTOR_KEYS,
     GRPOLoss,
     check_microbatches,
-    completion_log_probs,
     jit_grpo_update,
+    jit_log_probs,
 )
 from kardia_jax.sampling import Sampler, SamplingConfig
 from kardia_jax.sampling.sampler import PROMPT_BUCKETS
@@ -64,6 +63,7 @@ from kardia_jax.train.state import (
     batch_sharding,
     data_parallel_size,
 )
+from kardia_jax.train.step import step_options
 
 
 def load_grpo_data(dcfg: ConfigDict, tokenizer, select: ConfigDict | None = None):
@@ -85,20 +85,6 @@ def load_grpo_data(dcfg: ConfigDict, tokenizer, select: ConfigDict | None = None
 def load_grpo_prompts(dcfg: ConfigDict, tokenizer):
     """Turn-level examples of the hard dialogues of the train split, none held out."""
     return load_grpo_data(dcfg, tokenizer)[0]
-
-
-def _loss_settings(config) -> GRPOLoss:
-    g = config.grpo
-    return GRPOLoss(
-        beta=float(g.beta),
-        clip_low=float(g.clip_low),
-        clip_high=float(g.clip_high),
-        agg=g.agg,
-        kl_estimator=g.kl_estimator,
-        dual_clip=float(g.dual_clip) if g.dual_clip else None,
-        norm=float(config.rollout.max_new_tokens),
-        temperature=float(config.rollout.temperature),
-    )
 
 
 @dataclasses.dataclass
@@ -174,7 +160,7 @@ def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None)
     per_epoch = math.ceil(len(examples) / prompts_per_step)
     total_steps = int(config.train.steps) or int(config.train.epochs * per_epoch)
     tx = make_optimizer(config.train, total_steps * g.mu * g.minibatches)
-    loss = _loss_settings(config)
+    loss = GRPOLoss.from_config(config)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     stop_ids = R.stop_token_ids(tokenizer)
     main = jax.process_index() == 0
@@ -249,22 +235,8 @@ def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None)
         it.set_state(data_state)
 
     bsh, vsh = batch_sharding(mesh, rules), batch_sharding(mesh, rules, ndim=1)
-    logp_fn = jax.jit(
-        functools.partial(
-            _logp, n=rc.max_new_tokens, chunk=loss.logit_chunk, temperature=loss.temperature
-        ),
-        static_argnums=0,
-    )
-    step_fn = jit_grpo_update(
-        graphdef,
-        tx,
-        loss,
-        shardings,
-        bsh,
-        vsh,
-        microbatches=int(config.train.microbatches),
-        max_nonfinite=int(config.train.max_nonfinite),
-    )
+    logp_fn = jit_log_probs(loss, rc.max_new_tokens)
+    step_fn = jit_grpo_update(graphdef, tx, loss, shardings, bsh, vsh, **step_options(config.train))
     logger = MetricsLogger(os.path.join(workdir, "tb"), total_steps, enabled=main)
     ledger = os.path.join(workdir, "rollouts.jsonl")
     log_path = os.path.join(workdir, "grpo_log.jsonl")
@@ -391,7 +363,7 @@ def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None)
                         "ref_logp": ref_logp[mb],
                         "advantages": host["advantages"][mb],
                     }
-                    state, m = step_fn(state, _to_devices(part, bsh, vsh))
+                    state, m = step_fn(state, to_devices(part, bsh, vsh))
                     metrics.append(m)
             sampler.update(nnx.merge(graphdef, state.params))
             metrics = jax.device_get(metrics)
@@ -551,14 +523,8 @@ def _reward_fn(rcfg: ConfigDict, judge):
     return fn
 
 
-def _logp(graphdef, params, input_ids, attention_mask, *, n, chunk, temperature):
-    model = nnx.merge(graphdef, params)
-    return completion_log_probs(
-        model, input_ids, attention_mask, n, chunk=chunk, temperature=temperature
-    )
-
-
-def _to_devices(part, bsh, vsh):
+def to_devices(part, bsh, vsh):
+    """A host minibatch of the update -> device arrays ([R] vectors sharded in one dimension)."""
     local = host_rows(part)
     out = global_batch({k: v for k, v in local.items() if k not in VECTOR_KEYS}, bsh)
     out.update(global_batch({k: local[k] for k in VECTOR_KEYS}, vsh))

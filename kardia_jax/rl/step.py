@@ -43,6 +43,22 @@ class GRPOLoss:
     temperature: float = 1.0  # the sampling temperature: ratios compare like with like
     logit_chunk: int = 256
 
+    @classmethod
+    def from_config(cls, config) -> GRPOLoss:
+        """The objective of a GRPO config (`grpo.*`, and the rollout's length and
+        temperature), read in one place for the driver, compile-check and the bench."""
+        g = config.grpo
+        return cls(
+            beta=float(g.beta),
+            clip_low=float(g.clip_low),
+            clip_high=float(g.clip_high),
+            agg=g.agg,
+            kl_estimator=g.kl_estimator,
+            dual_clip=float(g.dual_clip) if g.dual_clip else None,
+            norm=float(config.rollout.max_new_tokens),
+            temperature=float(config.rollout.temperature),
+        )
+
 
 def completion_log_probs(
     model, input_ids, attention_mask, n: int, *, chunk=256, entropy=False, temperature=1.0
@@ -53,6 +69,26 @@ def completion_log_probs(
     return token_log_probs(
         model, hidden, input_ids[:, p:], chunk=chunk, with_entropy=entropy, temperature=temperature
     )
+
+
+def _policy_log_probs(graphdef, params, input_ids, attention_mask, *, n, chunk, temperature):
+    model = nnx.merge(graphdef, params)
+    return completion_log_probs(
+        model, input_ids, attention_mask, n, chunk=chunk, temperature=temperature
+    )
+
+
+def jit_log_probs(loss: GRPOLoss, n: int, *, params_shardings=None, bsh=None):
+    """The jitted log-prob forward `(graphdef, params, input_ids, attention_mask) ->
+    [R, n]` of the reference and old policies (graphdef static: one function serves
+    both models): the one builder for the driver, compile-check and the bench.
+    Shardings left out are taken from the arguments."""
+    fn = functools.partial(
+        _policy_log_probs, n=int(n), chunk=loss.logit_chunk, temperature=loss.temperature
+    )
+    if params_shardings is None and bsh is None:
+        return jax.jit(fn, static_argnums=0)
+    return jax.jit(fn, static_argnums=0, in_shardings=(params_shardings, bsh, bsh))
 
 
 def _objective(params, graphdef, batch, loss: GRPOLoss, num_tokens, num_seqs):

@@ -5,7 +5,6 @@ resume, preemption handling and a Hugging Face export of the final policy."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import signal
@@ -35,7 +34,13 @@ from kardia_jax.train.setup import check_batch, mesh_and_rules, planned_model_co
 from kardia_jax.train.state import (
     batch_sharding,
 )
-from kardia_jax.train.step import eval_step, target_bucket, train_step, with_target_index
+from kardia_jax.train.step import (
+    jit_eval_step,
+    jit_train_step,
+    step_options,
+    target_bucket,
+    with_target_index,
+)
 
 
 class TrainingHalted(KardiaError):
@@ -149,19 +154,8 @@ def run_sft(config: ConfigDict, workdir: str, inputs: SFTInputs | None = None) -
         it.set_state(data_state)
 
     bsh = batch_sharding(mesh, rules)
-    step_fn = jax.jit(
-        functools.partial(
-            train_step,
-            graphdef=graphdef,
-            tx=tx,
-            microbatches=int(tcfg.microbatches),
-            max_nonfinite=int(tcfg.max_nonfinite),
-        ),
-        in_shardings=(shardings, bsh),
-        out_shardings=(shardings, None),
-        donate_argnums=0,  # the old state's buffers become the new state's
-    )
-    eval_fn = jax.jit(functools.partial(eval_step, graphdef=graphdef))
+    step_fn = jit_train_step(graphdef, tx, shardings, bsh, **step_options(tcfg))
+    eval_fn = jit_eval_step(graphdef)
 
     log_path = os.path.join(workdir, "train_log.jsonl")
     eval_log_path = os.path.join(workdir, "eval_log.jsonl")  # held-out loss: {step, loss}

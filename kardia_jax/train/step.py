@@ -10,6 +10,8 @@ from the position before it); optionally `positions` and `segment_ids` (packing)
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -144,3 +146,35 @@ def train_step(
 def eval_step(params, batch, *, graphdef) -> dict:
     nll, tokens = sum_token_nll(graphdef, params, batch)
     return {"nll": nll, "tokens": tokens}
+
+
+def step_options(train) -> dict:
+    """The `train.*` settings compiled into an update step, read in one place so that
+    every builder of a step (SFT and GRPO drivers, compile-check, bench) sees the same."""
+    return {
+        "microbatches": int(train.microbatches),
+        "max_nonfinite": int(train.max_nonfinite),
+    }
+
+
+def jit_train_step(graphdef, tx, state_shardings, bsh, *, microbatches=1, max_nonfinite=5):
+    """The jitted SFT step `(state, batch) -> (state, metrics)` with its shardings and
+    the state donated (its buffers become the new state's): the one builder for the
+    driver, compile-check and the bench."""
+    return jax.jit(
+        functools.partial(
+            train_step,
+            graphdef=graphdef,
+            tx=tx,
+            microbatches=int(microbatches),
+            max_nonfinite=int(max_nonfinite),
+        ),
+        in_shardings=(state_shardings, bsh),
+        out_shardings=(state_shardings, None),
+        donate_argnums=0,
+    )
+
+
+def jit_eval_step(graphdef):
+    """The jitted held-out loss `(params, batch) -> {nll, tokens}`."""
+    return jax.jit(functools.partial(eval_step, graphdef=graphdef))
