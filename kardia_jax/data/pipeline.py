@@ -232,6 +232,34 @@ def steps_per_epoch(num_examples: int, global_batch_size: int, shard_count: int 
     return -(-per_host_examples // per_host_batch)
 
 
+def sft_steps_per_epoch(
+    examples: Sequence[TokenizedExample],
+    *,
+    global_batch: int,
+    shard_count: int = 1,
+    pack: bool = False,
+    seed: int = 0,
+    buckets: Sequence[int] | None = None,
+) -> int:
+    """Steps of one epoch of the SFT driver's stream (`build_sft_dataset` with the
+    global batch on one shard). Packed, a row holds as many examples as fit, so the
+    count depends on the lengths and the shuffle: it is counted by running the packer
+    over one epoch (later epochs reshuffle and may pack a row more or less)."""
+    if not pack:
+        return steps_per_epoch(len(examples), global_batch, shard_count)
+    ds = build_sft_dataset(
+        examples,
+        batch_size=global_batch,
+        seed=seed,
+        shard_index=0,
+        shard_count=1,
+        num_epochs=1,
+        buckets=buckets,
+        pack=True,
+    )
+    return sum(1 for _ in ds)
+
+
 def save_iterator_state(iterator, path: str | Path) -> None:
     Path(path).write_text(json.dumps(iterator.get_state()), "utf-8")
 

@@ -17,7 +17,7 @@ from ml_collections import ConfigDict
 
 from kardia_jax.checks import writable_dir
 from kardia_jax.data.examples import build_examples
-from kardia_jax.data.pipeline import build_sft_dataset, check_buckets, steps_per_epoch
+from kardia_jax.data.pipeline import build_sft_dataset, check_buckets, sft_steps_per_epoch
 from kardia_jax.data.reader import sample_path
 from kardia_jax.data.splits import profile_split, stage_split
 from kardia_jax.data.tokenizer import load_tokenizer, span_marker_ids
@@ -124,7 +124,14 @@ def run_sft(config: ConfigDict, workdir: str, inputs: SFTInputs | None = None) -
     report, cfg = inputs.report, inputs.model_config
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    per_epoch = steps_per_epoch(len(train_examples), tcfg.global_batch, jax.process_count())
+    per_epoch = sft_steps_per_epoch(  # packed: an epoch is fewer, fuller batches
+        train_examples,
+        global_batch=tcfg.global_batch,
+        shard_count=jax.process_count(),
+        pack=config.data.pack,
+        seed=config.data.seed,
+        buckets=tuple(config.data.buckets) or None,
+    )
     total_steps = int(tcfg.steps) if tcfg.steps > 0 else int(tcfg.epochs * per_epoch)
     # The span markers are the last tokens added to the tokenizer: their rows (and the
     # padding rows after them) are the ones `train.new_token_lr_scale` speeds up.

@@ -16,6 +16,7 @@ from kardia_jax.data.pipeline import (
     default_buckets,
     restore_iterator,
     save_iterator_state,
+    sft_steps_per_epoch,
     steps_per_epoch,
 )
 from kardia_jax.errors import DataError
@@ -195,3 +196,15 @@ def test_bad_pipeline_arguments_are_data_errors(tmp_path):
                                            shard_count=1), tmp_path / "bad.json")  # fmt: skip
     assert default_buckets(1024) == (128, 256, 512, 1024)
     assert default_buckets(1000) == (128, 256, 512, 1000)
+
+
+def test_packed_sft_epoch_counts_packed_batches_not_unpacked_ones():
+    # Several examples share a packed row, so an epoch is fewer steps than unpacked:
+    # the driver's step count for `train.epochs` must follow the packed stream.
+    exs = _examples()
+    kw = dict(seed=3, buckets=BUCKETS)
+    one_epoch = list(build_sft_dataset(exs, batch_size=4, shard_index=0, shard_count=1,
+                                       num_epochs=1, pack=True, **kw))  # fmt: skip
+    counted = sft_steps_per_epoch(exs, global_batch=4, pack=True, **kw)
+    assert counted == len(one_epoch) < steps_per_epoch(N, 4)
+    assert sft_steps_per_epoch(exs, global_batch=4, pack=False, **kw) == steps_per_epoch(N, 4)
