@@ -94,7 +94,7 @@ def load_eval_tokenizer(config: ConfigDict, model_dir: str):
         from kardia_jax.data.tokenizer import load_tokenizer
 
         return load_tokenizer(config.data.tokenizer)
-    from kardia_jax.sampling.cli import load_tokenizer_for
+    from kardia_jax.sampling.tokens import load_tokenizer_for
 
     return load_tokenizer_for(model_dir)
 
@@ -115,7 +115,7 @@ class _Policy:
     def __init__(self, config: ConfigDict, model_dir: str, tokenizer, mesh, rules):
         from kardia_jax.models import load_hf_model
         from kardia_jax.sampling import Sampler, SamplingConfig
-        from kardia_jax.sampling.cli import eos_ids_for
+        from kardia_jax.sampling.tokens import eos_ids_for
 
         m = config.model
         model = load_hf_model(

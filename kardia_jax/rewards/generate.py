@@ -71,7 +71,7 @@ def _sampler(judge):
     """One sampler per judge, built on first use (its programs compile per bucket)."""
     if judge._sampler is None:
         from kardia_jax.sampling import Sampler
-        from kardia_jax.sampling.cli import eos_ids_for
+        from kardia_jax.sampling.tokens import eos_ids_for
 
         model = nnx.merge(judge.graphdef, judge.params)
         judge._sampler = Sampler(

@@ -20,7 +20,6 @@ from kardia_jax.errors import ConfigError, DataError
 from kardia_jax.sampling.tokens import eos_ids_for, load_tokenizer_for, single_token_id
 
 
-
 # ------------------------------------------------------------------- shared flags
 def add_model_arguments(parser: argparse.ArgumentParser, default_new_tokens: int) -> None:
     parser.add_argument("--model", required=True, help="Hugging Face checkpoint dir")

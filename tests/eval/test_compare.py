@@ -21,7 +21,7 @@ from kardia_jax.eval.store import COMPLETIONS, RESULTS_JSON, SCORES
 from kardia_jax.models import check_hf_checkpoint, save_hf_model
 from kardia_jax.rewards import RubricJudge
 from kardia_jax.rewards.rubric import DIMENSIONS, load_rubric
-from kardia_jax.sampling.cli import load_tokenizer_for
+from kardia_jax.sampling.tokens import load_tokenizer_for
 
 from ..rewards.helpers import TEST_RUBRIC_TEXT, _config, marker_model, numpy_model
 from ..sampling.conftest import char_tokenizer

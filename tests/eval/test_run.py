@@ -14,7 +14,7 @@ from kardia_jax.eval import run as run_mod
 from kardia_jax.eval import run_eval
 from kardia_jax.eval.store import COMPLETIONS, SCORES
 from kardia_jax.rewards.rubric import DIMENSIONS
-from kardia_jax.sampling.cli import load_tokenizer_for
+from kardia_jax.sampling.tokens import load_tokenizer_for
 
 from .conftest import StubJudge, eval_config
 
