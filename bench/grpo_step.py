@@ -12,8 +12,8 @@ The step body mirrors `kardia_jax.rl.grpo.run_grpo` piece by piece (same functio
 `Sampler`, `rollout.score`, `update_batch`, `grpo_step`), with dynamic sampling off
 so every step does the same work. Policy, reference and judge are random models with
 the Qwen2.5 vocabulary; prompts are the bundled sample's hard split. Compiles are
-counted with `jax.monitoring` (every backend compile) and named from
-`jax_log_compiles`; the persistent compilation cache is off so each one is real.
+counted and named by the driver's `CompileCounter` (every backend compile, from
+`jax.monitoring`); the persistent compilation cache is off so each one is real.
 Host-idle: time the host spends blocked on device results (`jax.device_get`,
 `block_until_ready`) over the step's wall time. Prints one JSON object and a
 one-line summary; a script, not a test (the load average is recorded).
@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-import re
 import sys
 import time
 
@@ -33,6 +31,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from kardia_jax.compiles import CompileCounter
 from kardia_jax.config_files import load_config
 from kardia_jax.data.pipeline import bucket_length
 from kardia_jax.data.tokenizer import load_tokenizer
@@ -95,36 +94,6 @@ class Blocked:
                 self.seconds += time.perf_counter() - t
 
         jax.device_get, jax.block_until_ready = get, block
-
-
-class Compiles:
-    """Backend compiles (count, seconds) from jax.monitoring; names from the log."""
-
-    def __init__(self):
-        self.count, self.seconds, self.names = 0, 0.0, []
-
-        def listener(event, duration, **_):
-            if event == "/jax/core/compile/backend_compile_duration":
-                self.count += 1
-                self.seconds += duration
-
-        jax.monitoring.register_event_duration_secs_listener(listener)
-        jax.config.update("jax_log_compiles", True)
-        names = self.names
-
-        class Handler(logging.Handler):
-            def emit(self, record):
-                m = re.search(r"Finished XLA compilation of (\S+)", record.getMessage())
-                if m:
-                    names.append(m.group(1))
-
-        logger = logging.getLogger("jax")
-        logger.addHandler(Handler())
-        logger.setLevel(logging.WARNING)
-        logging.getLogger("jax._src.dispatch").propagate = True
-
-    def mark(self):
-        return self.count, self.seconds, len(self.names)
 
 
 # --------------------------------------------------------------------- the step
@@ -302,22 +271,27 @@ def main(argv=None) -> int:
     with config.unlocked():
         config.rollout.dynamic_sampling = False  # the same work every step
     loadavg_start = os.getloadavg()
-    compiles = Compiles()
+    compiles = CompileCounter()  # the driver's counter (kardia_jax/compiles.py)
     bench = GRPOBench(config, args.size, judge=not args.no_judge)
     blocked = Blocked()
 
     steps = []
     for step in range(1 + args.steps):
-        before, blocked_before = compiles.mark(), blocked.seconds
+        before = (compiles.count, compiles.seconds, compiles.by_name())
+        blocked_before = blocked.seconds
         times = bench.full_step(step)
-        after = compiles.mark()
+        after = (compiles.count, compiles.seconds, compiles.by_name())
         steps.append(
             {
                 "step": step,
                 "seconds": times,
                 "compiles": after[0] - before[0],
                 "compile_s": after[1] - before[1],
-                "compiled": compiles.names[before[2] : after[2]],
+                "compiled": {
+                    k: v - before[2].get(k, 0)
+                    for k, v in after[2].items()
+                    if v > before[2].get(k, 0)
+                },
                 "host_blocked_s": blocked.seconds - blocked_before,
             }
         )

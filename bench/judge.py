@@ -25,10 +25,11 @@ import jax
 import numpy as np
 from shapes import smollm2_135m, tiny  # bench/shapes.py
 
+from kardia_jax.compiles import CompileCounter
 from kardia_jax.data import load_dialogues, load_tokenizer, sample_path, turn_examples
 from kardia_jax.host import keep_freed_memory
 from kardia_jax.models import count_params, init_model
-from kardia_jax.rewards import JudgeConfig, JudgeContext, RubricJudge, scoring
+from kardia_jax.rewards import JudgeConfig, JudgeContext, RubricJudge
 
 MODELS = {"tiny": ("tiny", tiny), "full": ("smollm2_135m", smollm2_135m)}
 
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
     results = {}
     for sharing in (True, False):
         key = "shared" if sharing else "naive"
-        before = dict(scoring.TRACES)
+        compiles = CompileCounter()
         t = time.perf_counter()
         out = judge.evaluate_prompts(prompts, prefix_sharing=sharing)  # compiles
         compile_s = time.perf_counter() - t
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
             "seconds": seconds,
             "candidates_per_s": len(prompts) / seconds,
             "first_call_s": compile_s,
-            "compiles": sum(scoring.TRACES.values()) - sum(before.values()),
+            "compiles": compiles.count,
             "scores": out.scores,
         }
     diff = float(np.abs(results["shared"].pop("scores") - results["naive"].pop("scores")).max())

@@ -20,3 +20,7 @@ class DataError(KardiaError, ValueError):
 
 class MissingPackageError(KardiaError, ImportError):
     """An optional package that a requested feature needs is not installed."""
+
+
+class TrainingHalted(KardiaError):
+    """Too many non-finite updates in a row; the last checkpoint is left intact."""

@@ -235,3 +235,14 @@ def test_importing_every_module_starts_no_backend():
     expected = sum(1 for _ in (ROOT / PACKAGE).rglob("*.py"))
     assert found["modules"] == expected - 1  # every module but the package root itself
     assert found["backends"] == []
+
+
+def test_training_halted_lives_with_the_other_errors():
+    """The GRPO driver raises the same halt as SFT without importing the SFT driver."""
+    from kardia_jax.errors import KardiaError, TrainingHalted
+
+    assert issubclass(TrainingHalted, KardiaError)
+    grpo = ROOT / PACKAGE / "rl" / "grpo.py"
+    targets = {target for _, target, _ in import_edges(grpo, ROOT)}
+    assert "kardia_jax.errors" in targets
+    assert "kardia_jax.train.sft" not in targets

@@ -5,12 +5,11 @@ prefill of their common prefix and all candidates sharing one prefill of the rub
 prompt (`score_naive`).
 
 Pure functions of (graphdef, params, arrays), jitted on shapes: the host buckets
-batch and length, so each bucket compiles once; `TRACES` counts compilations.
+batch and length, so each bucket compiles once (kardia_jax/compiles.py counts them).
 """
 
 from __future__ import annotations
 
-import collections
 import functools
 
 import jax
@@ -20,7 +19,6 @@ from flax import nnx
 
 from kardia_jax.models.decoder import positions_from_mask
 
-TRACES: collections.Counter = collections.Counter()
 # numpy, not jnp: importing this module must not start a JAX backend.
 _SCORES = np.arange(1, 6, dtype=np.float32)
 
@@ -72,7 +70,6 @@ def score_shared(
     Left padding sits between head and rest; positions count real tokens only, so
     every row sees the positions it would see unpadded.
     """
-    TRACES["score_shared"] += 1
     model = nnx.merge(graphdef, params)
     c = head_ids.shape[0]
     b, p = rest_ids.shape
@@ -116,7 +113,6 @@ def score_naive(graphdef, params, ids_DBT, mask_DBT, score_ids, *, input_shardin
     """The same scores from five full prompts per candidate ([5, B, T], left-padded
     prefix + suffix): no cache, every dimension re-reads the whole prompt. The five
     run one after another (a scan), B rows at a time, as the shared path does."""
-    TRACES["score_naive"] += 1
     model = nnx.merge(graphdef, params)
 
     def dimension(_, xs):

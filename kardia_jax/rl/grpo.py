@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from kardia_jax.checks import writable_dir
+from kardia_jax.compiles import CompileCounter
 from kardia_jax.data.examples import build_examples
 from kardia_jax.data.pipeline import bucket_length, build_prompt_dataset, check_buckets
 from kardia_jax.data.reader import sample_path
@@ -247,7 +248,7 @@ def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None)
             truncate_jsonl(p, start)
         # A fresh run scores its baseline again: no row survives.
         truncate_jsonl(selection, start if start else -1)
-    compiles = M.CompileCounter()
+    compiles = CompileCounter()
     every = S.scoring_interval(config.select, per_epoch)
 
     def export(path):  # every host takes part in the gathers; process 0 writes

@@ -6,33 +6,9 @@ from __future__ import annotations
 
 import json
 
-import jax
 import numpy as np
 
 from kardia_jax.rl import rollout as R
-
-
-class CompileCounter:
-    """XLA programs built by this process since it was created (jax.monitoring's
-    backend-compile event fires once per new program, persistent-cache hits included)."""
-
-    _total = 0
-    _registered = False
-
-    def __init__(self):
-        if not CompileCounter._registered:
-            jax.monitoring.register_event_duration_secs_listener(CompileCounter._listen)
-            CompileCounter._registered = True
-        self._start = CompileCounter._total
-
-    @staticmethod
-    def _listen(event: str, duration: float, **kwargs) -> None:
-        if event == "/jax/core/compile/backend_compile_duration":
-            CompileCounter._total += 1
-
-    @property
-    def count(self) -> int:
-        return CompileCounter._total - self._start
 
 
 def step_metrics(step, ro, adv, host, metrics, parts, group_size, mu, times) -> dict:

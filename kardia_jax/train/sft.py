@@ -22,7 +22,7 @@ from kardia_jax.data.reader import sample_path
 from kardia_jax.data.splits import profile_split, stage_split
 from kardia_jax.data.tokenizer import load_tokenizer, span_marker_ids
 from kardia_jax.data.validate import data_record, load_dialogues, write_data_record
-from kardia_jax.errors import DataError, KardiaError
+from kardia_jax.errors import DataError, TrainingHalted
 from kardia_jax.host import HeapGuard
 from kardia_jax.models import ModelConfig, check_hf_checkpoint, save_hf_model
 from kardia_jax.models.decoder import Transformer
@@ -41,10 +41,6 @@ from kardia_jax.train.step import (
     target_bucket,
     with_target_index,
 )
-
-
-class TrainingHalted(KardiaError):
-    """Too many non-finite updates in a row; the last checkpoint is left intact."""
 
 
 def load_sft_data(dcfg: ConfigDict, tokenizer):

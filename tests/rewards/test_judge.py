@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from kardia_jax.compiles import CompileCounter
 from kardia_jax.errors import ConfigError
 from kardia_jax.rewards import (
     DIMENSIONS,
@@ -121,11 +122,11 @@ def test_each_bucket_compiles_once(random_judge, contexts):
     judge = random_judge
     texts = [spans(f"reply number {i} " + "ab" * i) for i in range(7)]
     judge.score([contexts[0]] * 5, texts[:5])  # warm the (8 rows, 512 tokens) bucket
-    before = dict(scoring.TRACES), scoring.score_shared._cache_size()
+    compiles, cached = CompileCounter(), scoring.score_shared._cache_size()
     judge.score([contexts[1]] * 7, texts)  # 7 rows, other lengths: same bucket
     judge.score([contexts[0]] * 6, texts[1:])
-    assert dict(scoring.TRACES) == before[0]
-    assert scoring.score_shared._cache_size() == before[1]
+    assert compiles.by_name() == {}
+    assert scoring.score_shared._cache_size() == cached
 
 
 _LOWERINGS = []  # one entry per program lowered (a new program: traced, then compiled)
