@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("kardia_jax.sampling.chat", "interactive chat showing the four spans"),
     "sft": ("kardia_jax.train.cli", "cold-start SFT on the easy split"),
     "grpo": ("kardia_jax.rl.cli", "GRPO with rubric rewards on the hard split"),
+    "rl": ("kardia_jax.rl.difficulty_cli", "split data into easy / hard by the policy's pass rate"),
     "eval": ("kardia_jax.eval.cli", "evaluate on the test split: emotion accuracy, rubric, report"),
     "report": ("kardia_jax.eval.report_cli", "rebuild report.html from an eval workdir and logs"),
     "pipeline": ("kardia_jax.pipeline.cli", "data -> SFT -> GRPO -> eval -> report, resumable"),

@@ -1,4 +1,4 @@
-"""`kardia-jax data split-difficulty`: the policy's completions, scored by a reward
+"""`kardia-jax rl split-difficulty`: the policy's completions, scored by a reward
 the test controls, put each dialogue in easy or hard by its mean reward; the files
 are the input records, readable by `data validate` and the GRPO loader."""
 
@@ -95,7 +95,7 @@ def test_cli_writes_files_that_validate_and_feed_grpo(
     tmp_path, rl_policy, rl_tokenizer, short_data, capsys
 ):
     # The real reward (format + emotion): a random policy earns 0 everywhere.
-    argv = ["data", "split-difficulty", "--model", rl_policy, "--data", f"{short_data}:train"]
+    argv = ["rl", "split-difficulty", "--model", rl_policy, "--data", f"{short_data}:train"]
     argv += ["--out", str(tmp_path), "--samples", "2", "--max-new-tokens", "8"]
     argv += ["--dtype", "float32", "--max-length", "256", "--threshold", "0.25"]
     assert main(argv) == 0, capsys.readouterr().err
@@ -119,7 +119,7 @@ def test_cli_writes_files_that_validate_and_feed_grpo(
 def test_bad_input_is_refused_naming_the_file_or_flag(tmp_path, rl_policy, capsys):
     bad = dict(short_record(0, *DIALOGUES[0]), emotion="meh")
     data = write_jsonl(tmp_path / "bad.jsonl", [short_record(1, *DIALOGUES[1]), bad])
-    base = ["data", "split-difficulty", "--data", f"{data}:train", "--out", str(tmp_path / "out")]
+    base = ["rl", "split-difficulty", "--data", f"{data}:train", "--out", str(tmp_path / "out")]
     assert main([*base, "--model", rl_policy]) == 2
     assert (
         capsys.readouterr().err.strip().endswith(f"{data}:2: field emotion: unknown emotion 'meh'")
