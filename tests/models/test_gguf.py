@@ -16,9 +16,10 @@ import pytest
 import torch
 import transformers
 from safetensors.numpy import load_file
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from kardia_jax.cli import main as cli_main
-from kardia_jax.data.tokenizer import bytes_to_unicode, load_tokenizer
+from kardia_jax.data.tokenizer import load_tokenizer
 from kardia_jax.errors import CheckpointError, KardiaError
 from kardia_jax.models import (
     ModelConfig,

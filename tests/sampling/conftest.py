@@ -62,10 +62,10 @@ def char_tokenizer():
 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     from kardia_jax.data.spans import SPAN_MARKERS
     from kardia_jax.data.template import CHAT_TEMPLATE
-    from kardia_jax.data.tokenizer import bytes_to_unicode
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *SPAN_MARKERS]
     symbols = bytes_to_unicode()
