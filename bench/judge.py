@@ -92,8 +92,8 @@ def main(argv=None) -> int:
         }
     diff = float(np.abs(results["shared"].pop("scores") - results["naive"].pop("scores")).max())
     c = len(judge.builder.head_ids)
-    p = judge._length_bucket(max(lengths) - c)
-    t = judge._length_bucket(max(lengths) + max(map(len, judge.builder.suffix_ids)))
+    p = judge.length_bucket(max(lengths) - c)
+    t = judge.length_bucket(max(lengths) + max(map(len, judge.builder.suffix_ids)))
     report = {
         "command": "python bench/judge.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "device": str(jax.devices()[0].device_kind),

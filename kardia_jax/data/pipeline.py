@@ -7,8 +7,8 @@ Sharding before shuffling gives every host a fixed, disjoint set of examples, so
 hosts together see each example exactly once per epoch; padding the index range (with
 empty, fully masked rows) gives every host the same number of batches, which SPMD
 training needs. grain's shuffle re-permutes each epoch from the seed alone, and the
-iterator state (`it.get_state()`, a small dict) restores the exact stream: save it with
-the checkpoint (`save_iterator_state`, or orbax via grain.checkpoint.CheckpointSave).
+iterator state (`it.get_state()`, a small dict) restores the exact stream: the drivers
+save it with each checkpoint and hand it back to `it.set_state`.
 
 SFT batches (dicts of numpy arrays, right-padded):
   input_ids [B, T] int32, attention_mask [B, T] int32 (1 real, 0 pad),
@@ -21,15 +21,13 @@ T is the smallest bucket that holds the batch's longest row, so jit sees few sha
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Sequence
-from pathlib import Path
 
 import grain
 import numpy as np
 
 from kardia_jax.data.examples import TokenizedExample
-from kardia_jax.errors import DataError
+from kardia_jax.errors import DataError, KardiaError
 
 _EMPTY = {"input_ids": np.zeros(0, np.int32), "loss_mask": np.zeros(0, np.int32), "index": -1}
 
@@ -48,11 +46,39 @@ def _round_up(n: int, multiple: int = 128) -> int:
     return max(multiple, -(-n // multiple) * multiple)
 
 
-def bucket_length(n: int, buckets: Sequence[int]) -> int:
+# The bucket lookup and left padding below are the one home of both: the SFT and prompt
+# batches here, the sampler, the judge and GRPO's update batch all pad through them.
+def bucket_length(
+    n: int, buckets: Sequence[int], what: str = "a row of", error: type[KardiaError] = DataError
+) -> int:
+    """The smallest of `buckets` that holds `n` (tokens); `error` names `what` outgrew
+    them."""
     for b in sorted(buckets):
         if n <= b:
             return b
-    raise DataError(f"a row of {n} tokens exceeds the largest bucket {max(buckets)}")
+    raise error(f"{what} {n} tokens exceeds the largest bucket {max(buckets)}")
+
+
+def pow2_bucket(n: int, multiple: int = 1) -> int:
+    """The power of two >= n, rounded up to a multiple of `multiple` (a batch size that
+    divides over the data shards): log2 of the largest batch programs at most."""
+    b = 1 << max(0, (n - 1).bit_length())
+    return -(-b // multiple) * multiple
+
+
+def pad_left(
+    rows: Sequence[Sequence[int]], length: int, pad_id: int, batch: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """[batch, length] ids and attention mask, each row ending at the last column.
+    Batch-padding rows (after `rows`) get one dummy token, which keeps their attention
+    (and anything computed from them) finite."""
+    ids = np.full((batch, length), pad_id, np.int32)
+    mask = np.zeros((batch, length), np.int32)
+    for i, row in enumerate(rows):
+        ids[i, length - len(row) :] = row
+        mask[i, length - len(row) :] = 1
+    mask[len(rows) :, -1] = 1
+    return ids, mask
 
 
 def check_buckets(lengths: Sequence[int], buckets: Sequence[int], what: str) -> None:
@@ -258,17 +284,3 @@ def sft_steps_per_epoch(
         pack=True,
     )
     return sum(1 for _ in ds)
-
-
-def save_iterator_state(iterator, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(iterator.get_state()), "utf-8")
-
-
-def restore_iterator(dataset: grain.IterDataset, path: str | Path):
-    """A fresh iterator over `dataset` positioned where the saved one was."""
-    it = iter(dataset)
-    try:
-        it.set_state(json.loads(Path(path).read_text("utf-8")))
-    except (OSError, ValueError, KeyError) as e:
-        raise DataError(f"{path}: cannot restore the data iterator: {e}") from e
-    return it

@@ -45,7 +45,7 @@ def generate_scores(judge, prefixes: Sequence[Sequence[int]]):
     sampling = SamplingConfig(temperature=cfg.temperature)
     u = len(prefixes)
     scores = np.full((u, len(DIMENSIONS)), np.nan, np.float32)
-    step = judge._batch_bucket(cfg.max_batch)
+    step = judge.batch_bucket(cfg.max_batch)
     for lo in range(0, u, step):
         chunk = [list(p) for p in prefixes[lo : lo + step]]
         judge.totals["generate_calls"] += 1

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from kardia_jax.data.pipeline import bucket_length, pad_left, pow2_bucket
 from kardia_jax.data.spans import SPAN_NAMES, marker
 from kardia_jax.errors import ConfigError, DataError
 from kardia_jax.rewards import scoring
@@ -262,7 +263,7 @@ class RubricJudge:
         scores = np.zeros((u, len(DIMENSIONS)), np.float32)
         mass = np.zeros((u, len(DIMENSIONS)), np.float32)
         order = sorted(range(u), key=lambda i: len(prefixes[i]))
-        step = self._fixed_batch or self._batch_bucket(self.config.max_batch)
+        step = self._fixed_batch or self.batch_bucket(self.config.max_batch)
         fn = self._shared if prefix_sharing else self._naive
         # Every chunk is dispatched before any result is fetched: the host pads the
         # next chunk while the device runs the last one.
@@ -288,11 +289,11 @@ class RubricJudge:
         if self.config.mode != "expected":
             return 0, 0.0
         t0 = time.perf_counter()
-        self._fixed_batch = min(self._batch_bucket(rows), self._batch_bucket(self.config.max_batch))
+        self._fixed_batch = min(self.batch_bucket(rows), self.batch_bucket(self.config.max_batch))
         head = list(self.builder.head_ids)
         buckets = self.config.length_buckets
         if max_tokens is not None:
-            top = self._length_bucket(min(max_tokens, buckets[-1]))
+            top = self.length_bucket(min(max_tokens, buckets[-1]))
             buckets = [b for b in buckets if b <= top]
         n = 0
         for length in buckets:
@@ -307,15 +308,11 @@ class RubricJudge:
         return n, time.perf_counter() - t0
 
     # ------------------------------------------------------------------ buckets
-    def _batch_bucket(self, n: int) -> int:
-        b = 1 << max(0, (n - 1).bit_length())
-        return -(-b // self._batch_multiple) * self._batch_multiple
+    def batch_bucket(self, n: int) -> int:
+        return pow2_bucket(n, self._batch_multiple)
 
-    def _length_bucket(self, n: int) -> int:
-        for b in self.config.length_buckets:
-            if b >= n:
-                return b
-        raise ConfigError(f"judge prompt of {n} tokens exceeds the largest length bucket")
+    def length_bucket(self, n: int) -> int:
+        return bucket_length(n, self.config.length_buckets, "a judge prompt of", ConfigError)
 
     def _input_sharding(self, shape):
         if self.mesh is None:
@@ -328,9 +325,9 @@ class RubricJudge:
         c = len(head)
         if any(tuple(x[:c]) != head or len(x) == c for x in chunk):
             raise ConfigError("prompt prefixes must start with this judge's rubric head")
-        b = self._fixed_batch or self._batch_bucket(len(chunk))
-        p = self._length_bucket(max(len(x) - c for x in chunk))
-        ids, mask = _pad_left([x[c:] for x in chunk], p, self.pad_id, b)
+        b = self._fixed_batch or self.batch_bucket(len(chunk))
+        p = self.length_bucket(max(len(x) - c for x in chunk))
+        ids, mask = pad_left([x[c:] for x in chunk], p, self.pad_id, b)
         mc = self.model_config
         slots = c + p + self._suffix_ids.shape[1]
         fn = scoring.score_shared.lower if compile_only else scoring.score_shared
@@ -350,10 +347,10 @@ class RubricJudge:
         return out.compile() if compile_only else out
 
     def _naive(self, chunk, compile_only: bool = False):
-        b = self._fixed_batch or self._batch_bucket(len(chunk))
-        t = self._length_bucket(max(map(len, chunk)) + max(map(len, self.builder.suffix_ids)))
+        b = self._fixed_batch or self.batch_bucket(len(chunk))
+        t = self.length_bucket(max(map(len, chunk)) + max(map(len, self.builder.suffix_ids)))
         padded = [  # [5][2] x [B, T]: each dimension's full prompts, left-padded
-            _pad_left([list(x) + s for x in chunk], t, self.pad_id, b)
+            pad_left([list(x) + s for x in chunk], t, self.pad_id, b)
             for s in self.builder.suffix_ids
         ]
         ids, mask = np.stack([p[0] for p in padded]), np.stack([p[1] for p in padded])
@@ -367,16 +364,6 @@ class RubricJudge:
             input_sharding=self._input_sharding((b, t)),
         )
         return out.compile() if compile_only else out
-
-
-def _pad_left(rows, length: int, pad_id: int, batch: int):
-    ids = np.full((batch, length), pad_id, np.int32)
-    mask = np.zeros((batch, length), np.int32)
-    for i, row in enumerate(rows):
-        ids[i, length - len(row) :] = row
-        mask[i, length - len(row) :] = 1
-    mask[len(rows) :, -1] = 1  # batch-padding rows: one dummy token keeps them finite
-    return ids, mask
 
 
 # Prompts `RubricJudge.check` renders: a template that fails, fails on the first.

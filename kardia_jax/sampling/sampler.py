@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from kardia_jax.data.pipeline import bucket_length, pad_left, pow2_bucket
 from kardia_jax.errors import ConfigError
 from kardia_jax.sampling import loop
 from kardia_jax.sampling.methods import SamplingConfig
@@ -32,17 +33,6 @@ _GREEDY = SamplingConfig()
 PROMPT_BUCKETS = tuple(2**i for i in range(4, 18))  # 16 .. 131072 tokens
 BUDGET_BUCKETS = tuple(2**i for i in range(4, 18))
 _STOP_SLOTS = 8  # stop-id arrays are padded to a multiple of this (no recompiles per set)
-
-
-def bucket(n: int, buckets: Sequence[int], what: str) -> int:
-    for b in buckets:
-        if b >= n:
-            return b
-    raise ConfigError(f"{what} {n} exceeds the largest bucket {buckets[-1]}")
-
-
-def _pow2_at_least(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
 
 
 def _id_array(ids: Sequence[int]) -> np.ndarray:
@@ -137,10 +127,11 @@ class Sampler:
     def shapes(self, prompts: Sequence[Sequence[int]], max_new_tokens: int):
         """(batch, prompt length, budget) buckets a call compiles for (the cache holds
         batch * group_size rows of prompt + budget slots)."""
-        b = _pow2_at_least(len(prompts))
-        b = -(-b // self._batch_multiple) * self._batch_multiple
-        p = bucket(max(len(x) for x in prompts), self.prompt_buckets, "prompt length")
-        n = bucket(max_new_tokens, self.budget_buckets, "max_new_tokens")
+        b = pow2_bucket(len(prompts), self._batch_multiple)
+        p = bucket_length(
+            max(len(x) for x in prompts), self.prompt_buckets, "a prompt of", ConfigError
+        )
+        n = bucket_length(max_new_tokens, self.budget_buckets, "max_new_tokens of", ConfigError)
         return b, p, n
 
     def _check(self, prompts, max_new_tokens, group_size):
@@ -179,12 +170,9 @@ class Sampler:
         `SamplingState` that `decode` continues (with the same `sampling`)."""
         self._check(prompts, max_new_tokens, group_size)
         b, p, n = self.shapes(prompts, max_new_tokens)
-        ids = np.full((b, p), self.pad_id, np.int32)
-        mask = np.zeros((b, p), np.int32)
-        for i, row in enumerate(prompts):  # left padding: every row ends at column p-1
-            ids[i, p - len(row) :] = row
-            mask[i, p - len(row) :] = 1
-        mask[len(prompts) :, -1] = 1  # batch-padding rows: one dummy token, never decoded
+        # Left padding: every row ends at column p-1; batch-padding rows get one dummy
+        # token and are never decoded.
+        ids, mask = pad_left(prompts, p, self.pad_id, b)
         # A single row decodes as two (the second a finished dummy): with a batch of 1
         # XLA:CPU fuses each cache write into two consumers and copies the whole
         # cache at every step; an idle extra row costs next to nothing when decoding.
@@ -340,4 +328,6 @@ def unstack_layers(model):
         stacked = var.get_value()
         for i in range(cfg.num_layers):
             flat.append((("layers", i, *path[1:]), type(var)(stacked[i], **meta)))
-    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+    unrolled = nnx.merge(graphdef, nnx.from_flat_state(flat))
+    unrolled.constrain_activations(model.activation_sharding)  # a fresh graphdef drops it
+    return unrolled

@@ -155,7 +155,7 @@ def test_warm_up_leaves_nothing_to_compile(random_dir, contexts):
 
     head = len(judge.builder.head_ids)
     hit = {
-        judge._length_bucket(len(p.prefix_ids) - head)
+        judge.length_bucket(len(p.prefix_ids) - head)
         for words in (2, 60)
         for p in judge.prompts(contexts, [spans("word " * words)] * len(contexts))
     }
