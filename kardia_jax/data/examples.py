@@ -3,12 +3,16 @@
     that assistant turn (ours; also the GRPO and evaluation prompts);
   "dialogue": the whole dialogue as one sequence with loss on every assistant turn
     (ms-swift's default for multi-turn data, the paper's trainer).
-Both are tokenised with the Qwen2.5 chat template, with a loss mask on target tokens only.
+Both are tokenised with the tokenizer's own chat template (`apply_chat_template`), the
+loss mask found by rendering the chat up to each message and taking the tokens that
+each assistant message adds.
 
 Loss-mask convention (the trainer relies on it): the mask is aligned with the inputs.
 loss_mask[t] = 1 means token t is a target token, predicted from position t - 1; the
-targets are the assistant content and its closing <|im_end|> (so the model learns to
-stop), not the `<|im_start|>assistant\\n` header nor the newline after <|im_end|>.
+targets are the assistant content and the template's end-of-turn token after it (Qwen's
+<|im_end|>, Llama 3's <|eot_id|>, Gemma's <end_of_turn>: so the model learns to stop),
+not the assistant header that `add_generation_prompt=True` writes nor what follows the
+end-of-turn token (Qwen's newline).
 
 Over-long turn examples drop whole user/assistant pairs from the oldest end of the
 history; the system prompt (profile + situation) and the latest user turn always stay.
@@ -20,6 +24,7 @@ gold label, EmpatheticDialogues' label of the situation), not the turn's emotion
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from collections.abc import Iterable, Sequence
 
@@ -27,7 +32,7 @@ import numpy as np
 
 from kardia_jax.data.schema import Dialogue, RecordError
 from kardia_jax.data.spans import FourSpans
-from kardia_jax.data.template import IM_START, render_turn
+from kardia_jax.data.template import end_of_turn_tokens, render, tokenizer_name
 from kardia_jax.data.validate import ValidationReport
 from kardia_jax.errors import ConfigError, DataError
 
@@ -69,8 +74,9 @@ def turn_examples(dialogues: Iterable[Dialogue]) -> list[TurnExample]:
 class TokenizedExample:
     input_ids: np.ndarray  # int32 [T]: chat-template tokens of prompt (+ target)
     loss_mask: np.ndarray  # uint8 [T]: 1 on target tokens (aligned with inputs)
-    # tokens before the first target token: input_ids[:prompt_length] ends with
-    # "<|im_start|>assistant\n" (for a dialogue example, the first assistant header)
+    # tokens before the first target token: input_ids[:prompt_length] is the chat
+    # before the target rendered with add_generation_prompt=True (for a dialogue
+    # example, the chat before its first assistant turn)
     prompt_length: int
     # user/assistant pairs dropped to fit max_length: turn form, from the oldest
     # history; dialogue form, from the end (the exchanges after the last turn kept)
@@ -89,32 +95,133 @@ class TokenizedExample:
         return len(self.input_ids)
 
 
-def _encode_segments(dialogue: Dialogue, tokenizer) -> list[tuple[list[int], np.ndarray]]:
-    """Token ids per message plus, for assistant turns, the target mask.
+@dataclasses.dataclass(frozen=True)
+class _Rendered:
+    """A conversation rendered prefix by prefix with the tokenizer's chat template.
 
-    Each message is tokenised on its own: messages start with the special token
-    <|im_start|>, which the tokenizer never merges across, so the concatenation equals
-    tokenising the whole rendered chat (tests check this).
+    `ids` are the tokens of the whole conversation; the tokens of messages[: i + 1] are
+    ids[: ends[i]] and those of messages[:k] plus the generation prompt are
+    ids[: headers[k]] (checked, not assumed); `targets[k]` is the [start, stop) range
+    of assistant message k's content and end-of-turn token.
     """
-    segs = [render_turn(m.role, m.content) for m in dialogue.messages]
-    enc = tokenizer(segs, add_special_tokens=False, return_offsets_mapping=True)
+
+    ids: np.ndarray
+    ends: list[int]
+    headers: dict[int, int]
+    targets: dict[int, tuple[int, int]]
+
+    def mask(self, turns: Iterable[int], length: int) -> np.ndarray:
+        mask = np.zeros(length, np.uint8)
+        for k in turns:
+            mask[slice(*self.targets[k])] = 1
+        return mask
+
+
+def _prefix_ids(texts: list[str], tokenizer) -> list[list[int]]:
+    """`tokenizer(text)` ids of each text, in linear rather than quadratic time when
+    each text is a string prefix of the last: the last is tokenised whole and a prefix
+    ending at b reuses its tokens up to the last added token before b (the tokenizer
+    splits on added tokens before anything else), tokenising only the piece after it.
+    A piece whose tokens differ from the whole text's falls back to tokenising the
+    prefix alone, so the result is always exactly what the tokenizer gives."""
+    whole = tokenizer(texts[-1], add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(whole["input_ids"]), [tuple(o) for o in whole["offset_mapping"]]
+    added = set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    last_added = []  # last_added[t]: tokens up to and including the last added one < t
+    n = 0
+    for t, i in enumerate(ids):
+        last_added.append(n)
+        n = t + 1 if i in added else n
+    last_added.append(n)
+    ends = [e for _, e in offsets]
+    ordered = all(a <= b for a, b in zip(ends, ends[1:], strict=False))
+    plans, pieces = [], []
+    for text in texts[:-1]:
+        b = len(text)
+        stop = bisect.bisect_right(ends, b) if ordered else sum(e <= b for e in ends)
+        start = last_added[stop]
+        if not texts[-1].startswith(text) or (stop < len(ids) and offsets[stop][0] < b):
+            plans.append(None)  # not a prefix, or a token straddles b: tokenise alone
+            pieces.append(text)
+            continue
+        plans.append((start, stop))
+        pieces.append(text[offsets[start - 1][1] if start else 0 :])
     out = []
-    for m, seg, ids, offsets in zip(
-        dialogue.messages, segs, enc["input_ids"], enc["offset_mapping"], strict=True
+    for text, plan, got in zip(
+        texts, plans, tokenizer(pieces, add_special_tokens=False)["input_ids"], strict=False
     ):
-        mask = np.zeros(len(ids), np.uint8)
-        if m.role == "assistant":
-            start = len(f"{IM_START}assistant\n")
-            end = len(seg) - 1  # up to and including <|im_end|>, not the final "\n"
-            a, b = np.asarray(offsets, np.int64).reshape(-1, 2).T
-            if (((a < start) & (start < b)) | ((a < end) & (end < b))).any():
+        if plan is None:
+            out.append(list(got))
+        elif list(got) == ids[plan[0] : plan[1]]:
+            out.append(ids[: plan[1]])
+        else:
+            out.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))
+    return [*out, ids]
+
+
+def _render_prefixes(messages: Sequence[dict], tokenizer, location: str, eot: set[int]):
+    """Tokens of every prefix of `messages`, and of the generation prompt before each
+    assistant message, checked to extend one another; the loss mask comes from the
+    tokens each assistant message adds. A template that rewrites earlier turns when
+    the chat grows (drops past reasoning, moves the system prompt) is refused: the
+    mask would be a guess."""
+    from jinja2 import TemplateError
+
+    template = f"the chat template of {tokenizer_name(tokenizer)}"
+    texts, kinds = [], []  # kinds: (message index, is the generation prompt)
+    try:
+        for i, m in enumerate(messages):
+            if m["role"] == "assistant":
+                texts.append(render(tokenizer, messages[:i], add_generation_prompt=True))
+                kinds.append((i, True))
+            texts.append(render(tokenizer, messages[: i + 1]))
+            kinds.append((i, False))
+    except TemplateError as e:
+        raise DataError(f"{location}: {template} cannot render this dialogue: {e}") from None
+    encoded = _prefix_ids(texts, tokenizer)
+    ends: list[int] = []
+    headers: dict[int, int] = {}
+    targets: dict[int, tuple[int, int]] = {}
+    prev: list[int] = []
+    for (i, gen), ids in zip(kinds, encoded, strict=True):
+        if ids[: len(prev)] != prev:
+            if not gen and i in headers:  # the header's tail merged with the content
                 raise DataError(
-                    f"{dialogue.location}: a token straddles the target boundary; "
-                    "the loss mask cannot be exact"
+                    f"{location}: a token straddles the target boundary of messages[{i}] "
+                    f"under {template} (its generation prompt is not a token prefix of the "
+                    "answer); refusing to guess the loss mask"
                 )
-            mask[(a >= start) & (b <= end)] = 1
-        out.append((ids, mask))
-    return out
+            raise DataError(
+                f"{location}: {template} is not prefix-consistent at messages[{i}] (the "
+                "chat so far is not a token prefix of the longer chat: the template "
+                "rewrites earlier turns); refusing to guess the loss mask"
+            )
+        if gen:
+            headers[i] = len(ids)
+        else:
+            ends.append(len(ids))
+            if i in headers:
+                added = ids[headers[i] :]
+                stops = [j for j, t in enumerate(added) if t in eot]
+                if not stops:
+                    raise DataError(
+                        f"{location}: {template} writes no end-of-turn token after "
+                        f"messages[{i}]; the model could not learn to stop"
+                    )
+                targets[i] = (headers[i], headers[i] + stops[-1] + 1)
+        prev = ids
+    return _Rendered(np.asarray(prev, np.int32), ends, headers, targets)
+
+
+def _end_of_turn_ids(tokenizer) -> set[int]:
+    """Ids that close an assistant turn in training targets: the template's end-of-turn
+    token, else the tokenizer's eos (templates that end turns with it)."""
+    tokens = end_of_turn_tokens(tokenizer) or (tokenizer.eos_token,)
+    return {tokenizer.convert_tokens_to_ids(t) for t in tokens if t}
+
+
+def _messages(dialogue: Dialogue) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in dialogue.messages]
 
 
 def encode_dialogue(
@@ -130,49 +237,62 @@ def encode_dialogue(
     With include_target=False the examples are generation prompts (ending with the
     assistant header, for sampling in GRPO) and `max_length` bounds the prompt alone.
     """
-    segs = _encode_segments(dialogue, tokenizer)
-    sys_ids = segs[0][0]
+    eot = _end_of_turn_ids(tokenizer)
+    msgs = _messages(dialogue)
+    full = _render_prefixes(msgs, tokenizer, dialogue.location, eot)
     results: list[TokenizedExample | RecordError] = []
-    for k in dialogue.assistant_turns:
-        ids_k, mask_k = segs[k]
-        header = int(np.argmax(mask_k))  # tokens of "<|im_start|>assistant\n"
-        tail_ids, tail_mask = (ids_k, mask_k) if include_target else (ids_k[:header], None)
-        user_ids = segs[k - 1][0]
-        fixed = len(sys_ids) + len(user_ids) + len(tail_ids)
-        if fixed > max_length:
-            results.append(
-                RecordError(
-                    "too_long",
-                    f"messages[{k}]",
-                    f"example is {fixed} tokens even with all earlier turns dropped (system "
-                    f"{len(sys_ids)} + user {len(user_ids)} + assistant {len(tail_ids)}) "
-                    f"> max_length {max_length}",
-                )
-            )
-            continue
-        # history pairs (user, assistant) at message indices (1, 2), (3, 4), ..., (k-3, k-2)
-        pair_lens = [len(segs[i][0]) + len(segs[i + 1][0]) for i in range(1, k - 1, 2)]
-        drop = 0
-        while fixed + sum(pair_lens[drop:]) > max_length:
-            drop += 1
-        keep = [segs[0][0], *(segs[i][0] for i in range(1 + 2 * drop, k)), tail_ids]
-        input_ids = np.concatenate([np.asarray(x, np.int32) for x in keep])
-        loss_mask = np.zeros(len(input_ids), np.uint8)
-        if tail_mask is not None:
-            loss_mask[-len(tail_mask) :] = tail_mask
-        prompt_length = len(input_ids) - len(tail_ids) + header
-        results.append(
-            TokenizedExample(
-                input_ids=input_ids,
-                loss_mask=loss_mask,
-                prompt_length=prompt_length,
-                dropped_turns=drop,
-                location=dialogue.location,
-                turn=k,
-                emotion=dialogue.emotion,
-                dialogue=dialogue,
-            )
+
+    def example(r: _Rendered, k: int, drop: int) -> TokenizedExample:
+        stop = r.ends[k] if include_target else r.headers[k]
+        input_ids = r.ids[:stop]
+        loss_mask = r.mask([k] if include_target else [], stop)
+        return TokenizedExample(
+            input_ids=input_ids,
+            loss_mask=loss_mask,
+            prompt_length=r.headers[k],
+            dropped_turns=drop,
+            location=dialogue.location,
+            turn=k + 2 * drop,
+            emotion=dialogue.emotion,
+            dialogue=dialogue,
         )
+
+    def length(r: _Rendered, k: int) -> int:
+        return r.ends[k] if include_target else r.headers[k]
+
+    seg = np.diff([0, *full.ends])  # tokens each message adds
+    for k in dialogue.assistant_turns:
+        if length(full, k) <= max_length:
+            results.append(example(full, k, 0))
+            continue
+        # history pairs (user, assistant) at message indices (1, 2), ..., (k-3, k-2);
+        # their token counts guess how many to drop, each guess rendered and measured
+        # (a template may render a shortened chat differently, e.g. fold the system in)
+        pair_lens = [int(seg[i] + seg[i + 1]) for i in range(1, k - 1, 2)]
+        drop = 1
+        while drop < len(pair_lens) and length(full, k) - sum(pair_lens[:drop]) > max_length:
+            drop += 1
+        while True:
+            drop = min(drop, len(pair_lens))
+            short = [msgs[0], *msgs[1 + 2 * drop : k + 1]]
+            r = _render_prefixes(short, tokenizer, dialogue.location, eot)
+            last = len(short) - 1
+            if length(r, last) <= max_length:
+                results.append(example(r, last, drop))
+                break
+            if drop == len(pair_lens):
+                n_sys, n_user = r.ends[0], r.ends[1] - r.ends[0]
+                results.append(
+                    RecordError(
+                        "too_long",
+                        f"messages[{k}]",
+                        f"example is {length(r, last)} tokens even with all earlier turns "
+                        f"dropped (system {n_sys} + user {n_user} + assistant "
+                        f"{length(r, last) - r.ends[1]}) > max_length {max_length}",
+                    )
+                )
+                break
+            drop += 1
     return results
 
 
@@ -187,25 +307,24 @@ def encode_whole_dialogue(
     never inside a turn; one whose first assistant turn does not fit is a
     RecordError('too_long').
     """
-    segs = _encode_segments(dialogue, tokenizer)
+    r = _render_prefixes(
+        _messages(dialogue), tokenizer, dialogue.location, _end_of_turn_ids(tokenizer)
+    )
     turns = dialogue.assistant_turns
-    ends = np.cumsum([len(ids) for ids, _ in segs])  # ends[i]: tokens up to message i
-    kept = [k for k in turns if ends[k] <= max_length]  # a prefix: ends only grow
+    kept = [k for k in turns if r.ends[k] <= max_length]  # a prefix: ends only grow
     first = turns[0]
     if not kept:
         return RecordError(
             "too_long",
             f"messages[{first}]",
-            f"the dialogue is {ends[first]} tokens up to its first assistant turn "
+            f"the dialogue is {r.ends[first]} tokens up to its first assistant turn "
             f"> max_length {max_length}",
         )
     last = kept[-1]
-    input_ids = np.concatenate([np.asarray(segs[i][0], np.int32) for i in range(last + 1)])
-    loss_mask = np.concatenate([segs[i][1] for i in range(last + 1)])
     return TokenizedExample(
-        input_ids=input_ids,
-        loss_mask=loss_mask,
-        prompt_length=int(ends[first - 1]) + int(np.argmax(segs[first][1])),
+        input_ids=r.ids[: r.ends[last]],
+        loss_mask=r.mask(kept, r.ends[last]),
+        prompt_length=r.headers[first],
         dropped_turns=len(turns) - len(kept),
         location=dialogue.location,
         turn=last,

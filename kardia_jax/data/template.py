@@ -1,13 +1,17 @@
-"""The Qwen2.5 chat template (`<|im_start|>role\\n...<|im_end|>\\n`), as a jinja string
-for the tokenizer and as the equivalent Python that the example builder uses.
+"""Chat templates: every model family is rendered with its own template, the one its
+tokenizer carries (tokenizer_config.json's `chat_template` or chat_template.jinja),
+through `apply_chat_template`. Our built Qwen2.5 tokenizer carries Qwen's template,
+kept here as a jinja string (CHAT_TEMPLATE) with its Python twin `render_chat`.
 
-Tool calls are left out: KardiaBench has none. Without a system message, Qwen2.5's
-default one is inserted, as in Qwen's own template.
+The Qwen template leaves tool calls out: KardiaBench has none. Without a system
+message, Qwen2.5's default one is inserted, as in Qwen's own template.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from kardia_jax.errors import ConfigError
 
 DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 IM_START = "<|im_start|>"
@@ -27,13 +31,20 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 
+# Document-end tokens of the families we know: a completion that reaches one has ended
+# even where the chat template closes turns with another token (Qwen's <|endoftext|>
+# after <|im_end|>). Used only where the tokenizer has them as special tokens.
+TEXT_END_TOKENS = ("<|endoftext|>", "<|end_of_text|>", "<eos>", "</s>")
+_PROBE = "Kardia probe reply."
+
 
 def render_turn(role: str, content: str) -> str:
     return f"{IM_START}{role}\n{content}{IM_END}\n"
 
 
 def render_chat(messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
-    """Same text as `tokenizer.apply_chat_template(messages, tokenize=False, ...)`."""
+    """Same text as `tokenizer.apply_chat_template(messages, tokenize=False, ...)` with
+    CHAT_TEMPLATE (the Qwen2.5 format only; other families go through `render`)."""
     out = []
     if not messages or messages[0]["role"] != "system":
         out.append(render_turn("system", DEFAULT_SYSTEM))
@@ -41,3 +52,70 @@ def render_chat(messages: Sequence[dict], add_generation_prompt: bool = False) -
     if add_generation_prompt:
         out.append(f"{IM_START}assistant\n")
     return "".join(out)
+
+
+def tokenizer_name(tokenizer) -> str:
+    """The folder the tokenizer was read from (or its class), for error messages."""
+    return str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+
+
+def require_chat_template(tokenizer, what: str = "tokenizer") -> str:
+    """The tokenizer's chat template; none is a one-line ConfigError naming its folder
+    (a silent ChatML fallback would train or prompt a non-Qwen model in Qwen's format)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        raise ConfigError(
+            f"{tokenizer_name(tokenizer)}: the {what} has no chat template (set "
+            "'chat_template' in tokenizer_config.json or add chat_template.jinja)"
+        )
+    return template
+
+
+def render(tokenizer, messages: Sequence[dict], add_generation_prompt: bool = False, **kw) -> str:
+    """The conversation as the tokenizer's own chat template writes it."""
+    require_chat_template(tokenizer)
+    return tokenizer.apply_chat_template(
+        [dict(m) for m in messages],
+        tokenize=False,
+        add_generation_prompt=add_generation_prompt,
+        **kw,
+    )
+
+
+def _special_ids(tokenizer) -> set[int]:
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return set(added) | set(tokenizer.all_special_ids)
+
+
+def end_of_turn_tokens(tokenizer) -> tuple[str, ...]:
+    """The special token the chat template writes right after an assistant message
+    (Qwen's <|im_end|>, Llama 3's <|eot_id|>, Gemma's <end_of_turn>), found by
+    rendering a probe exchange; () when the template writes none, or when the
+    tokenizer has no template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return ()
+    messages = [{"role": "user", "content": "Hello."}, {"role": "assistant", "content": _PROBE}]
+    text = render(tokenizer, messages)
+    at = text.rfind(_PROBE)
+    if at < 0:
+        return ()
+    ids = tokenizer(text[at + len(_PROBE) :].lstrip(), add_special_tokens=False)["input_ids"]
+    if ids and ids[0] in _special_ids(tokenizer):
+        return (tokenizer.convert_ids_to_tokens(ids[0]),)
+    return ()
+
+
+def chat_stop_tokens(tokenizer) -> tuple[str, ...]:
+    """Tokens that end a reply: the template's end of turn, the tokenizer's eos, and
+    the known document-end tokens the tokenizer has as special tokens."""
+    special = {tokenizer.convert_ids_to_tokens(i) for i in _special_ids(tokenizer)}
+    eos = [tokenizer.eos_token] if tokenizer.eos_token else []
+    ends = [t for t in TEXT_END_TOKENS if t in special]
+    return tuple(dict.fromkeys([*end_of_turn_tokens(tokenizer), *eos, *ends]))
+
+
+def chat_stop_ids(tokenizer) -> tuple[int, ...]:
+    """`chat_stop_tokens` as ids, in the same order."""
+    ids = (tokenizer.convert_tokens_to_ids(t) for t in chat_stop_tokens(tokenizer))
+    unk = tokenizer.unk_token_id
+    return tuple(dict.fromkeys(i for i in ids if isinstance(i, int) and i >= 0 and i != unk))
