@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 
+from kardia_jax.data.pipeline import pad_left
 from kardia_jax.errors import ConfigError
 from kardia_jax.rewards.combine import RewardBatch
 from kardia_jax.rewards.prompt import JudgeContext
@@ -180,9 +181,7 @@ def update_batch(
     r, n = ro.tokens.shape
     ids = np.full((r, prompt_len + n), pad_id, np.int32)
     attn = np.zeros((r, prompt_len + n), np.int32)
-    for i, p in enumerate(ro.prompt_ids):
-        ids[i, prompt_len - len(p) : prompt_len] = p
-        attn[i, prompt_len - len(p) : prompt_len] = 1
+    ids[:, :prompt_len], attn[:, :prompt_len] = pad_left(ro.prompt_ids, prompt_len, pad_id, r)
     mask = ro.mask.astype(np.int32)
     ids[:, prompt_len:] = np.where(mask > 0, ro.tokens, pad_id)
     attn[:, prompt_len:] = mask
