@@ -70,6 +70,16 @@ def logical_to_spec(
     return PartitionSpec(*spec)
 
 
+def batch_shards(mesh: Mesh | None, rules: Rules = DEFAULT_RULES) -> int:
+    """How many ways `rules` split the batch axis on `mesh` (1 without a mesh): the
+    data-parallel size, which a batch's rows must divide by."""
+    if mesh is None:
+        return 1
+    entry = logical_to_spec(("batch",), rules, mesh)[0]
+    axes = () if entry is None else (entry,) if isinstance(entry, str) else entry
+    return math.prod(mesh.shape[a] for a in axes)
+
+
 def param_shardings(model_or_state, mesh: Mesh, rules: Rules = DEFAULT_RULES):
     """NamedShardings for every parameter of a (possibly abstract) model, as a State."""
     state = model_or_state if isinstance(model_or_state, nnx.State) else nnx.state(model_or_state)

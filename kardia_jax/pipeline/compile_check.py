@@ -209,12 +209,13 @@ def compile_check(config, devices=None) -> dict:
         from kardia_jax.rl.config import minibatch_rows, step_batch
         from kardia_jax.rl.grpo import prompt_buckets
         from kardia_jax.rl.step import GRPOLoss, check_microbatches, jit_grpo_update, jit_log_probs
-        from kardia_jax.train.state import data_parallel_size, param_bytes_per_device
+        from kardia_jax.sharding import batch_shards
+        from kardia_jax.train.state import param_bytes_per_device
         from kardia_jax.train.step import step_options
 
         rc = config.rollout
         # The GRPO driver's own check: rollout.global_batch completions per step.
-        mb_rows = minibatch_rows(config, data_parallel_size(mesh, rules))
+        mb_rows = minibatch_rows(config, batch_shards(mesh, rules))
         check_microbatches(mb_rows, int(config.train.microbatches))
         # The driver pads prompts to a bucket (the sampler's powers of two when none are
         # set): the one a data.max_length prompt lands in.

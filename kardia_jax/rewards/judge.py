@@ -27,8 +27,8 @@ from kardia_jax.errors import ConfigError, DataError
 from kardia_jax.rewards import scoring
 from kardia_jax.rewards.prompt import JudgeContext, JudgePrompt, PromptBuilder, PromptLimits
 from kardia_jax.rewards.rubric import DIMENSIONS, Rubric, load_rubric
-from kardia_jax.sampling.state import batch_shards, cache_sharding, default_cache_dtype
-from kardia_jax.sharding import DEFAULT_RULES, Rules, logical_to_spec
+from kardia_jax.sampling.state import cache_sharding, default_cache_dtype
+from kardia_jax.sharding import DEFAULT_RULES, Rules, batch_shards, logical_to_spec
 
 MODES = ("expected", "generate")
 _SUFFIX_MULTIPLE = 8

@@ -338,13 +338,14 @@ def reference_log_likelihood(
     from flax import nnx
 
     from kardia_jax.data.pipeline import bucket_length
+    from kardia_jax.sharding import batch_shards
     from kardia_jax.train.distributed import global_batch, host_rows
-    from kardia_jax.train.state import batch_sharding, data_parallel_size
+    from kardia_jax.train.state import batch_sharding
     from kardia_jax.train.step import target_bucket, with_target_index
 
     graphdef, params = nnx.split(model)
     run = _nll_program(graphdef, mesh)
-    dp = data_parallel_size(mesh, rules) if mesh is not None else 1
+    dp = batch_shards(mesh, rules)
     rows = -(-batch_size // dp) * dp
     bsh = batch_sharding(mesh, rules) if mesh is not None else None
     skip = np.asarray(sorted(skip_ids), np.int64)

@@ -54,6 +54,7 @@ from kardia_jax.rl.step import (
 )
 from kardia_jax.sampling import Sampler, SamplingConfig
 from kardia_jax.sampling.sampler import PROMPT_BUCKETS
+from kardia_jax.sharding import batch_shards
 from kardia_jax.train.checkpoints import resume_or_init
 from kardia_jax.train.distributed import global_batch, host_rows
 from kardia_jax.train.metrics import MetricsLogger, truncate_jsonl
@@ -62,7 +63,6 @@ from kardia_jax.train.setup import mesh_and_rules, planned_model_config
 from kardia_jax.train.sft import TrainingHalted
 from kardia_jax.train.state import (
     batch_sharding,
-    data_parallel_size,
 )
 from kardia_jax.train.step import step_options
 
@@ -120,7 +120,7 @@ def prepare_grpo(
     g = config.grpo
     mesh, rules = mesh_and_rules(config)
     check_microbatches(
-        minibatch_rows(config, data_parallel_size(mesh, rules)), int(config.train.microbatches)
+        minibatch_rows(config, batch_shards(mesh, rules)), int(config.train.microbatches)
     )
     if tokenizer is None:
         tokenizer = load_tokenizer(config.data.tokenizer or None)

@@ -22,11 +22,10 @@ from kardia_jax.sampling import loop
 from kardia_jax.sampling.methods import SamplingConfig
 from kardia_jax.sampling.state import (
     REASONS,
-    batch_shards,
     cache_sharding,
     default_cache_dtype,
 )
-from kardia_jax.sharding import DEFAULT_RULES, Rules
+from kardia_jax.sharding import DEFAULT_RULES, Rules, batch_shards
 
 _GREEDY = SamplingConfig()
 # Powers of two: log2(max/min) + 1 programs at most per axis.

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from kardia_jax.models.decoder import cache_shapes
-from kardia_jax.sharding import DEFAULT_RULES, Rules, logical_to_spec
+from kardia_jax.sharding import Rules, logical_to_spec
 
 # Finish reasons, as stored in `SamplingState.reason`.
 RUNNING, EOS, STOP, LENGTH = 0, 1, 2, 3
@@ -94,15 +94,3 @@ def cache_sharding(mesh, rules: Rules, cfg, rows: int, slots: int):
     v = logical_to_spec(lead + V_CACHE_AXES, rules, mesh, v_shape, name="value cache")
     return jax.sharding.NamedSharding(mesh, k), jax.sharding.NamedSharding(mesh, v)
 
-
-def batch_shards(mesh, rules: Rules = DEFAULT_RULES) -> int:
-    """How many ways the batch axis is split on `mesh` (rows must divide by it)."""
-    if mesh is None:
-        return 1
-    spec = logical_to_spec(("batch",), rules, mesh)
-    axes = spec[0] or ()
-    axes = (axes,) if isinstance(axes, str) else axes
-    n = 1
-    for a in axes:
-        n *= mesh.shape[a]
-    return n

@@ -9,8 +9,7 @@ from ml_collections import ConfigDict
 from kardia_jax.config_files import sharding_preset
 from kardia_jax.errors import ConfigError
 from kardia_jax.models import ModelConfig, get_preset
-from kardia_jax.sharding import make_mesh
-from kardia_jax.train.state import data_parallel_size
+from kardia_jax.sharding import batch_shards, make_mesh
 
 
 def mesh_and_rules(config: ConfigDict):
@@ -60,7 +59,7 @@ def planned_model_config(mcfg: ConfigDict, vocab_size: int) -> ModelConfig:
 
 def check_batch(global_batch: int, microbatches: int, mesh, rules) -> int:
     """Returns the per-host batch; raises naming the setting that does not divide."""
-    dp = data_parallel_size(mesh, rules)
+    dp = batch_shards(mesh, rules)
     if global_batch % microbatches:
         raise ConfigError(
             f"train.global_batch={global_batch} is not divisible by "

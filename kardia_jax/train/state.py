@@ -122,15 +122,6 @@ def batch_sharding(mesh: Mesh, rules: Rules, ndim: int = 2) -> NamedSharding:
     return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), rules, mesh))
 
 
-def data_parallel_size(mesh: Mesh, rules: Rules) -> int:
-    spec = logical_to_spec(("batch",), rules, mesh)[0]
-    axes = () if spec is None else (spec,) if isinstance(spec, str) else spec
-    size = 1
-    for a in axes:
-        size *= mesh.shape[a]
-    return size
-
-
 def param_bytes_per_device(state_like: TrainState, shardings: TrainState) -> int:
     """Bytes of parameters + optimizer state one device holds (from shapes only)."""
     total = 0
