@@ -177,7 +177,8 @@ def _render_prefixes(messages: Sequence[dict], tokenizer, location: str, eot: se
             texts.append(render(tokenizer, messages[: i + 1]))
             kinds.append((i, False))
     except TemplateError as e:
-        raise DataError(f"{location}: {template} cannot render this dialogue: {e}") from None
+        reason = " ".join(str(e).split())
+        raise DataError(f"{location}: {template} cannot render this dialogue: {reason}") from None
     encoded = _prefix_ids(texts, tokenizer)
     ends: list[int] = []
     headers: dict[int, int] = {}

@@ -6,7 +6,7 @@ from ml_collections import ConfigDict
 
 from kardia_jax.errors import ConfigError
 from kardia_jax.rewards.api_judge import ApiJudgeConfig
-from kardia_jax.rewards.judge import JudgeConfig
+from kardia_jax.rewards.judge import JudgeConfig, judge_config_from_section, judge_section
 
 
 def eval_config() -> ConfigDict:
@@ -50,12 +50,7 @@ def eval_config() -> ConfigDict:
     c.judge.path = ""
     c.judge.dtype = "bfloat16"
     c.judge.batch_size = 64  # completions per judge call; scores are flushed per call
-    d = JudgeConfig()
-    c.judge.rubric = d.rubric  # shipped rubric version or a rubric file
-    c.judge.show_reasoning = d.show_reasoning  # also show understanding / reasoning
-    c.judge.mode = d.mode  # "expected" E[score] over "1".."5" | "generate"
-    c.judge.max_batch = d.max_batch  # candidates per compiled call
-    c.judge.length_buckets = d.length_buckets
+    c.judge.update(judge_section())  # rubric, mode, buckets...: as GRPO's reward.judge
     # judge.path = openai:MODEL only (docs/evaluation.md). rubric and show_reasoning
     # above apply to it too; batch_size is how many items go to it per call.
     c.judge.api = ConfigDict()
@@ -85,8 +80,8 @@ def eval_config() -> ConfigDict:
 
 
 def judge_settings(jcfg: ConfigDict) -> JudgeConfig:
-    keys = ("rubric", "show_reasoning", "mode", "max_batch", "length_buckets")
-    return JudgeConfig.from_mapping({k: jcfg[k] for k in keys})
+    """The `judge` section's judge settings (not path, dtype, batch_size or api)."""
+    return judge_config_from_section({k: jcfg[k] for k in judge_section()}, "judge")
 
 
 def api_judge_settings(jcfg: ConfigDict) -> ApiJudgeConfig:

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import jax
 import numpy as np
 from flax import nnx
+from ml_collections import ConfigDict
 
 from kardia_jax.data.pipeline import bucket_length, pad_left, pow2_bucket
 from kardia_jax.data.spans import SPAN_NAMES, marker
@@ -77,6 +78,34 @@ class JudgeConfig:
         if unknown:
             raise ConfigError(f"unknown judge setting(s): {', '.join(sorted(unknown))}")
         return cls(**m)
+
+
+def judge_section() -> ConfigDict:
+    """The judge's run settings as a config section, with `JudgeConfig`'s defaults: the
+    one definition behind GRPO's `reward.judge` and evaluation's `judge`."""
+    d = JudgeConfig()
+    c = ConfigDict()
+    c.rubric = d.rubric  # unpublished; ours: shipped rubric version, or a rubric file
+    c.show_reasoning = d.show_reasoning  # unpublished; ours: judge sees only the response
+    c.mode = d.mode  # ours: E[score] over "1".."5" | "generate" (decode, parse)
+    c.max_batch = d.max_batch  # ours: candidates per compiled judge call
+    c.length_buckets = d.length_buckets  # ours: padded judge prompt lengths
+    # ours: longer completions are cut before judging
+    c.max_candidate_tokens = d.limits.max_candidate_tokens
+    return c
+
+
+def judge_config_from_section(section: Mapping, where: str) -> JudgeConfig:
+    """A `judge_section()` (as overridden) -> JudgeConfig; a bad or unknown setting is
+    one line naming the section `where` it is."""
+    settings = dict(section or {})
+    limit = settings.pop("max_candidate_tokens", None)
+    if limit is not None:
+        settings["limits"] = {"max_candidate_tokens": int(limit)}
+    try:
+        return JudgeConfig.from_mapping(settings)
+    except (TypeError, ConfigError) as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 @dataclasses.dataclass

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from kardia_jax.data.template import render, tokenizer_name
 from kardia_jax.errors import ConfigError, KardiaError
 from kardia_jax.rewards.rubric import Rubric
 from kardia_jax.rewards.sanitize import CandidateParts, candidate_parts, neutralize
@@ -171,19 +172,21 @@ class PromptBuilder:
         return head, before, after
 
     def _chat(self, system: str, user: str) -> str:
-        tok = self.tokenizer
-        kw = dict(tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs)
-        if getattr(tok, "chat_template", None):
-            try:
-                msgs = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-                return tok.apply_chat_template(msgs, **kw)
-            except Exception:  # templates without a system role (Gemma): fold it in
-                msgs = [{"role": "user", "content": f"{system}\n\n{user}"}]
-                return tok.apply_chat_template(msgs, **kw)
-        from kardia_jax.data.template import render_chat
+        """The rubric as the system turn and the context as the user turn, through the
+        judge's own template. A template that refuses them (Gemma's has no system role)
+        is a one-line error, not a prompt quietly rewritten into another shape."""
+        from jinja2 import TemplateError
 
         msgs = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-        return render_chat(msgs, add_generation_prompt=True)
+        try:
+            return render(
+                self.tokenizer, msgs, add_generation_prompt=True, **self.chat_template_kwargs
+            )
+        except TemplateError as e:
+            raise ConfigError(
+                f"{tokenizer_name(self.tokenizer)}: the judge's chat template cannot render "
+                f"a system + user prompt: {' '.join(str(e).split())}"
+            ) from None
 
     def context_ids(self, context: JudgeContext, drop: int) -> tuple[list[int], list[int]]:
         """(head + context tokens before the candidate, tokens after it), cached: a

@@ -8,6 +8,7 @@ across RL epochs."""
 from ml_collections import ConfigDict
 
 from kardia_jax.errors import ConfigError
+from kardia_jax.rewards.judge import judge_section
 from kardia_jax.train.config import sft_config
 
 
@@ -50,13 +51,8 @@ def grpo_config() -> ConfigDict:
     c.reward = ConfigDict()
     c.reward.judge_path = ""  # paper: Qwen3-8B ("" = no judge: rubric weight must be 0)
     c.reward.judge_dtype = "bfloat16"  # ours: inference only
-    c.reward.judge = ConfigDict()  # the judge's settings (kardia_jax/rewards/judge.py JudgeConfig)
-    c.reward.judge.rubric = "v1"  # unpublished; ours: shipped rubric version, or a rubric file
-    c.reward.judge.show_reasoning = False  # unpublished; ours: judge sees only the response
-    c.reward.judge.mode = "expected"  # ours: E[score] over "1".."5" | "generate" (decode, parse)
-    c.reward.judge.max_batch = 32  # ours: candidates per compiled judge call
-    c.reward.judge.length_buckets = (256, 512, 768, 1024, 1536, 2048, 3072, 4096)  # ours
-    c.reward.judge.max_candidate_tokens = 512  # ours: longer completions are cut before judging
+    # ours: the judge's settings, each marked in rewards/judge.py `judge_section`
+    c.reward.judge = judge_section()
     # Ours (not in the paper): a custom reward instead of the paper's ("module:callable",
     # called as fn(texts, contexts, gold_emotions) -> RewardBatch or {"total": [R], ...}),
     # for verifiable rewards and tests; "" = format + emotion + rubric, weighted below.

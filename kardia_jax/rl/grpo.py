@@ -39,6 +39,7 @@ from kardia_jax.models import (
     save_hf_model,
 )
 from kardia_jax.rewards import JudgeConfig, KardiaReward, RewardWeights, RubricJudge
+from kardia_jax.rewards.judge import judge_config_from_section
 from kardia_jax.rewards.prompt import JudgeContext
 from kardia_jax.rl import metrics as M
 from kardia_jax.rl import rollout as R
@@ -495,15 +496,8 @@ def _uses_judge(rw: ConfigDict) -> bool:
 
 
 def _judge_settings(rcfg: ConfigDict) -> JudgeConfig:
-    """reward.judge (a ConfigDict of `JudgeConfig` fields) -> JudgeConfig."""
-    settings = dict(rcfg.get("judge", {}) or {})
-    limits = settings.pop("max_candidate_tokens", None)
-    if limits is not None:
-        settings["limits"] = {"max_candidate_tokens": int(limits)}
-    try:
-        return JudgeConfig.from_mapping(settings)
-    except (TypeError, ConfigError) as e:
-        raise ConfigError(f"reward.judge: {e}") from None
+    """reward.judge (a `judge_section()`) -> JudgeConfig."""
+    return judge_config_from_section(rcfg.get("judge", {}), "reward.judge")
 
 
 def _reward_fn(rcfg: ConfigDict, judge):

@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from kardia_jax.data.pipeline import pad_left
+from kardia_jax.data.template import chat_stop_ids
 from kardia_jax.errors import ConfigError
 from kardia_jax.rewards.combine import RewardBatch
 from kardia_jax.rewards.prompt import JudgeContext
@@ -60,10 +61,9 @@ class Rollouts:
 
 
 def stop_token_ids(tokenizer) -> tuple[int, ...]:
-    """The ids that end a completion: the chat turn's end and the text's end, where the
-    tokenizer has them."""
-    ids = (tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>"))
-    return tuple(i for i in ids if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id)
+    """The ids that end a completion: the chat template's end of turn, the tokenizer's
+    eos and the text's end, where the tokenizer has them (data.template)."""
+    return chat_stop_ids(tokenizer)
 
 
 def decode_completions(tokenizer, tokens: np.ndarray, lengths: np.ndarray, stop_ids) -> list[str]:

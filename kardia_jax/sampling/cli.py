@@ -90,14 +90,9 @@ class Session:
         header (the model's turn)."""
         if self.system is not None and (not messages or messages[0]["role"] != "system"):
             messages = [{"role": "system", "content": self.system}, *messages]
-        if self.tokenizer.chat_template:
-            text = self.tokenizer.apply_chat_template(
-                list(messages), tokenize=False, add_generation_prompt=True
-            )
-        else:
-            from kardia_jax.data.template import render_chat
+        from kardia_jax.data.template import render  # no template: one line naming the dir
 
-            text = render_chat(messages, add_generation_prompt=True)
+        text = render(self.tokenizer, messages, add_generation_prompt=True)
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def text(self, ids: Sequence[int]) -> str:

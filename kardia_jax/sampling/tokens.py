@@ -8,7 +8,6 @@ import os
 from kardia_jax.errors import ConfigError
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
-_CHAT_STOPS = ("<|im_end|>", "<|endoftext|>")  # always stop on these when they are tokens
 
 
 def load_tokenizer_for(path: str):
@@ -30,10 +29,12 @@ def single_token_id(tokenizer, token: str) -> int:
 
 
 def eos_ids_for(model_config, tokenizer) -> list[int]:
-    """The checkpoint's eos ids, the tokenizer's eos, and the chat end markers."""
+    """The checkpoint's eos ids, the tokenizer's eos, and the chat template's end of
+    turn (data.template.chat_stop_ids: Qwen's <|im_end|>, Gemma's <end_of_turn>)."""
+    from kardia_jax.data.template import chat_stop_ids
+
     ids = set(model_config.eos_ids)
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
-    vocab = tokenizer.get_vocab()
-    ids.update(vocab[t] for t in _CHAT_STOPS if t in vocab)
+    ids.update(chat_stop_ids(tokenizer))
     return sorted(ids)

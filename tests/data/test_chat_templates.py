@@ -1,0 +1,193 @@
+"""Every family is rendered with its own chat template: examples equal
+`apply_chat_template` for a Llama-3-style and a Gemma-style template (jinja written
+here, set on a copy of our Qwen tokenizer with the family's special tokens), the loss
+mask covers exactly each assistant content plus the template's end-of-turn token, and
+a template that rewrites earlier turns, or a tokenizer without a template, is refused
+in one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kardia_jax.data.examples import build_examples, encode_dialogue, encode_whole_dialogue
+from kardia_jax.data.schema import parse_record
+from kardia_jax.data.template import chat_stop_ids, chat_stop_tokens, end_of_turn_tokens
+from kardia_jax.errors import ConfigError, DataError
+
+from .helpers import BASE_RECORD
+
+# Llama 3's template, less its tool and date handling.
+LLAMA3 = (
+    "{{- bos_token }}"
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{%- set system_message = messages[0]['content'] | trim %}"
+    "{%- set messages = messages[1:] %}"
+    "{%- else %}{%- set system_message = '' %}{%- endif %}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' + system_message + '<|eot_id|>' }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' "
+    "+ message['content'] | trim + '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
+
+# Gemma 3's template, less images: no system role, the system text opens the first
+# user turn; the assistant is "model".
+GEMMA3 = (
+    "{{- bos_token }}"
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\\n\\n' %}"
+    "{%- set loop_messages = messages[1:] %}"
+    "{%- else %}{%- set first_user_prefix = '' %}{%- set loop_messages = messages %}"
+    "{%- endif %}"
+    "{%- for message in loop_messages %}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{- raise_exception('Conversation roles must alternate user/assistant/user/...') }}"
+    "{%- endif %}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{- '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else '') "
+    "+ message['content'] | trim + '<end_of_turn>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<start_of_turn>model\\n' }}{%- endif %}"
+)
+
+# Gemma 2's template refuses a system message outright.
+GEMMA2_NO_SYSTEM = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- raise_exception('System role not supported') }}{%- endif %}" + GEMMA3
+)
+
+# Like Qwen3's template, which keeps only the latest assistant turn's reasoning: earlier
+# answers lose everything before the response span, so a longer chat rewrites them.
+DROPS_REASONING = GEMMA3.replace(
+    "+ message['content'] | trim",
+    "+ (message['content'].split('<|response_begin|>')[-1] "
+    "if message['role'] == 'assistant' and not loop.last else message['content']) | trim",
+)
+
+FAMILIES = {
+    "llama3": (LLAMA3, "<|begin_of_text|>", "<|eot_id|>",
+               ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]),
+    "gemma3": (GEMMA3, "<bos>", "<end_of_turn>", ["<bos>", "<start_of_turn>", "<end_of_turn>"]),
+}  # fmt: skip
+
+
+def family_tokenizer(template: str | None, bos: str, eos: str, specials: list[str]):
+    """A fresh copy of the built Qwen tokenizer (span markers added) with another
+    family's special tokens and chat template."""
+    from tokenizers import AddedToken
+
+    from kardia_jax.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer()
+    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    tok.bos_token, tok.eos_token = bos, eos
+    tok.chat_template = template
+    return tok
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family(request):
+    template, bos, end, specials = FAMILIES[request.param]
+    return family_tokenizer(template, bos, end, specials), end
+
+
+def _chat(d, upto: int) -> list[dict]:
+    return [{"role": m.role, "content": m.content} for m in d.messages[: upto + 1]]
+
+
+def _ids(tok, messages, **kw) -> list[int]:
+    return list(tok.apply_chat_template(messages, tokenize=True, return_dict=False, **kw))
+
+
+def test_turn_examples_are_the_family_template_and_mask_the_answer_plus_end_token(
+    family, sample_dialogues
+):
+    tok, end = family
+    examples = build_examples(sample_dialogues[:8], tok, max_length=4096)
+    prompts = build_examples(sample_dialogues[:8], tok, max_length=4096, include_target=False)
+    assert len(examples) == len(prompts) > 8
+    for ex, pr in zip(examples, prompts, strict=True):
+        d, k = ex.dialogue, ex.turn
+        assert ex.input_ids.tolist() == _ids(tok, _chat(d, k))
+        # GRPO / eval prompts: exactly the generation prompt the template writes
+        gen = _ids(tok, _chat(d, k - 1), add_generation_prompt=True)
+        assert pr.input_ids.tolist() == gen == ex.prompt_ids.tolist()
+        assert pr.loss_mask.sum() == 0 and pr.prompt_length == len(pr)
+        mask = ex.loss_mask.astype(bool)
+        (where,) = np.nonzero(mask)
+        assert where[0] == ex.prompt_length and where[-1] - where[0] + 1 == mask.sum()
+        target = d.messages[k].content.strip()
+        assert tok.decode(ex.input_ids[mask].tolist()) == target + end
+        assert tok.convert_ids_to_tokens(int(ex.input_ids[where[-1]])) == end
+
+
+def test_dialogue_examples_are_the_family_template_and_the_union_of_turn_masks(
+    family, sample_dialogues
+):
+    tok, end = family
+    for d in sample_dialogues[:6]:
+        ex = encode_whole_dialogue(d, tok, max_length=8192)
+        last = d.assistant_turns[-1]
+        assert ex.input_ids.tolist() == _ids(tok, _chat(d, last))
+        mask = ex.loss_mask.astype(bool)
+        # the masked runs, one per assistant turn, are its content + end-of-turn token
+        edges = np.flatnonzero(np.diff(np.r_[0, mask.astype(np.int8), 0]))
+        runs = [tok.decode(ex.input_ids[a:b].tolist()) for a, b in edges.reshape(-1, 2)]
+        assert runs == [d.messages[k].content.strip() + end for k in d.assistant_turns]
+        first = d.assistant_turns[0]
+        gen = _ids(tok, _chat(d, first - 1), add_generation_prompt=True)
+        assert ex.prompt_ids.tolist() == gen
+
+
+def test_dropping_history_rerenders_the_shortened_chat(family):
+    # Gemma folds the system text into the first user turn: after the oldest exchanges
+    # are dropped it opens a later one, which concatenated segments would not show.
+    tok, _ = family
+    user, reply = BASE_RECORD["messages"][1], BASE_RECORD["messages"][2]
+    msgs = [BASE_RECORD["messages"][0]]
+    for i in range(5):
+        msgs += [{**user, "content": f"turn {i}: " + "word " * 60}, reply]
+    d = parse_record({**BASE_RECORD, "messages": msgs}, location="long.jsonl:1")
+    for ex in encode_dialogue(d, tok, max_length=400):
+        assert len(ex) <= 400
+        chat = _chat(d, ex.turn)
+        kept = [chat[0], *chat[1 + 2 * ex.dropped_turns :]]
+        assert ex.input_ids.tolist() == _ids(tok, kept)
+    assert ex.dropped_turns > 0
+
+
+def test_stop_tokens_come_from_the_template(family, tokenizer):
+    tok, end = family
+    assert end_of_turn_tokens(tok) == (end,) and chat_stop_tokens(tok)[0] == end
+    # the built Qwen tokenizer: what rollout and the sampler CLI stopped on before
+    assert chat_stop_tokens(tokenizer) == ("<|im_end|>", "<|endoftext|>")
+    assert chat_stop_ids(tokenizer) == (151645, 151643)
+
+
+@pytest.mark.parametrize(
+    "template, match",
+    [
+        (DROPS_REASONING, "is not prefix-consistent at messages"),
+        (GEMMA2_NO_SYSTEM, "cannot render this dialogue: System role not supported"),
+    ],
+)
+def test_a_template_that_rewrites_the_chat_is_refused_in_one_line(template, match):
+    tok = family_tokenizer(template, "<bos>", "<end_of_turn>", FAMILIES["gemma3"][3])
+    d = parse_record(BASE_RECORD, location="data.jsonl:7")
+    for encode in (encode_dialogue, encode_whole_dialogue):
+        with pytest.raises(DataError, match=match) as err:
+            encode(d, tok)
+        message = str(err.value)
+        assert message.startswith("data.jsonl:7: ") and "\n" not in message
+        assert f"the chat template of {tok.name_or_path}" in message
+
+
+def test_a_tokenizer_without_a_chat_template_is_refused_naming_its_folder():
+    tok = family_tokenizer(None, "<bos>", "<end_of_turn>", [])
+    d = parse_record(BASE_RECORD, location="data.jsonl:1")
+    with pytest.raises(ConfigError, match="has no chat template") as err:
+        encode_dialogue(d, tok)
+    assert str(err.value).startswith(f"{tok.name_or_path}: ") and "\n" not in str(err.value)
