@@ -261,3 +261,20 @@ def test_split_difficulty_is_an_rl_command(capsys):
     with pytest.raises(SystemExit):
         build_parser(old).parse_args(old)
     assert "invalid choice: 'split-difficulty'" in capsys.readouterr().err
+
+
+def test_dead_code_named_by_the_review_stays_gone():
+    """Unused since the drivers keep grain's state in the checkpoint and draw no keys
+    from the train state: TrainState.rng, the iterator-state file helpers and the
+    format-reason counter."""
+    import dataclasses
+
+    import kardia_jax.data
+    from kardia_jax.data import pipeline
+    from kardia_jax.rewards import format as rewards_format
+    from kardia_jax.train.state import TrainState
+
+    assert "rng" not in {f.name for f in dataclasses.fields(TrainState)}
+    for name in ("save_iterator_state", "restore_iterator"):
+        assert not hasattr(pipeline, name) and name not in kardia_jax.data.__all__
+    assert not hasattr(rewards_format, "reason_counts")

@@ -55,8 +55,6 @@ _EXPORTS = {
     "build_sft_dataset": "pipeline",
     "build_prompt_dataset": "pipeline",
     "steps_per_epoch": "pipeline",
-    "save_iterator_state": "pipeline",
-    "restore_iterator": "pipeline",
     "dataset_stats": "stats",
     "emotion_disagreements": "stats",
 }

@@ -8,7 +8,6 @@ is well formed on its own, so an invalid answer earns at most 0.8 < 1.0.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -60,8 +59,3 @@ def format_reward(texts: Sequence[str], *, partial_credit: bool = False) -> np.n
         elif partial_credit and isinstance(t, str):
             out[i] = PARTIAL_PER_SPAN * well_formed_spans(t)
     return out
-
-
-def reason_counts(texts: Sequence[str]) -> dict[str, int]:
-    """{"valid": n, reason: n, ...} for logging."""
-    return dict(Counter(r or "valid" for r in format_reasons(texts)))

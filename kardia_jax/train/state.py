@@ -1,4 +1,4 @@
-"""Train state (parameters, optimizer state, step, RNG, non-finite counters) and its
+"""Train state (parameters, optimizer state, step, non-finite counters) and its
 sharded creation: `jax.eval_shape` -> shardings -> `jit(init, out_shardings=...)`,
 so full weights never sit on one host."""
 
@@ -24,7 +24,6 @@ class TrainState:
     step: jax.Array  # int32 scalar: number of applied or skipped updates
     params: nnx.State  # the model's nnx.Param leaves
     opt_state: Any
-    rng: jax.Array  # raw uint32 key data (checkpointable), folded with the step
     nonfinite_streak: jax.Array  # consecutive skipped (non-finite) updates
     nonfinite_total: jax.Array
 
@@ -47,17 +46,16 @@ def state_shardings(abstract: TrainState, tx, mesh: Mesh, rules: Rules) -> Train
     )
     rep = _replicated(mesh)
     return TrainState(
-        step=rep, params=params, opt_state=opt, rng=rep, nonfinite_streak=rep, nonfinite_total=rep
+        step=rep, params=params, opt_state=opt, nonfinite_streak=rep, nonfinite_total=rep
     )
 
 
-def _new_state(params, tx, seed: int) -> TrainState:
+def _new_state(params, tx) -> TrainState:
     zero = jnp.zeros((), jnp.int32)
     return TrainState(
         step=zero,
         params=params,
         opt_state=tx.init(params),
-        rng=jax.random.key_data(jax.random.key(seed)),
         nonfinite_streak=zero,
         nonfinite_total=zero,
     )
@@ -72,7 +70,7 @@ def abstract_train_state(
     if mesh is not None:
         model.constrain_activations(batch_sharding(mesh, rules, ndim=1))
     graphdef, params = nnx.split(model, nnx.Param)
-    return graphdef, jax.eval_shape(lambda p: _new_state(p, tx, 0), params)
+    return graphdef, jax.eval_shape(lambda p: _new_state(p, tx), params)
 
 
 def init_train_state(
@@ -88,7 +86,7 @@ def init_train_state(
 
         def init(seed_key):
             model = Transformer(cfg, rngs=nnx.Rngs(params=seed_key))
-            return _new_state(nnx.state(model, nnx.Param), tx, seed)
+            return _new_state(nnx.state(model, nnx.Param), tx)
 
         state = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
     else:
@@ -110,7 +108,7 @@ def init_train_state(
             )
         params = nnx.state(model, nnx.Param)
         state = jax.jit(
-            lambda p: _new_state(p, tx, seed),
+            lambda p: _new_state(p, tx),
             in_shardings=(shardings.params,),
             out_shardings=shardings,
         )(params)
