@@ -93,3 +93,24 @@ def test_no_module_outside_data_spans_compiles_a_span_marker_pattern():
         and re.search(r"re\.compile\([^)]*(_begin|understanding|emotion>)", p.read_text("utf-8"))
     ]
     assert offenders == []
+
+
+def test_json_writers_replace_whole_files_and_append_lines(tmp_path):
+    import json
+
+    from kardia_jax.jsonio import append_jsonl, write_json, write_text
+
+    path = tmp_path / "r.json"
+    write_json(path, {"b": 1, "a": tmp_path, "é": "ü"}, sort_keys=True)
+    text = path.read_text("utf-8")
+    assert text.endswith("}\n") and "é" in text and json.loads(text)["a"] == str(tmp_path)
+    assert list(json.loads(text)) == ["a", "b", "é"]
+    write_text(path, "x")  # replaced in one step, no temporary left behind
+    assert path.read_text("utf-8") == "x" and [p.name for p in tmp_path.iterdir()] == ["r.json"]
+    log = tmp_path / "log.jsonl"
+    append_jsonl(log, {"step": 1})
+    append_jsonl(log, [{"step": 2}, {"step": 3}])
+    append_jsonl(log, [])
+    assert [json.loads(x)["step"] for x in log.read_text("utf-8").splitlines()] == [1, 2, 3]
+    with pytest.raises(TypeError):  # no silent str() unless asked for
+        write_json(tmp_path / "bad.json", {"x": object()}, default=None)

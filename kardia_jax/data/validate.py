@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from kardia_jax.data.reader import iter_records, resolve_split
 from kardia_jax.data.schema import RECORD_REASONS, Dialogue, RecordError, parse_record
 from kardia_jax.data.spans import Notation
 from kardia_jax.errors import DataError
+from kardia_jax.jsonio import write_json
 
 DATA_RECORD = "data.json"  # what each stage read, in its workdir
 Mode = Literal["strict", "skip"]
@@ -138,7 +138,4 @@ def write_data_record(workdir: str | Path, record: dict) -> None:
         return
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, DATA_RECORD)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=1, default=str)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
+    write_json(path, record, indent=1)

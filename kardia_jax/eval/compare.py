@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import gc
-import json
 import os
 import re
 import time
@@ -225,10 +224,7 @@ def write_rows(
         "seconds": None if seconds is None else round(seconds, 1),
         "warnings": list(warnings),  # e.g. the evaluation judge is the training judge
     }
-    store.write_text(
-        os.path.join(workdir, store.RESULTS_JSON),
-        json.dumps(out, indent=2, ensure_ascii=False, default=str) + "\n",
-    )
+    store.write_json(os.path.join(workdir, store.RESULTS_JSON), out)
     named = [(row.name, r) for row, r in zip(rows, results, strict=True)]
     details = [os.path.join(row.slug, store.RESULTS_MD) for row in rows]
     store.write_text(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import os
 import time
@@ -513,10 +512,7 @@ def run_eval(
         paper={"source": PAPER_SOURCE, "rows": list(PAPER_ROWS)},
         seconds=round(time.perf_counter() - t0, 1),
     )
-    store.write_text(
-        os.path.join(workdir, store.RESULTS_JSON),
-        json.dumps(results, indent=2, ensure_ascii=False, default=str) + "\n",
-    )
+    store.write_json(os.path.join(workdir, store.RESULTS_JSON), results)
     store.write_text(
         os.path.join(workdir, store.RESULTS_MD), results_markdown(results) + _api_line(results)
     )

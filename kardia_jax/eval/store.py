@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
 
 from kardia_jax.errors import ConfigError, DataError
+
+# The workdir's writers, re-exported: eval code calls them as store.append_jsonl and
+# store.write_text next to the workdir's file names.
+from kardia_jax.jsonio import append_jsonl as append_jsonl
+from kardia_jax.jsonio import write_json as write_json
+from kardia_jax.jsonio import write_text as write_text
 
 COMPLETIONS = "completions.jsonl"
 SCORES = "judge_scores.jsonl"
@@ -51,25 +56,6 @@ def read_jsonl(path: str, *, repair: bool = True) -> list[dict]:
     return rows
 
 
-def append_jsonl(path: str, rows: Iterable[dict]) -> None:
-    """Appends rows and forces them to disk: a later kill loses at most a torn line."""
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    if not text:
-        return
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def write_text(path: str, text: str) -> None:
-    """Whole-file write through a temporary name: a reader never sees half a file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def check_manifest(workdir: str, settings: dict, *, write: bool = True) -> None:
     """Checks the settings that determine the completions against the ones the
     workdir was started with (resuming with other settings would mix completions of
@@ -90,4 +76,4 @@ def check_manifest(workdir: str, settings: dict, *, write: bool = True) -> None:
             )
         settings = {**old, **settings}
     if write:
-        write_text(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+        write_json(path, settings, sort_keys=True, default=None)

@@ -26,6 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from kardia_jax.errors import CheckpointError, ConfigError
+from kardia_jax.jsonio import write_json
 from kardia_jax.models.config import ModelConfig
 from kardia_jax.models.decoder import Transformer, abstract_model
 from kardia_jax.sharding import DEFAULT_RULES, Rules, param_shardings
@@ -366,7 +367,7 @@ def save_hf_model(
         _write_weights(tmp, entries, max_shard_bytes)
         hf_config = cfg.to_hf_config()
         hf_config["torch_dtype"] = out_dtype.name
-        _write_json(os.path.join(tmp, "config.json"), hf_config)
+        write_json(os.path.join(tmp, "config.json"), hf_config, sort_keys=True, default=None)
         gen = cfg.generation_config or {
             k: v
             for k, v in (
@@ -375,7 +376,7 @@ def save_hf_model(
             )
             if v is not None
         }
-        _write_json(os.path.join(tmp, "generation_config.json"), gen)
+        write_json(os.path.join(tmp, "generation_config.json"), gen, sort_keys=True, default=None)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
 
@@ -402,12 +403,6 @@ def publish_dir(path: str, fill: Callable[[str], None]) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _write_json(file: str, obj) -> None:
-    with open(file, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
 
 
 def write_shard(path: str, entries) -> None:
@@ -449,9 +444,11 @@ def _write_weights(dir_: str, entries, max_shard_bytes: int) -> None:
         for name, shape, dt, _ in shard:
             weight_map[name] = fname
             total += math.prod(shape) * dt.itemsize
-    _write_json(
+    write_json(
         os.path.join(dir_, INDEX_NAME),
         {"metadata": {"total_size": total}, "weight_map": weight_map},
+        sort_keys=True,
+        default=None,
     )
 
 

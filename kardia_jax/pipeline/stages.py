@@ -32,6 +32,7 @@ from kardia_jax.errors import ConfigError
 from kardia_jax.eval.compare import check_rows, evaluate_rows
 from kardia_jax.eval.run import load_eval_tokenizer
 from kardia_jax.host import release_freed_memory
+from kardia_jax.jsonio import write_json
 from kardia_jax.models import check_hf_checkpoint
 from kardia_jax.rl.difficulty import EASY_FILE, HARD_FILE, SIGNALS
 from kardia_jax.rl.grpo import prepare_grpo, run_grpo
@@ -80,11 +81,7 @@ class Pipeline:
         if not self.main:
             return
         os.makedirs(self.marks, exist_ok=True)
-        final = os.path.join(self.marks, f"{stage}.json")
-        tmp = final + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(summary, f, indent=1, default=str)
-        os.replace(tmp, final)
+        write_json(os.path.join(self.marks, f"{stage}.json"), summary, indent=1)
 
     # -- settings shared by the stages -------------------------------------------
     def policy(self) -> str | None:

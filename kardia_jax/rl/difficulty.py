@@ -29,6 +29,7 @@ import numpy as np
 
 from kardia_jax.data.schema import Dialogue
 from kardia_jax.errors import ConfigError, DataError
+from kardia_jax.jsonio import write_json
 from kardia_jax.rl import rollout as R
 
 TURNS = ("all", "first", "last")
@@ -171,10 +172,7 @@ def write_split(
         raise DataError(f"{data_path}: records changed while the split was computed")
     for k in ("easy", "hard"):
         os.replace(paths[k] + ".tmp", paths[k])
-    tmp = paths["report"] + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(report, indent=1) + "\n")
-    os.replace(tmp, paths["report"])
+    write_json(paths["report"], report, indent=1, default=None)
     return paths
 
 

@@ -31,6 +31,7 @@ from kardia_jax.data.tokenizer import load_tokenizer
 from kardia_jax.data.validate import data_record, load_dialogues, write_data_record
 from kardia_jax.errors import ConfigError, DataError
 from kardia_jax.host import HeapGuard
+from kardia_jax.jsonio import append_jsonl
 from kardia_jax.models import (
     ModelConfig,
     check_hf_checkpoint,
@@ -399,7 +400,7 @@ def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None)
             row["prompt_batches"] = drawn
             row["updates"] = len(metrics)  # optimizer steps: mu x minibatches
             if main:
-                M.append_jsonl(log_path, row)
+                append_jsonl(log_path, row)
                 logger.scalars(step, {k: v for k, v in row.items() if isinstance(v, int | float)})
                 logger.progress(step, {"reward": row["reward/total"], "kl": row.get("kl", 0.0)})
                 if config.log.ledger:

@@ -4,10 +4,9 @@ time per phase, throughput, compiles) and the rollout ledger."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
+from kardia_jax.jsonio import append_jsonl
 from kardia_jax.rl import rollout as R
 
 
@@ -75,27 +74,19 @@ def step_metrics(step, ro, adv, host, metrics, parts, group_size, mu, times) -> 
     return row
 
 
-def append_jsonl(path, row):
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
+def _ledger_row(step, ro, adv, examples, i) -> dict:
+    ex = examples[int(ro.example_index[i])]
+    return {
+        "step": step,
+        "example": int(ro.example_index[i]),
+        # the prompt: the record and the assistant turn it asks for
+        "prompt": f"{ex.location} messages[{ex.turn}]",
+        "completion": ro.texts[i],
+        "finish_reason": ro.finish_reason[i],
+        "advantage": float(adv[i]),
+        **{f"reward/{k}": float(v[i]) for k, v in ro.rewards.items()},
+    }
 
 
 def write_ledger(path, step, ro, adv, examples):
-    with open(path, "a", encoding="utf-8") as f:
-        for i in range(len(ro)):
-            ex = examples[int(ro.example_index[i])]
-            f.write(
-                json.dumps(
-                    {
-                        "step": step,
-                        "example": int(ro.example_index[i]),
-                        # the prompt: the record and the assistant turn it asks for
-                        "prompt": f"{ex.location} messages[{ex.turn}]",
-                        "completion": ro.texts[i],
-                        "finish_reason": ro.finish_reason[i],
-                        "advantage": float(adv[i]),
-                        **{f"reward/{k}": float(v[i]) for k, v in ro.rewards.items()},
-                    }
-                )
-                + "\n"
-            )
+    append_jsonl(path, [_ledger_row(step, ro, adv, examples, i) for i in range(len(ro))])

@@ -19,6 +19,7 @@ from ml_collections import ConfigDict
 
 from kardia_jax.data.splits import profile_split
 from kardia_jax.errors import ConfigError, DataError, KardiaError
+from kardia_jax.jsonio import append_jsonl
 from kardia_jax.models.checkpoint import publish_dir
 from kardia_jax.rl import rollout as R
 from kardia_jax.sampling import SamplingConfig
@@ -224,8 +225,7 @@ class Selector:
                 )
             self.best.step, self.best.score = step, row["score"]
         if self.main:
-            with open(self.log_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
+            append_jsonl(self.log_path, row)
         return row
 
 

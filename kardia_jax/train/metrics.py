@@ -8,6 +8,7 @@ import os
 import sys
 import time
 
+from kardia_jax.jsonio import write_text
 from kardia_jax.models.config import ModelConfig
 
 
@@ -84,6 +85,4 @@ def truncate_jsonl(path: str, step: int) -> None:
         return
     with open(path, encoding="utf-8") as f:
         keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.writelines(keep)
-    os.replace(path + ".tmp", path)
+    write_text(path, "".join(keep))

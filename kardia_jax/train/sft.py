@@ -5,7 +5,6 @@ resume, preemption handling and a Hugging Face export of the final policy."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import signal
 import time
@@ -24,6 +23,7 @@ from kardia_jax.data.tokenizer import load_tokenizer, span_marker_ids
 from kardia_jax.data.validate import data_record, load_dialogues, write_data_record
 from kardia_jax.errors import DataError, TrainingHalted
 from kardia_jax.host import HeapGuard
+from kardia_jax.jsonio import append_jsonl
 from kardia_jax.models import ModelConfig, check_hf_checkpoint, save_hf_model
 from kardia_jax.models.decoder import Transformer
 from kardia_jax.train.checkpoints import resume_or_init
@@ -193,9 +193,7 @@ def run_sft(config: ConfigDict, workdir: str, inputs: SFTInputs | None = None) -
                 }
             )
         if main:
-            with open(log_path, "a", encoding="utf-8") as f:
-                for r in rows:
-                    f.write(json.dumps(r) + "\n")
+            append_jsonl(log_path, rows)
             r = rows[-1]
             seq_tokens = tcfg.global_batch * r["seq_len"]
             tps = seq_tokens / dt
@@ -244,8 +242,7 @@ def run_sft(config: ConfigDict, workdir: str, inputs: SFTInputs | None = None) -
         loss = float(nll) / max(float(tokens), 1.0)
         logger.scalars(step, {"loss": loss}, prefix="eval")
         if main:
-            with open(eval_log_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": step, "loss": loss}) + "\n")
+            append_jsonl(eval_log_path, {"step": step, "loss": loss})
             print(f"step {step}: held-out loss {loss:.4f}", flush=True)
         return loss
 
