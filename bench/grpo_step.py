@@ -38,7 +38,7 @@ from kardia_jax.data.tokenizer import load_tokenizer
 from kardia_jax.host import keep_freed_memory
 from kardia_jax.models import ModelConfig, init_model
 from kardia_jax.rewards import JudgeConfig, KardiaReward, RewardWeights, RubricJudge
-from kardia_jax.rl import rollout as R
+from kardia_jax.rl import rollout
 from kardia_jax.rl.config import step_batch
 from kardia_jax.rl.grpo import load_grpo_prompts, prompt_buckets, to_devices
 from kardia_jax.rl.step import GRPOLoss, jit_grpo_update, jit_log_probs
@@ -161,16 +161,16 @@ class GRPOBench:
         comp = self.sampler(
             prompts, rc.max_new_tokens, self.sampling, group_size=rc.group_size, seed=step
         )
-        texts = R.decode_completions(self.tokenizer, comp.tokens, comp.lengths, self.stop_ids)
+        texts = rollout.decode_completions(self.tokenizer, comp.tokens, comp.lengths, self.stop_ids)
         return comp, texts
 
     def judge(self, index, texts):
         rep = np.repeat(index, self.config.rollout.group_size)
-        return rep, R.score(self.reward_fn, self.examples, rep, texts)
+        return rep, rollout.score(self.reward_fn, self.examples, rep, texts)
 
     def batch(self, prompts, comp, texts, rep, rewards):
         rc, g = self.config.rollout, self.config.grpo
-        ro = R.Rollouts(
+        ro = rollout.Rollouts(
             rep,
             [prompts[i // rc.group_size] for i in range(len(rep))],
             comp.tokens,
@@ -180,11 +180,11 @@ class GRPOBench:
             comp.finish_reason,
             rewards.components,
         )
-        adv = R.advantages_of(
+        adv = rollout.advantages_of(
             ro.rewards["total"], rc.group_size, g.advantage_scale, float(g.advantage_eps)
         )
         plen = bucket_length(max(map(len, ro.prompt_ids)), self.buckets)
-        return R.update_batch(ro, adv, plen, self.pad_id)
+        return rollout.update_batch(ro, adv, plen, self.pad_id)
 
     def reference(self, host):
         ids = jax.device_put(

@@ -30,7 +30,7 @@ import numpy as np
 from kardia_jax.data.schema import Dialogue
 from kardia_jax.errors import ConfigError, DataError
 from kardia_jax.jsonio import write_json
-from kardia_jax.rl import rollout as R
+from kardia_jax.rl import rollout
 
 TURNS = ("all", "first", "last")
 SIGNALS = ("auto", "verdicts", "likelihood", "reward")
@@ -113,8 +113,8 @@ def sample_rewards(
             group_size=n,
             seed=settings.seed * 1_000_003 + b,
         )
-        texts = R.decode_completions(tokenizer, comp.tokens, comp.lengths, stop_ids)
-        rewards = R.score(reward_fn, examples, np.repeat(idx, n), texts)
+        texts = rollout.decode_completions(tokenizer, comp.tokens, comp.lengths, stop_ids)
+        rewards = rollout.score(reward_fn, examples, np.repeat(idx, n), texts)
         out[idx] = np.asarray(rewards.total, np.float32).reshape(len(idx), n)
         if progress is not None:
             progress(lo + len(idx), len(order))
@@ -266,7 +266,7 @@ def split_difficulty(
     if len(tokenizer) > model.config.vocab_size:  # span markers the checkpoint lacks
         model = resize_token_embeddings(model, -(-len(tokenizer) // 128) * 128)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    stop_ids = R.stop_token_ids(tokenizer)
+    stop_ids = rollout.stop_token_ids(tokenizer)
     sampler = Sampler(model, eos_ids=stop_ids, pad_id=pad)
     if reward_fn is None:
         judge = None

@@ -29,7 +29,7 @@ from kardia_jax.data.reader import sample_path
 from kardia_jax.data.splits import stage_split
 from kardia_jax.data.tokenizer import load_tokenizer
 from kardia_jax.data.validate import data_record, load_dialogues, write_data_record
-from kardia_jax.errors import ConfigError, DataError
+from kardia_jax.errors import ConfigError, DataError, TrainingHalted
 from kardia_jax.host import HeapGuard
 from kardia_jax.jsonio import append_jsonl
 from kardia_jax.models import (
@@ -42,11 +42,18 @@ from kardia_jax.models import (
 from kardia_jax.rewards import JudgeConfig, KardiaReward, RewardWeights, RubricJudge
 from kardia_jax.rewards.judge import judge_config_from_section
 from kardia_jax.rewards.prompt import JudgeContext
-from kardia_jax.rl import metrics as M
-from kardia_jax.rl import rollout as R
-from kardia_jax.rl import select as S
+from kardia_jax.rl import rollout
 from kardia_jax.rl.config import minibatch_rows, step_batch
 from kardia_jax.rl.core import AGG_MODES, KL_ESTIMATORS, SCALES
+from kardia_jax.rl.metrics import step_metrics, write_ledger
+from kardia_jax.rl.select import (
+    SELECTION_LOG,
+    Selector,
+    check_select,
+    final_exports,
+    heldout_split,
+    scoring_interval,
+)
 from kardia_jax.rl.step import (
     VECTOR_KEYS,
     GRPOLoss,
@@ -62,7 +69,6 @@ from kardia_jax.train.distributed import global_batch, host_rows
 from kardia_jax.train.metrics import MetricsLogger, truncate_jsonl
 from kardia_jax.train.optim import make_optimizer
 from kardia_jax.train.setup import mesh_and_rules, planned_model_config
-from kardia_jax.train.sft import TrainingHalted
 from kardia_jax.train.state import (
     batch_sharding,
 )
@@ -79,7 +85,7 @@ def load_grpo_data(dcfg: ConfigDict, tokenizer, select: ConfigDict | None = None
     hard = stage_split(dialogues, "grpo")
     train, held = hard, []
     if select is not None and select.every:
-        train, held = S.heldout_split(hard, float(select.heldout_fraction), int(dcfg.seed), path)
+        train, held = heldout_split(hard, float(select.heldout_fraction), int(dcfg.seed), path)
     kw = dict(max_length=dcfg.max_length, report=report)
     train, held = build_examples(train, tokenizer, **kw), build_examples(held, tokenizer, **kw)
     return train, held, data_record(report, {"train": train, "held_out": held})
@@ -137,7 +143,7 @@ def prepare_grpo(
     check_buckets(
         [e.prompt_length for e in examples + heldout], config.data.buckets, "GRPO prompts"
     )
-    R.stop_token_ids(tokenizer)
+    rollout.stop_token_ids(tokenizer)
     if not upstream:
         check_hf_checkpoint(config.model.path)
         model_config = planned_model_config(config.model, len(tokenizer))
@@ -165,7 +171,7 @@ def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None)
     tx = make_optimizer(config.train, total_steps * g.mu * g.minibatches)
     loss = GRPOLoss.from_config(config)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    stop_ids = R.stop_token_ids(tokenizer)
+    stop_ids = rollout.stop_token_ids(tokenizer)
     main = jax.process_index() == 0
     buckets = prompt_buckets(config)
 
@@ -191,7 +197,7 @@ def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None)
         if main:
             print("reward.judge_path not loaded: reward.rubric is 0 (or reward.fn is set)")
     elif config.reward.judge_path:
-        judge = R.TimedJudge(
+        judge = rollout.TimedJudge(
             RubricJudge.from_pretrained(
                 config.reward.judge_path,
                 _judge_settings(config.reward),
@@ -243,7 +249,7 @@ def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None)
     logger = MetricsLogger(os.path.join(workdir, "tb"), total_steps, enabled=main)
     ledger = os.path.join(workdir, "rollouts.jsonl")
     log_path = os.path.join(workdir, "grpo_log.jsonl")
-    selection = os.path.join(workdir, S.SELECTION_LOG)
+    selection = os.path.join(workdir, SELECTION_LOG)
     write_data_record(workdir, inputs.data)  # process 0
     if main:
         for p in (ledger, log_path):
@@ -251,7 +257,7 @@ def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None)
         # A fresh run scores its baseline again: no row survives.
         truncate_jsonl(selection, start if start else -1)
     compiles = CompileCounter()
-    every = S.scoring_interval(config.select, per_epoch)
+    every = scoring_interval(config.select, per_epoch)
 
     def export(path):  # every host takes part in the gathers; process 0 writes
         save_hf_model(nnx.merge(graphdef, state.params), path, tokenizer=tokenizer)
@@ -261,7 +267,7 @@ def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None)
     selector = None
     try:
         if every:
-            selector = S.Selector(
+            selector = Selector(
                 examples=inputs.heldout,
                 scfg=config.select,
                 workdir=workdir,
@@ -299,14 +305,14 @@ def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None)
                     group_size=rc.group_size,
                     seed=rollout_seed(int(config.seed), step, round_),
                 )
-                texts = R.decode_completions(tokenizer, comp.tokens, comp.lengths, stop_ids)
+                texts = rollout.decode_completions(tokenizer, comp.tokens, comp.lengths, stop_ids)
                 t_sample += time.perf_counter() - t
                 rep = np.repeat(index, rc.group_size)
                 t = time.perf_counter()
-                rewards = R.score(reward_fn, examples, rep, texts)
+                rewards = rollout.score(reward_fn, examples, rep, texts)
                 t_score += time.perf_counter() - t
                 parts.append(
-                    R.Rollouts(
+                    rollout.Rollouts(
                         rep,
                         [prompts[i // rc.group_size] for i in range(len(rep))],
                         comp.tokens,
@@ -318,22 +324,23 @@ def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None)
                     )
                 )
                 useful = sum(
-                    R.informative_groups(p.rewards["total"], rc.group_size).sum() for p in parts
+                    rollout.informative_groups(p.rewards["total"], rc.group_size).sum()
+                    for p in parts
                 )
                 if not rc.dynamic_sampling or useful >= prompts_per_step:
                     break
-            ro = R.select_groups(parts, rc.group_size, prompts_per_step, rc.dynamic_sampling)
-            adv = R.advantages_of(
+            ro = rollout.select_groups(parts, rc.group_size, prompts_per_step, rc.dynamic_sampling)
+            adv = rollout.advantages_of(
                 ro.rewards["total"], rc.group_size, g.advantage_scale, float(g.advantage_eps)
             )
             plen = bucket_length(max(map(len, ro.prompt_ids)), buckets)
-            keep = R.loss_rows(
+            keep = rollout.loss_rows(
                 ro,
                 rc.group_size,
                 truncated=rc.mask_truncated,
                 zero_variance=rc.mask_zero_variance,
             )
-            host = R.update_batch(ro, adv, plen, pad_id, keep_rows=keep)
+            host = rollout.update_batch(ro, adv, plen, pad_id, keep_rows=keep)
             t1 = time.perf_counter()
             ids = global_batch(
                 host_rows({k: host[k] for k in ("input_ids", "attention_mask")}), bsh
@@ -373,7 +380,7 @@ def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None)
             t_update = time.perf_counter() - t2
             step += 1
             t_judge = judge.seconds if judge is not None else 0.0
-            row = M.step_metrics(
+            row = step_metrics(
                 step,
                 ro,
                 adv,
@@ -404,7 +411,7 @@ def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None)
                 logger.scalars(step, {k: v for k, v in row.items() if isinstance(v, int | float)})
                 logger.progress(step, {"reward": row["reward/total"], "kl": row.get("kl", 0.0)})
                 if config.log.ledger:
-                    M.write_ledger(ledger, step, ro, adv, examples)
+                    write_ledger(ledger, step, ro, adv, examples)
                 for i in range(min(config.log.text_samples, len(ro))):
                     logger.text(
                         step, f"sample/{i}", f"reward {ro.rewards['total'][i]:.3f}\n\n{ro.texts[i]}"
@@ -424,7 +431,7 @@ def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None)
             ckpt.save(step, state, it.get_state())
         ckpt.wait()
         summary = {"step": step, "prompts": len(examples), "reference_model": ref is not None}
-        summary.update(S.final_exports(workdir, step, selector, export, config.export_hf))
+        summary.update(final_exports(workdir, step, selector, export, config.export_hf))
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
@@ -470,7 +477,7 @@ def _check_settings(config: ConfigDict) -> None:
         if value not in allowed:
             raise ConfigError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
     step_batch(rc)
-    S.check_select(config.select)
+    check_select(config.select)
     for name, value in (
         ("rollout.max_new_tokens", rc.max_new_tokens),
         ("grpo.mu", g.mu),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from kardia_jax.jsonio import append_jsonl
-from kardia_jax.rl import rollout as R
+from kardia_jax.rl import rollout
 
 
 def step_metrics(step, ro, adv, host, metrics, parts, group_size, mu, times) -> dict:
@@ -19,7 +19,7 @@ def step_metrics(step, ro, adv, host, metrics, parts, group_size, mu, times) -> 
         )
 
     lengths = ro.mask.sum(1)
-    pool = R.Rollouts.concat(parts)
+    pool = rollout.Rollouts.concat(parts)
     row = {"step": step}
     for k, v in ro.rewards.items():
         row[f"reward/{k}"] = float(np.mean(v))
@@ -37,11 +37,11 @@ def step_metrics(step, ro, adv, host, metrics, parts, group_size, mu, times) -> 
             "completion/loss_tokens": int(host["completion_mask"].sum()),
             # Of every group sampled this step (refills included) ...
             "zero_variance_fraction": float(
-                1 - R.informative_groups(pool.rewards["total"], group_size).mean()
+                1 - rollout.informative_groups(pool.rewards["total"], group_size).mean()
             ),
             # ... and of the groups kept for the update (0 when the refills sufficed).
             "batch/zero_variance_fraction": float(
-                1 - R.informative_groups(ro.rewards["total"], group_size).mean()
+                1 - rollout.informative_groups(ro.rewards["total"], group_size).mean()
             ),
             "batch/rows": len(ro),
             # Sampler throughput (every sampled token, refills included) and the

@@ -21,7 +21,7 @@ from kardia_jax.data.splits import profile_split
 from kardia_jax.errors import ConfigError, DataError, KardiaError
 from kardia_jax.jsonio import append_jsonl
 from kardia_jax.models.checkpoint import publish_dir
-from kardia_jax.rl import rollout as R
+from kardia_jax.rl import rollout
 from kardia_jax.sampling import SamplingConfig
 
 SELECTION_LOG = "selection.jsonl"
@@ -187,8 +187,10 @@ class Selector:
             prompts = [self.examples[i].prompt_ids.tolist() for i in index]
             seed = int(np.random.SeedSequence([self.seed, step, k]).generate_state(1)[0])
             comp = self.sampler(prompts, self.max_new_tokens, self.sampling, seed=seed)
-            chunk = R.decode_completions(self.tokenizer, comp.tokens, comp.lengths, self.stop_ids)
-            parts.append(R.score(self.reward_fn, self.examples, index, chunk).components)
+            chunk = rollout.decode_completions(
+                self.tokenizer, comp.tokens, comp.lengths, self.stop_ids
+            )
+            parts.append(rollout.score(self.reward_fn, self.examples, index, chunk).components)
             texts += chunk
         row = {"step": step, "prompts": len(texts)}
         for key in parts[0]:
