@@ -1,17 +1,10 @@
 """Host-process settings that decide how fast XLA:CPU runs a step.
 
-glibc's malloc serves a request above its mmap threshold (dynamic, capped at 32 MiB)
-with a fresh `mmap` and returns it to the kernel on `free`; allocations made by
-XLA's worker threads land in per-thread arenas whose freed tops are trimmed the
-same way. XLA:CPU allocates every program's temporaries and outputs per call, so
-each step touched its activations' pages for the first time again: a page fault
-per 4 KiB. Measured on this project's 2-core CPU: `x + 1` over 38 MB ran at
-5.9 GB/s with 9,217 faults per call, 44 GB/s with none once memory was kept. An
-SFT step of the Qwen2.5-0.5B shape (1 x 512 tokens, one core) took 1.78 million
-faults and 5.0 s of kernel time per step (14.1 s in all); with memory kept, none
-and 8.9 s. The main heap's trim threshold has to exceed a step's temporaries
-(gigabytes), hence "never" rather than mallopt's largest int (2 GiB), which
-still let 1.37 million faults through per SmolLM2-135M step.
+glibc's malloc hands large freed blocks (and the freed tops of XLA's per-thread
+arenas) back to the kernel, and XLA:CPU allocates every program's temporaries per
+call, so each step faulted its activations' pages in again, page by page. The main
+heap's trim threshold has to exceed a step's temporaries (gigabytes), hence "never".
+The measurements are in docs/benchmarks.md, "Host memory".
 
 `keep_freed_memory()` makes the process keep what it frees (one arena, no mmap,
 no trimming), as tcmalloc, the allocator of TPU VM images, does by design. The
@@ -70,8 +63,8 @@ def release_freed_memory() -> None:
     """Hands the heap's free pages back to the kernel (malloc_trim), for the points
     where a process moves from one phase to another (the pipeline between stages):
     memory kept by `keep_freed_memory` is reused within a phase, but a later phase
-    with other buffer sizes would otherwise add to it (the demo pipeline's peak
-    resident size went from 9.6 to 19.2 GB without this)."""
+    with other buffer sizes would otherwise add to it (about doubling the demo
+    pipeline's peak resident size)."""
     if _applied:  # glibc, loaded by keep_freed_memory
         _load_libc().malloc_trim(0)
 
@@ -83,9 +76,9 @@ class HeapGuard:
 
     Kept memory is reused when a step asks for the same buffers again, but programs
     of different shapes (length buckets, held-out evaluation) and host copies
-    (checkpoints) leave holes a later, larger request does not fit: the demo
-    pipeline's SFT stage grew to 17 GB resident where 9.6 GB had been its peak
-    with glibc's defaults. A trim costs one step's page faults again, once.
+    (checkpoints) leave holes a later, larger request does not fit, and the
+    resident size grows well past glibc's peak. A trim costs one step's page faults
+    again, once.
     """
 
     def __init__(self, factor: float = 1.5):

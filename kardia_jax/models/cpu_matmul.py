@@ -6,11 +6,9 @@ canonical form [M, K] x [K, N] with row-major operands, and a bf16 dot only with
 f32 result; any other dot falls back to a generic kernel 2-4x slower, or is computed
 in f32. Autodiff of a plain tensordot gives the weight gradient as x^T g with both
 operands transposed, which XLA:CPU runs as that slow dot after transposing the
-larger operand. Measured on SmolLM2-135M's MLP (4 x 512 tokens, one core), forward
-and backward: 251 ms as plain tensordots, 176 ms in the forms below; the whole SFT
-step went from 113 to 163 tokens/s (docs/benchmarks.md, "SFT step"). TPUs and GPUs
-take any dot layout, so other backends keep the plain `jnp.tensordot`, which
-autodiff differentiates.
+larger operand (timings: docs/benchmarks.md, "Canonical matmul forms on CPU").
+TPUs and GPUs take any dot layout, so other backends keep the plain
+`jnp.tensordot`, which autodiff differentiates.
 """
 
 from __future__ import annotations

@@ -173,9 +173,8 @@ def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS, dtype):
 
     Queries go in blocks, each against the keys up to its own end: the blocks above
     the causal diagonal, fully masked, are never computed, which skips about 44% of
-    the logits at 8 blocks, and each block's [heads, rows, keys] softmax stays small.
-    Measured on one CPU core at SmolLM2-135M's shape (4 x 512 tokens), forward and
-    backward: 188 ms as one [T, T] softmax, 76 ms in 8 blocks. Every row that sees
+    the logits at 8 blocks, and each block's [heads, rows, keys] softmax stays small
+    (timings: docs/benchmarks.md, "Attention"). Every row that sees
     a key gets the unblocked result (the skipped logits only held the fill value);
     a row of left padding sees none and gets a finite filler, the mean of the values
     in its block's key range rather than of all keys, which no loss reads.
@@ -204,10 +203,8 @@ _ATTN_MIN_BLOCK = 64  # rows per block at least (shorter: a single block)
 
 def _attention_block(q_BTNH, k_BSKH, v_BSKH, mask_BTS, dtype):
     """Attention of T queries against S keys with float32 logits and softmax.
-
-    (On CPU a hand-written backward of this, softmax backward and the four dots in
-    canonical forms, measured the same as autodiff's inside a whole layer: 850 vs
-    850 ms for 3 SmolLM2 layers, f32. Autodiff differentiates it.)"""
+    Autodiff differentiates it: a hand-written backward was no faster on CPU
+    (docs/benchmarks.md, "Attention")."""
     b, t, n, h = q_BTNH.shape
     k = k_BSKH.shape[2]
     q = q_BTNH.reshape(b, t, k, n // k, h).astype(dtype)
@@ -284,9 +281,8 @@ def cached_attention(q_BTNH, k_BKHS, v_BKSH, mask_BTS, dtype):
     the keys are stored transposed, [B, K, H, S]: the logits are then a row-major
     [G, H] x [H, S] product per (row, kv head). Against [B, K, S, H] keys XLA:CPU
     computes them as [S, H] x [H, G] with G (query heads per kv head, 3 for
-    SmolLM2) as the output's minor dim, measured 10.3 vs 7.0 ms for the 30 layers'
-    attention of a batch-16 SmolLM2 decode step over 256 slots (the two caches'
-    189 MB stream in 4.8 ms).
+    SmolLM2) as the output's minor dim, a slower form (docs/benchmarks.md,
+    "Attention").
     """
     b, t, n, h = q_BTNH.shape
     k = k_BKHS.shape[1]
@@ -304,7 +300,7 @@ def cached_attention(q_BTNH, k_BKHS, v_BKSH, mask_BTS, dtype):
     logits = jnp.where(mask_BTS[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
     # Contract into BKGTH and transpose the small result: asked for BTKGH directly,
-    # XLA:CPU swaps the operands into a transposed-lhs batched matmul 5x slower.
+    # XLA:CPU swaps the operands into a much slower transposed-lhs batched matmul.
     # (f32 results: XLA:CPU has no bf16-result kernel and would convert the cache.)
     out = jnp.einsum(
         "BKGTS,BKSH->BKGTH", probs, v_BKSH.astype(dtype), preferred_element_type=jnp.float32

@@ -309,7 +309,7 @@ class RubricJudge:
         compiles nothing after its first step. Returns (programs, seconds).
 
         Without it each length bucket compiles the first time a batch needs it
-        (measured: 2 compiles at GRPO step 2 of bench/grpo_step.py), and a call with
+        (mid-training, at whichever step first needs it), and a call with
         fewer unique candidates (identical completions are judged once) would pick
         a smaller batch bucket and compile again; after it every call pads to the
         same batch. Compile only (`lower().compile()`): nothing runs. Expected mode

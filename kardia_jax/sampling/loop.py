@@ -54,7 +54,7 @@ def step_logits(model, hidden_B1D):
 
     On CPU with a tied embedding the projection is a multiply-reduce over D with
     the vocabulary outermost: for a handful of rows it streams the [V, D] table
-    1.5-2x faster than XLA:CPU's matmul does (reading a transposed operand), and
+    faster than XLA:CPU's matmul does (reading a transposed operand), and
     that table is the largest single read of a step (152k x 896 floats for
     Qwen2.5-0.5B). Other backends and untied heads use the model's own projection.
     """
@@ -134,7 +134,7 @@ def prefill(
     hidden, k, v = model.forward_with_cache(prompt_ids, positions, prompt_mask, k0, v0, 0)
     # Only the last position's logits are needed: skips a [B, P, V] projection.
     # (`model.logits`, not `step_logits`: with a single prompt row XLA:CPU turns the
-    # latter's reduce into something ~6x slower; the decode loop has >= 2 rows.)
+    # latter's reduce into something much slower; the decode loop has >= 2 rows.)
     logits = model.logits(hidden[:, -1:])[:, 0]
 
     def rows(x, axis=0):  # prompt i -> rows i*G .. i*G + G-1

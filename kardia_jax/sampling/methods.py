@@ -106,7 +106,7 @@ def token_logprobs(logits_BV, tokens_B, temperature: float):
 
 def argmax(x_BV):
     """First index of the maximum, [B] int32: what `jnp.argmax` returns, as two plain
-    reductions (XLA:CPU's fused (value, index) reduction is ~10x slower over a vocab)."""
+    reductions (XLA:CPU's fused (value, index) reduction is far slower over a vocab)."""
     v = x_BV.shape[-1]
     is_max = x_BV == jnp.max(x_BV, axis=-1, keepdims=True)
     first = jnp.min(jnp.where(is_max, jnp.arange(v, dtype=jnp.int32)[None, :], v), axis=-1)

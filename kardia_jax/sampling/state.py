@@ -75,9 +75,9 @@ def default_cache_dtype(model_dtype: str) -> str:
     """The KV cache's dtype for a model computing in `model_dtype`: the same, except
     bf16 on CPU, which gets float32. XLA:CPU has no bf16 element-wise kernels: it
     writes a decode step's keys into a bf16 cache by converting the whole cache to
-    f32 and back, for every layer at every step (measured on SmolLM2-135M at batch
-    16: the cache writes and conversions took more time than the bf16 projections).
-    Attention then contracts the f32 cache in f32 (`layers.cached_attention`)."""
+    f32 and back, for every layer at every step, which costs more than the bf16
+    projections save (docs/benchmarks.md, "Sampler"). Attention then contracts the
+    f32 cache in f32 (`layers.cached_attention`)."""
     if jnp.dtype(model_dtype) == jnp.bfloat16 and jax.default_backend() == "cpu":
         return "float32"
     return str(jnp.dtype(model_dtype))
@@ -93,4 +93,3 @@ def cache_sharding(mesh, rules: Rules, cfg, rows: int, slots: int):
     k = logical_to_spec(lead + K_CACHE_AXES, rules, mesh, k_shape, name="key cache")
     v = logical_to_spec(lead + V_CACHE_AXES, rules, mesh, v_shape, name="value cache")
     return jax.sharding.NamedSharding(mesh, k), jax.sharding.NamedSharding(mesh, v)
-
