@@ -244,8 +244,6 @@ def load_tokenizer(path: str | os.PathLike | None = None, *, span_markers: bool 
     tok = read_tokenizer(path)
     if len(tok) < 256:  # the silent empty-vocabulary failure mode
         raise DataError(f"{path}: tokenizer loaded with only {len(tok)} tokens")
-    if tok.chat_template is None:
-        tok.chat_template = CHAT_TEMPLATE
     if span_markers:
         add_span_markers(tok)
     return tok

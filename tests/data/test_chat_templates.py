@@ -191,3 +191,15 @@ def test_a_tokenizer_without_a_chat_template_is_refused_naming_its_folder():
     with pytest.raises(ConfigError, match="has no chat template") as err:
         encode_dialogue(d, tok)
     assert str(err.value).startswith(f"{tok.name_or_path}: ") and "\n" not in str(err.value)
+
+
+def test_a_tokenizer_folder_without_a_template_gets_no_chatml_fallback(tmp_path):
+    from kardia_jax.data.tokenizer import load_tokenizer
+
+    family_tokenizer(None, "<bos>", "<end_of_turn>", []).save_pretrained(tmp_path)
+    tok = load_tokenizer(tmp_path)  # used to be given Qwen's ChatML template silently
+    assert not tok.chat_template
+    d = parse_record(BASE_RECORD, location="data.jsonl:1")
+    with pytest.raises(ConfigError, match="has no chat template") as err:
+        build_examples([d], tok)
+    assert str(err.value).startswith(f"{tmp_path}: ")

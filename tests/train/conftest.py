@@ -16,6 +16,7 @@ def build_small_tokenizer(out_dir: str, vocab_size: int = 8192) -> str:
     from transformers import PreTrainedTokenizerFast
 
     from kardia_jax.data.reader import sample_path
+    from kardia_jax.data.template import CHAT_TEMPLATE
 
     texts = []
     for split in ("train", "test"):
@@ -34,6 +35,7 @@ def build_small_tokenizer(out_dir: str, vocab_size: int = 8192) -> str:
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>"
     )
+    fast.chat_template = CHAT_TEMPLATE  # Qwen's format: the tokens are Qwen's specials
     fast.save_pretrained(out_dir)
     return out_dir
 
