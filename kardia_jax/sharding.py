@@ -73,11 +73,27 @@ def logical_to_spec(
 def batch_shards(mesh: Mesh | None, rules: Rules = DEFAULT_RULES) -> int:
     """How many ways `rules` split the batch axis on `mesh` (1 without a mesh): the
     data-parallel size, which a batch's rows must divide by."""
-    if mesh is None:
-        return 1
-    entry = logical_to_spec(("batch",), rules, mesh)[0]
-    axes = () if entry is None else (entry,) if isinstance(entry, str) else entry
-    return math.prod(mesh.shape[a] for a in axes)
+    return 1 if mesh is None else shards_along(batch_sharding(mesh, rules, ndim=1))
+
+
+def batch_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES, ndim: int = 2) -> NamedSharding:
+    """[batch, length, ...] arrays: batch split over the data-parallel axes (a spec
+    shorter than the array leaves the trailing dimensions whole)."""
+    return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), rules, mesh))
+
+
+def constrain(x, sharding):
+    """`with_sharding_constraint`, or `x` as it is without a mesh (`sharding` None):
+    the one form every compiled program uses to pin an intermediate's layout."""
+    return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
+
+
+def shards_along(sharding: NamedSharding, dim: int = 0) -> int:
+    """How many pieces `sharding` cuts dimension `dim` of an array into."""
+    spec = sharding.spec
+    entry = spec[dim] if dim < len(spec) else None
+    axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+    return math.prod(sharding.mesh.shape[a] for a in axes)
 
 
 def param_shardings(model_or_state, mesh: Mesh, rules: Rules = DEFAULT_RULES):

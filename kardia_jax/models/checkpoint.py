@@ -29,7 +29,7 @@ from kardia_jax.errors import CheckpointError, ConfigError
 from kardia_jax.jsonio import write_json
 from kardia_jax.models.config import ModelConfig
 from kardia_jax.models.decoder import Transformer, abstract_model
-from kardia_jax.sharding import DEFAULT_RULES, Rules, param_shardings
+from kardia_jax.sharding import DEFAULT_RULES, Rules, batch_sharding, param_shardings
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -266,7 +266,8 @@ def load_hf_model(
 
     `dtype` is the parameter dtype; `compute_dtype` (default: `dtype`) the matmul
     dtype. With a `mesh`, every tensor is placed by the sharding `rules` and each
-    host reads only the slices its own devices hold. Every tensor is checked for
+    host reads only the slices its own devices hold, and the model's activations are
+    pinned to the batch layout (`Transformer.constrain_activations`). Every tensor is checked for
     presence and shape before any data is read: nothing loads partially.
     """
     cfg, files, graphdef, state, entries = _inspect(
@@ -289,7 +290,13 @@ def load_hf_model(
             files, by_path[p], var.get_value().shape, np.dtype(cfg.param_dtype), sharding
         )
         flat.append((p, var.replace(arr)))
-    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+    model = nnx.merge(graphdef, nnx.from_flat_state(flat))
+    if mesh is not None:
+        # The activations follow the batch as the trained policy's do (see
+        # `Transformer.constrain_activations`), for every model read onto a mesh:
+        # the frozen reference, the judge, the evaluated policy.
+        model.constrain_activations(batch_sharding(mesh, rules, ndim=1))
+    return model
 
 
 def _load_array(files, parts, shape, dtype, sharding) -> jax.Array:
@@ -495,4 +502,6 @@ def resize_token_embeddings(
         elif p == ("lm_head", "kernel"):
             var = var.replace(grow(var.get_value(), 1))
         flat.append((p, var))
-    return nnx.merge(nnx.graphdef(abstract_model(new_cfg)), nnx.from_flat_state(flat))
+    grown = nnx.merge(nnx.graphdef(abstract_model(new_cfg)), nnx.from_flat_state(flat))
+    grown.constrain_activations(model.activation_sharding)  # a fresh graphdef drops it
+    return grown

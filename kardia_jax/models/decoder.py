@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from kardia_jax.models import cpu_matmul
 from kardia_jax.models.config import ModelConfig
 from kardia_jax.models.layers import (
     DecoderLayer,
@@ -17,6 +18,7 @@ from kardia_jax.models.layers import (
     rope_sin_cos,
 )
 from kardia_jax.models.layers import attention_mask as make_attention_mask
+from kardia_jax.sharding import constrain, shards_along
 
 _REMAT = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -43,6 +45,21 @@ def positions_from_segments(segment_ids_BT):
     )
     first = jax.lax.cummax(jnp.where(starts, t[None, :], 0), axis=1)
     return t[None, :] - first
+
+
+def project_to_vocab(h_XD, w_out, vocab_major: bool, dtype):
+    """Logits [..., V] in float32 from hidden states [..., D] and an output
+    projection `w_out` as `Transformer.head_weight` returns it: the tied embedding
+    table [V, D] (`vocab_major`) or the lm_head kernel [D, V]. Every projection onto
+    the vocabulary (logits, fused log-probs, judge scores) goes through here."""
+    dtype = jnp.dtype(dtype)
+    if not vocab_major and jax.default_backend() == "cpu":
+        # The canonical [M, D] x [D, V] dot XLA:CPU runs on its fast kernels.
+        return cpu_matmul.matmul(h_XD, w_out, 1, dtype, jnp.float32)
+    spec = "...D,VD->...V" if vocab_major else "...D,DV->...V"
+    return jnp.einsum(
+        spec, h_XD.astype(dtype), w_out.astype(dtype), preferred_element_type=jnp.float32
+    )
 
 
 def cache_shapes(cfg: ModelConfig, batch: int, slots: int):
@@ -95,9 +112,12 @@ class Transformer(nnx.Module):
         self.activation_sharding = sharding
 
     def _pin(self, x):
-        if self.activation_sharding is None:
-            return x
-        return jax.lax.with_sharding_constraint(x, self.activation_sharding)
+        sharding = self.activation_sharding
+        if sharding is not None and x.shape[0] % shards_along(sharding):
+            # A batch the data shards cannot split evenly (the judge's one-row shared
+            # head): left to the partitioner rather than padded onto every shard.
+            sharding = None
+        return constrain(x, sharding)
 
     def __call__(self, input_ids, attention_mask=None, positions=None, *, segment_ids=None):
         """Logits [B, T, V] in float32.
@@ -188,15 +208,16 @@ class Transformer(nnx.Module):
         (x, cache_k, cache_v, _), _ = jax.lax.scan(step, init, state)
         return self.norm(x, out_dtype=jnp.float32), cache_k, cache_v
 
+    def head_weight(self) -> tuple[jax.Array, bool]:
+        """(output projection, vocab_major): the tied embedding table [V, D] (True)
+        or the untied lm_head kernel [D, V] (False). The one place that knows which."""
+        if self.lm_head is None:
+            return self.embed_tokens.embedding[...], True
+        return self.lm_head.kernel[...], False
+
     def logits(self, hidden_BTD):
         """Projects hidden states to the vocabulary, accumulating in float32."""
-        cfg = self.config
-        if self.lm_head is not None:
-            return self.lm_head(hidden_BTD, out_dtype=jnp.float32)
-        emb = self.embed_tokens.embedding[...].astype(cfg.dtype)
-        return jnp.einsum(
-            "BTD,VD->BTV", hidden_BTD.astype(cfg.dtype), emb, preferred_element_type=jnp.float32
-        )
+        return project_to_vocab(hidden_BTD, *self.head_weight(), self.config.dtype)
 
     def _run_layers(self, x, sin, cos, mask):
         cfg = self.config

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from kardia_jax.models import cpu_matmul
+from kardia_jax.models.decoder import project_to_vocab
 
 
 def _chunk_stats(model, h_BCD, t_BC, with_entropy: bool, temperature: float = 1.0):
@@ -35,19 +36,32 @@ def _target_logp(logits, targets):
     return tgt - lse, lse
 
 
+def _chunk_positions(x_BT, chunk: int):
+    """[B, T, ...] -> [n, B, chunk, ...], T zero-padded to n * chunk. Chunks cut the
+    positions, never the batch: each chunk holds every row, so under a mesh it is
+    spread over all the data-parallel shards like the batch itself."""
+    b, t = x_BT.shape[:2]
+    n = -(-t // chunk)
+    pad = ((0, 0), (0, n * chunk - t)) + ((0, 0),) * (x_BT.ndim - 2)
+    x = jnp.pad(x_BT, pad).reshape(b, n, chunk, *x_BT.shape[2:])
+    return jnp.moveaxis(x, 1, 0)
+
+
+def _unchunk(x_NBC, t: int):
+    """[n, B, chunk] -> [B, t], dropping the padding `_chunk_positions` added."""
+    n, b, c = x_NBC.shape
+    return jnp.moveaxis(x_NBC, 0, 1).reshape(b, n * c)[:, :t]
+
+
 def token_log_probs(
     model, hidden_BTD, targets_BT, *, chunk: int = 256, with_entropy=False, temperature=1.0
 ):
     """log p(targets[b, t] | hidden[b, t]) in f32, shape [B, T] (and the entropy of
     each position's distribution when `with_entropy`)."""
-    b, t, d = hidden_BTD.shape
+    t = hidden_BTD.shape[1]
     chunk = min(chunk, t)
-    n = -(-t // chunk)
-    pad = n * chunk - t
-    h = jnp.pad(hidden_BTD, ((0, 0), (0, pad), (0, 0)))
-    y = jnp.pad(targets_BT, ((0, 0), (0, pad)))
-    h = jnp.moveaxis(h.reshape(b, n, chunk, d), 1, 0)
-    y = jnp.moveaxis(y.reshape(b, n, chunk), 1, 0)
+    h = _chunk_positions(hidden_BTD, chunk)
+    y = _chunk_positions(targets_BT, chunk)
 
     @jax.checkpoint  # the backward pass recomputes each chunk's logits
     def body(_, xs):
@@ -55,10 +69,9 @@ def token_log_probs(
         return None, (logp, ent if with_entropy else jnp.zeros((), jnp.float32))
 
     _, (logp, ent) = jax.lax.scan(body, None, (h, y))
-    logp = jnp.moveaxis(logp, 0, 1).reshape(b, n * chunk)[:, :t]
     if not with_entropy:
-        return logp
-    return logp, jnp.moveaxis(ent, 0, 1).reshape(b, n * chunk)[:, :t]
+        return _unchunk(logp, t)
+    return _unchunk(logp, t), _unchunk(ent, t)
 
 
 def sequence_log_probs(
@@ -91,59 +104,43 @@ def weighted_log_prob_sum(model, hidden_BKD, targets_BK, weight_BK, *, chunk: in
     output weights, which autodiff materialises too). Without differentiation it is
     the plain chunked sum. Chunks are `chunk` positions of every row.
     """
-    b, k, d = hidden_BKD.shape
-    rows = b * min(chunk, k)
-    n = -(-(b * k) // rows) * rows
-    pad = n - b * k
-    h = jnp.pad(hidden_BKD.reshape(b * k, d), ((0, pad), (0, 0)))
-    y = jnp.pad(targets_BK.reshape(-1), (0, pad))
-    w = jnp.pad(weight_BK.reshape(-1).astype(jnp.float32), (0, pad))
-    chunks = (h.reshape(-1, rows, d), y.reshape(-1, rows), w.reshape(-1, rows))
-    dtype = jnp.dtype(model.config.dtype)
-    if model.lm_head is None:  # tied: the embedding table [V, D]
-        return _fused_sum(chunks, model.embed_tokens.embedding[...], True, dtype)
-    return _fused_sum(chunks, model.lm_head.kernel[...], False, dtype)
-
-
-def _chunk_logits(h_CD, w_out, vocab_major: bool, dtype):
-    spec = "CD,VD->CV" if vocab_major else "CD,DV->CV"
-    return jnp.einsum(
-        spec, h_CD.astype(dtype), w_out.astype(dtype), preferred_element_type=jnp.float32
-    )
+    chunk = min(chunk, hidden_BKD.shape[1])
+    weight_BK = weight_BK.astype(jnp.float32)  # padding positions get weight 0
+    chunks = tuple(_chunk_positions(x, chunk) for x in (hidden_BKD, targets_BK, weight_BK))
+    w_out, vocab_major = model.head_weight()
+    return _fused_sum(chunks, w_out, vocab_major, jnp.dtype(model.config.dtype))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _fused_sum(chunks, w_out, vocab_major: bool, dtype):
     def body(total, xs):
         h, y, wt = xs
-        logp, _ = _target_logp(_chunk_logits(h, w_out, vocab_major, dtype), y)
+        logp, _ = _target_logp(project_to_vocab(h, w_out, vocab_major, dtype), y)
         return total + jnp.sum(logp * wt), None
 
     return jax.lax.scan(body, jnp.zeros((), jnp.float32), chunks)[0]
 
 
 def _fused_sum_fwd(chunks, w_out, vocab_major: bool, dtype):
-    h_all = chunks[0]
-    d = h_all.shape[-1]
+    d = chunks[0].shape[-1]
     v = w_out.shape[0] if vocab_major else w_out.shape[1]
     cpu = jax.default_backend() == "cpu"
 
     def body(carry, xs):
         total, dw_DV = carry
-        h, y, wt = xs
-        logits = _chunk_logits(h, w_out, vocab_major, dtype)
+        h, y, wt = xs  # [B, C, D], [B, C], [B, C]
+        logits = project_to_vocab(h, w_out, vocab_major, dtype)
         logp, lse = _target_logp(logits, y)
-        p = jnp.exp(logits - lse[:, None])
+        p = jnp.exp(logits - lse[..., None])
         onehot = jax.nn.one_hot(y, v, dtype=jnp.float32)
-        g = ((onehot - p) * wt[:, None]).astype(dtype)  # d sum / d logits
-        w_c = w_out.astype(dtype)
-        dh = jnp.einsum(
-            "CV,VD->CD" if vocab_major else "CV,DV->CD", g, w_c, preferred_element_type=jnp.float32
-        )
+        g = ((onehot - p) * wt[..., None]).astype(dtype)  # d sum / d logits
+        spec = "BCV,VD->BCD" if vocab_major else "BCV,DV->BCD"
+        dh = jnp.einsum(spec, g, w_out.astype(dtype), preferred_element_type=jnp.float32)
         # dW^T [D, V] = h^T g: canonical with only the small h^T moved (on CPU a
         # real transpose; see models/cpu_matmul.py), one transpose at the end.
-        h_t = cpu_matmul.transposed(h.astype(dtype)) if cpu else h.astype(dtype).T
-        dw_DV = dw_DV + jnp.dot(h_t, g, preferred_element_type=jnp.float32)
+        h2 = h.astype(dtype).reshape(-1, d)
+        h_t = cpu_matmul.transposed(h2) if cpu else h2.T
+        dw_DV = dw_DV + jnp.dot(h_t, g.reshape(-1, v), preferred_element_type=jnp.float32)
         return (total + jnp.sum(logp * wt), dw_DV), dh.astype(h.dtype)
 
     init = (jnp.zeros((), jnp.float32), jnp.zeros((d, v), jnp.float32))

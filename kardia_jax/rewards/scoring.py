@@ -18,13 +18,10 @@ import numpy as np
 from flax import nnx
 
 from kardia_jax.models.decoder import positions_from_mask
+from kardia_jax.sharding import constrain
 
 # numpy, not jnp: importing this module must not start a JAX backend.
 _SCORES = np.arange(1, 6, dtype=np.float32)
-
-
-def _constrain(x, sharding):
-    return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
 
 
 def expected_score(hidden_BD, model, score_ids):
@@ -74,8 +71,8 @@ def score_shared(
     c = head_ids.shape[0]
     b, p = rest_ids.shape
     s = suffix_ids.shape[1]
-    rest_ids = _constrain(rest_ids, input_sharding)
-    rest_mask = _constrain(rest_mask, input_sharding)
+    rest_ids = constrain(rest_ids, input_sharding)
+    rest_mask = constrain(rest_mask, input_sharding)
 
     ones = jnp.ones((1, c + p + s), jnp.int32)
     k0, v0 = model.init_cache(1, c + p + s, cache_dtype)
@@ -83,7 +80,7 @@ def score_shared(
 
     def rows(x, sharding):  # one row [.., 1, K, ., .] -> B rows, placed on the mesh
         shape = x.shape[:-4] + (b,) + x.shape[-3:]
-        return _constrain(jnp.broadcast_to(x, shape), sharding)
+        return constrain(jnp.broadcast_to(x, shape), sharding)
 
     k_sharding, v_sharding = sharding if sharding is not None else (None, None)
     k = jax.tree.map(lambda x: rows(x, k_sharding), k1)
@@ -116,7 +113,7 @@ def score_naive(graphdef, params, ids_DBT, mask_DBT, score_ids, *, input_shardin
     model = nnx.merge(graphdef, params)
 
     def dimension(_, xs):
-        ids, mask = (_constrain(x, input_sharding) for x in xs)
+        ids, mask = (constrain(x, input_sharding) for x in xs)
         hidden = model.hidden_states(ids, mask)[:, -1]  # left padding: the last column
         return None, expected_score(hidden, model, score_ids)
 

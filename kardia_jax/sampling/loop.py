@@ -19,6 +19,7 @@ from flax import nnx
 from kardia_jax.models.decoder import positions_from_mask
 from kardia_jax.sampling.methods import SamplingConfig, sample
 from kardia_jax.sampling.state import EOS, LENGTH, STOP, KVCache, SamplingState
+from kardia_jax.sharding import constrain
 
 # program name -> times traced. Each trace of a jitted function is one new
 # compiled program (a cache hit is not traced again), so this is the compile count.
@@ -30,18 +31,14 @@ def compile_counts() -> dict[str, int]:
     return dict(TRACES)
 
 
-def _constrain(x, sharding):
-    return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
-
-
 def _constrain_cache(k, v, shardings):
     """Places the key and value caches (pytrees) by `state.cache_sharding`'s pair."""
     if shardings is None:
         return k, v
     k_sharding, v_sharding = shardings
     return (
-        jax.tree.map(lambda x: _constrain(x, k_sharding), k),
-        jax.tree.map(lambda x: _constrain(x, v_sharding), v),
+        jax.tree.map(lambda x: constrain(x, k_sharding), k),
+        jax.tree.map(lambda x: constrain(x, v_sharding), v),
     )
 
 
@@ -58,11 +55,11 @@ def step_logits(model, hidden_B1D):
     that table is the largest single read of a step (152k x 896 floats for
     Qwen2.5-0.5B). Other backends and untied heads use the model's own projection.
     """
-    cfg = model.config
-    if not (cfg.tie_word_embeddings and jax.default_backend() == "cpu"):
+    w_out, vocab_major = model.head_weight()
+    if not (vocab_major and jax.default_backend() == "cpu"):
         return model.logits(hidden_B1D)[:, 0]
-    dtype = jnp.dtype(cfg.dtype)
-    emb_VD = model.embed_tokens.embedding[...].astype(dtype)
+    dtype = jnp.dtype(model.config.dtype)
+    emb_VD = w_out.astype(dtype)
     h_BD = hidden_B1D[:, 0].astype(dtype)
     logits_VB = jnp.sum(emb_VD[:, None, :] * h_BD[None, :, :], axis=-1, dtype=jnp.float32)
     return logits_VB.T

@@ -16,7 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from kardia_jax.errors import ConfigError
 from kardia_jax.models import Transformer, abstract_model, load_hf_model, resize_token_embeddings
 from kardia_jax.models.config import ModelConfig
-from kardia_jax.sharding import Rules, logical_to_spec, param_shardings
+from kardia_jax.sharding import Rules, batch_sharding, param_shardings
 
 
 @flax.struct.dataclass
@@ -113,11 +113,6 @@ def init_train_state(
             out_shardings=shardings,
         )(params)
     return graphdef, state, shardings
-
-
-def batch_sharding(mesh: Mesh, rules: Rules, ndim: int = 2) -> NamedSharding:
-    """[batch, length, ...] arrays: batch split over the data-parallel axes."""
-    return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), rules, mesh))
 
 
 def param_bytes_per_device(state_like: TrainState, shardings: TrainState) -> int:
