@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "host": 0,
     "sharding": 0,
     "compiles": 0,
+    "jsonio": 0,
     "data": 1,
     "models": 2,
     "train": 3,
@@ -111,22 +112,31 @@ def import_edges(path: Path, root: Path, package: str = PACKAGE):
                 )
 
 
-def _private_attributes(path: Path, root: Path, package: str):
-    """`module._name` where `module` is a package module bound by an import here."""
+def _module_bindings(path: Path, root: Path, package: str) -> dict[str, tuple[str, int, bool]]:
+    """{local name: (package module, line, aliased)} for every import here that binds a
+    module of the package to a name."""
     importer = module_name(path, root, package)
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    bound: dict[str, str] = {}
+    bound: dict[str, tuple[str, int, bool]] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith(package + ".") and alias.asname:
-                    bound[alias.asname] = alias.name
+                    bound[alias.asname] = (alias.name, node.lineno, True)
         elif isinstance(node, ast.ImportFrom):
             target = _resolve(node, importer, path.name == "__init__.py")
             for alias in node.names:
                 sub = f"{target}.{alias.name}"
                 if sub.startswith(package + ".") and _is_module(sub, root):
-                    bound[alias.asname or alias.name] = sub
+                    name = alias.asname or alias.name
+                    bound[name] = (sub, node.lineno, alias.asname is not None)
+    return bound
+
+
+def _private_attributes(path: Path, root: Path, package: str):
+    """`module._name` where `module` is a package module bound by an import here."""
+    bound = _module_bindings(path, root, package)
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     for node in ast.walk(tree):
         if (
             isinstance(node, ast.Attribute)
@@ -134,12 +144,12 @@ def _private_attributes(path: Path, root: Path, package: str):
             and node.value.id in bound
             and _is_private(node.attr)
         ):
-            yield node.lineno, bound[node.value.id], node.attr
+            yield node.lineno, bound[node.value.id][0], node.attr
 
 
 def layer_violations(root: Path, package: str = PACKAGE) -> list[str]:
-    """One 'file:line: message' per upward import or cross-module private import
-    among the package's modules under `root`."""
+    """One 'file:line: message' per upward import, cross-module private import or
+    one- or two-letter module alias among the package's modules under `root`."""
     problems = []
     for path in sorted((root / package).rglob("*.py")):
         importer = module_name(path, root, package)
@@ -156,6 +166,10 @@ def layer_violations(root: Path, package: str = PACKAGE) -> list[str]:
         for line, target, attr in _private_attributes(path, root, package):
             if target != importer:
                 problems.append(f"{where}:{line}: uses private {target}.{attr}")
+        # `R.score(...)` says less than `rollout.score(...)`: module aliases get names.
+        for name, (target, line, aliased) in _module_bindings(path, root, package).items():
+            if aliased and len(name) <= 2:
+                problems.append(f"{where}:{line}: {target} imported as {name!r}; name it")
     return problems
 
 
@@ -188,6 +202,8 @@ def test_walker_names_a_planted_upward_import(tmp_path):
             "rl/cli.py": "from kardia_jax.rl import grpo\n",
             "pipeline/check.py": "from ..rl import grpo\nfrom ..rl.grpo import _logp\n",
             "eval/run.py": "from kardia_jax.rl import grpo\n\nx = grpo._logp\n",
+            "eval/report.py": "from kardia_jax.rl import grpo as G\nimport kardia_jax.data.reader as dr\n",
+            "eval/table.py": "from kardia_jax.rl import grpo as driver\n",
             "sampling/chat.py": "import kardia_jax.pipeline.check\n",
             "train/step.py": "from kardia_jax.sampling import chat\n",
         },
@@ -196,6 +212,8 @@ def test_walker_names_a_planted_upward_import(tmp_path):
     assert problems == [
         "kardia_jax/data/stats.py:2: kardia_jax.data.stats (layer 1) imports "
         "kardia_jax.rl.grpo (layer 5)",
+        "kardia_jax/eval/report.py:1: kardia_jax.rl.grpo imported as 'G'; name it",
+        "kardia_jax/eval/report.py:2: kardia_jax.data.reader imported as 'dr'; name it",
         "kardia_jax/eval/run.py:3: uses private kardia_jax.rl.grpo._logp",
         "kardia_jax/pipeline/check.py:2: imports private kardia_jax.rl.grpo._logp",
         "kardia_jax/train/step.py:1: kardia_jax.train.step (layer 3) imports "
@@ -220,23 +238,41 @@ print(json.dumps({"modules": len(names), "backends": sorted(xla_bridge._backends
 """
 
 
-def test_importing_every_module_starts_no_backend():
-    """A backend started at import time fixes the platform before a command can choose
-    one (compile-check builds TPU programs on a CPU host), so imports must stay lazy."""
+def imported_modules_and_backends(root: Path) -> dict:
+    """Imports every module of the package under `root` in a fresh interpreter:
+    {"modules": how many, "backends": the JAX backends started by then}."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     result = subprocess.run(
         [sys.executable, "-c", _IMPORT_ALL],
-        cwd=ROOT,
+        cwd=root,
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    found = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_importing_every_module_starts_no_backend():
+    """A backend started at import time fixes the platform before a command can choose
+    one (compile-check builds TPU programs on a CPU host), so imports must stay lazy."""
+    found = imported_modules_and_backends(ROOT)
     expected = sum(1 for _ in (ROOT / PACKAGE).rglob("*.py"))
     assert found["modules"] == expected - 1  # every module but the package root itself
     assert found["backends"] == []
+
+
+def test_a_module_that_starts_a_backend_is_seen(tmp_path):
+    root = _fake_package(
+        tmp_path,
+        {
+            "host.py": "x = 1\n",
+            "models/eager.py": "import jax.numpy as jnp\n\nONE = jnp.ones(())\n",
+        },
+    )
+    # kardia_jax.host, kardia_jax.models and kardia_jax.models.eager
+    assert imported_modules_and_backends(root) == {"modules": 3, "backends": ["cpu"]}
 
 
 def test_training_halted_lives_with_the_other_errors():
