@@ -88,6 +88,18 @@ def constrain(x, sharding):
     return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
 
 
+def constrain_cache(k, v, shardings):
+    """Places key and value caches (pytrees of arrays) by a (keys, values) pair of
+    shardings, as `sampling.state.cache_sharding` gives them; None leaves them."""
+    if shardings is None:
+        return k, v
+    k_sharding, v_sharding = shardings
+    return (
+        jax.tree.map(lambda x: constrain(x, k_sharding), k),
+        jax.tree.map(lambda x: constrain(x, v_sharding), v),
+    )
+
+
 def shards_along(sharding: NamedSharding, dim: int = 0) -> int:
     """How many pieces `sharding` cuts dimension `dim` of an array into."""
     spec = sharding.spec

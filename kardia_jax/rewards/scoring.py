@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from kardia_jax.models.decoder import positions_from_mask
-from kardia_jax.sharding import constrain
+from kardia_jax.sharding import constrain, constrain_cache
 
 # numpy, not jnp: importing this module must not start a JAX backend.
 _SCORES = np.arange(1, 6, dtype=np.float32)
@@ -78,13 +78,10 @@ def score_shared(
     k0, v0 = model.init_cache(1, c + p + s, cache_dtype)
     _, k1, v1 = model.forward_with_cache(head_ids[None], jnp.arange(c)[None], ones, k0, v0, 0)
 
-    def rows(x, sharding):  # one row [.., 1, K, ., .] -> B rows, placed on the mesh
-        shape = x.shape[:-4] + (b,) + x.shape[-3:]
-        return constrain(jnp.broadcast_to(x, shape), sharding)
+    def rows(x):  # one row [.., 1, K, ., .] -> B rows
+        return jnp.broadcast_to(x, x.shape[:-4] + (b,) + x.shape[-3:])
 
-    k_sharding, v_sharding = sharding if sharding is not None else (None, None)
-    k = jax.tree.map(lambda x: rows(x, k_sharding), k1)
-    v = jax.tree.map(lambda x: rows(x, v_sharding), v1)
+    k, v = constrain_cache(jax.tree.map(rows, k1), jax.tree.map(rows, v1), sharding)
     kv_mask = jnp.concatenate(
         [jnp.ones((b, c), jnp.int32), rest_mask, jnp.ones((b, s), jnp.int32)], axis=1
     )

@@ -19,7 +19,7 @@ from flax import nnx
 from kardia_jax.models.decoder import positions_from_mask
 from kardia_jax.sampling.methods import SamplingConfig, sample
 from kardia_jax.sampling.state import EOS, LENGTH, STOP, KVCache, SamplingState
-from kardia_jax.sharding import constrain
+from kardia_jax.sharding import constrain_cache
 
 # program name -> times traced. Each trace of a jitted function is one new
 # compiled program (a cache hit is not traced again), so this is the compile count.
@@ -29,17 +29,6 @@ TRACES: collections.Counter = collections.Counter()
 def compile_counts() -> dict[str, int]:
     """Programs compiled so far by this process, per program ("prefill", "decode")."""
     return dict(TRACES)
-
-
-def _constrain_cache(k, v, shardings):
-    """Places the key and value caches (pytrees) by `state.cache_sharding`'s pair."""
-    if shardings is None:
-        return k, v
-    k_sharding, v_sharding = shardings
-    return (
-        jax.tree.map(lambda x: constrain(x, k_sharding), k),
-        jax.tree.map(lambda x: constrain(x, v_sharding), v),
-    )
 
 
 def _is_in(tokens_B, ids_E):
@@ -143,7 +132,7 @@ def prefill(
         pad[slot_axis % x.ndim] = (0, cache_len - p)
         return jnp.pad(x, pad)
 
-    k, v = _constrain_cache(
+    k, v = constrain_cache(
         jax.tree.map(lambda x: to_slots(x, -1), k),  # keys [.., B, K, H, S]
         jax.tree.map(lambda x: to_slots(x, -2), v),  # values [.., B, K, S, H]
         sharding,
@@ -209,7 +198,7 @@ def decode(
         )
         logits = step_logits(model, hidden)
         tokens, logprobs = sample(logits, jax.random.fold_in(s.key, s.step), cfg)
-        k, v = _constrain_cache(k, v, sharding)
+        k, v = constrain_cache(k, v, sharding)
         cache = c.replace(
             k=k,
             v=v,
