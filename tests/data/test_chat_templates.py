@@ -167,6 +167,21 @@ def test_stop_tokens_come_from_the_template(family, tokenizer):
     assert chat_stop_ids(tokenizer) == (151645, 151643)
 
 
+def test_rollout_and_generate_stop_on_the_family_end_of_turn(family, tokenizer):
+    from types import SimpleNamespace
+
+    from kardia_jax.rl.rollout import stop_token_ids
+    from kardia_jax.sampling.tokens import eos_ids_for
+
+    tok, end = family
+    end_id = tok.convert_tokens_to_ids(end)
+    assert stop_token_ids(tok)[0] == end_id
+    assert end_id in eos_ids_for(SimpleNamespace(eos_ids=()), tok)
+    # Qwen: unchanged, <|im_end|> then <|endoftext|>
+    assert stop_token_ids(tokenizer) == (151645, 151643)
+    assert eos_ids_for(SimpleNamespace(eos_ids=()), tokenizer) == [151643, 151645]
+
+
 @pytest.mark.parametrize(
     "template, match",
     [
