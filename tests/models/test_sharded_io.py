@@ -131,7 +131,7 @@ def test_failed_save_leaves_the_previous_checkpoint_intact(hf_checkpoint, tmp_pa
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr("kardia_jax.models.checkpoint._write_json", boom)
+    monkeypatch.setattr("kardia_jax.models.checkpoint.write_json", boom)
     with pytest.raises(OSError, match="disk full"):
         save_hf_model(model, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
