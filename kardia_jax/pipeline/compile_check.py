@@ -175,7 +175,14 @@ def compile_check(config, devices=None) -> dict:
     mesh, rules = _mesh(config, devices)
     tokenizer = load_tokenizer(config.data.tokenizer or None)
     cfg = planned_model_config(config.model, len(tokenizer))
-    tx = make_optimizer(config.train, 1000)  # the schedule's length changes no shape
+    # The schedule's length changes no shape; SFT's optimizer also scales the new
+    # tokens' rows, as the driver's does.
+    if grpo:
+        tx = make_optimizer(config.train, 1000)
+    else:
+        from kardia_jax.train.sft import sft_optimizer
+
+        tx = sft_optimizer(config.train, 1000, tokenizer)
     graphdef, abstract = abstract_train_state(cfg, tx, mesh, rules)
     shardings = state_shardings(abstract, tx, mesh, rules)
     state = jax.tree.map(lambda x, s: _struct(x.shape, x.dtype, s), abstract, shardings)

@@ -159,9 +159,107 @@ def prepare_grpo(
     return GRPOInputs(mesh, rules, tokenizer, examples, heldout, data, model_config)
 
 
+@dataclasses.dataclass
+class GRPORun:
+    """What the phases of a run share: settings, models, compiled programs, logs. The
+    train state is replaced by every update."""
+
+    config: ConfigDict
+    workdir: str
+    examples: list
+    tokenizer: Any
+    graphdef: Any
+    state: Any
+    ckpt: Any
+    ref: tuple | None  # (graphdef, params) of the frozen reference; None when beta = 0
+    judge: rollout.TimedJudge | None
+    reward_fn: Any
+    sampler: Sampler
+    sampling: SamplingConfig
+    batches: Any  # the prompt batches' iterator (its state is checkpointed)
+    logp_fn: Any
+    step_fn: Any
+    bsh: Any
+    vsh: Any
+    buckets: tuple[int, ...]
+    pad_id: int
+    stop_ids: tuple[int, ...]
+    logger: MetricsLogger
+    start: int
+    total_steps: int
+    per_epoch: int
+    compiles: CompileCounter
+
+    @property
+    def main(self) -> bool:
+        return jax.process_index() == 0
+
+    def export(self, path) -> None:
+        """The current policy as a HF checkpoint: every host takes part in the gathers;
+        process 0 writes."""
+        save_hf_model(nnx.merge(self.graphdef, self.state.params), path, tokenizer=self.tokenizer)
+
+
+@dataclasses.dataclass
+class Collected:
+    """One step's rollouts: the groups kept for the update, and every round sampled."""
+
+    rollouts: rollout.Rollouts
+    parts: list  # rollout.Rollouts of each round, refills included
+    sample_seconds: float
+    score_seconds: float
+
+
 def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None) -> dict:
-    """Trains; `inputs` is `prepare_grpo`'s result when the caller already has it."""
+    """Trains; `inputs` is `prepare_grpo`'s result when the caller already has it. Each
+    step: collect (sample), score, update, log."""
     inputs = inputs or prepare_grpo(config, workdir)
+    run = start_run(config, workdir, inputs)
+    step = run.start
+    heap_guard = HeapGuard()  # kept host memory, bounded (kardia_jax/host.py)
+    selector = None
+    every = scoring_interval(config.select, run.per_epoch)
+    try:
+        if every:
+            selector = _selector(run, inputs.heldout)
+            if run.start == 0:
+                _select(selector, 0, run.export, run.logger)  # the starting policy: the baseline
+        while step < run.total_steps:
+            heap_guard()
+            t0 = time.perf_counter()
+            built = run.compiles.count
+            if run.judge is not None:
+                run.judge.reset()
+            seed = rollout_seed(int(config.seed), step)  # rollouts are a function of the step
+            got = collect(run, step)
+            adv, host, old_logp, ref_logp, times = prepare_update(run, got.rollouts)
+            t = time.perf_counter()
+            metrics = update(run, host, old_logp, ref_logp, seed)
+            times["update"] = time.perf_counter() - t
+            step += 1
+            row = step_row(run, step, got, adv, host, metrics, times, t0)
+            # XLA programs built during this step: 0 after the first step of a bucket
+            # (dynamic sampling and refills must not change any compiled shape).
+            row["compiles"] = run.compiles.count - built
+            row["prompt_batches"] = len(got.parts)
+            row["updates"] = len(metrics)  # optimizer steps: mu x minibatches
+            log_step(run, step, row, got.rollouts, adv)
+            _check_halted(run, step)
+            # Scored before the checkpoint: a run resumed from this step's checkpoint
+            # finds this step in the history.
+            if selector is not None and (step % every == 0 or step == run.total_steps):
+                _select(selector, step, run.export, run.logger)
+            if config.checkpoint.every and step % config.checkpoint.every == 0:
+                run.ckpt.save(step, run.state, run.batches.get_state())
+        return _finish(run, step, selector)
+    finally:
+        run.logger.close()
+        run.ckpt.close()
+
+
+def start_run(config: ConfigDict, workdir: str, inputs: GRPOInputs) -> GRPORun:
+    """Loads the policy (or resumes it), the reference and the judge, builds the
+    sampler, the prompt stream and the compiled programs, and opens the logs."""
     rc, g = config.rollout, config.grpo
     mesh, rules, tokenizer = inputs.mesh, inputs.rules, inputs.tokenizer
     examples, cfg = inputs.examples, inputs.model_config
@@ -172,56 +270,19 @@ def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None)
     loss = GRPOLoss.from_config(config)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     stop_ids = rollout.stop_token_ids(tokenizer)
-    main = jax.process_index() == 0
     buckets = prompt_buckets(config)
 
     ckpt, graphdef, state, shardings, start, data_state = resume_or_init(
         config, cfg, tx, mesh, rules, workdir
     )
-
-    # The frozen reference: its own parameters on the same mesh, never trained.
-    ref = None
-    if g.beta > 0:
-        ref_model = load_hf_model(
-            g.reference_path or config.model.path,
-            cfg.param_dtype,
-            mesh,
-            compute_dtype=cfg.dtype,
-            rules=rules,
-            scan_layers=cfg.scan_layers,
-        )
-        ref = nnx.split(resize_token_embeddings(ref_model, cfg.vocab_size))
-    judge = None
-    if config.reward.judge_path and not _uses_judge(config.reward):
-        # e.g. a pipeline that names one judge for evaluation and a 0 rubric weight here
-        if main:
-            print("reward.judge_path not loaded: reward.rubric is 0 (or reward.fn is set)")
-    elif config.reward.judge_path:
-        judge = rollout.TimedJudge(
-            RubricJudge.from_pretrained(
-                config.reward.judge_path,
-                _judge_settings(config.reward),
-                dtype=config.reward.judge_dtype,
-                mesh=mesh,
-                rules=rules,
-            )
-        )
-        # The judge's length buckets compiled now, at one batch size, so that no step
-        # after the first compiles (kardia_jax/rewards/judge.py, `warm_up`). Its
-        # prompts hold the policy prompt's dialogue and the completion, in another
-        # tokenizer: buckets up to 1.5x the policy's longest (a longer one compiles
-        # when first needed).
-        longest = max(buckets) + rc.max_new_tokens
-        n_programs, seconds = judge.judge.warm_up(rows, max_tokens=int(1.5 * longest))
-        if main and n_programs:
-            print(f"judge: compiled {n_programs} length buckets in {seconds:.1f} s")
+    ref = _load_reference(config, cfg, mesh, rules)
+    judge = _load_judge(config, mesh, rules, rows, max(buckets) + rc.max_new_tokens)
     reward_fn = _reward_fn(config.reward, judge)
 
-    policy = nnx.merge(graphdef, state.params)
     # Prompts are bucketed like the update batch, so the sampler and the step compile
     # at most one program per bucket between them.
     sampler = Sampler(
-        policy,
+        nnx.merge(graphdef, state.params),
         eos_ids=stop_ids,
         pad_id=pad_id,
         mesh=mesh,
@@ -229,7 +290,6 @@ def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None)
         prompt_buckets=buckets,
         unroll_layers=rc.unroll_layers,
     )
-    sampling = SamplingConfig(temperature=rc.temperature, top_k=rc.top_k, top_p=rc.top_p)
     dataset = build_prompt_dataset(
         examples,
         batch_size=prompts_per_step,
@@ -239,208 +299,289 @@ def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None)
         buckets=buckets,
         pad_id=pad_id,
     )
-    it = iter(dataset)
+    batches = iter(dataset)
     if data_state:
-        it.set_state(data_state)
+        batches.set_state(data_state)
 
     bsh, vsh = batch_sharding(mesh, rules), batch_sharding(mesh, rules, ndim=1)
-    logp_fn = jit_log_probs(loss, rc.max_new_tokens)
-    step_fn = jit_grpo_update(graphdef, tx, loss, shardings, bsh, vsh, **step_options(config.train))
+    main = jax.process_index() == 0
     logger = MetricsLogger(os.path.join(workdir, "tb"), total_steps, enabled=main)
-    ledger = os.path.join(workdir, "rollouts.jsonl")
-    log_path = os.path.join(workdir, "grpo_log.jsonl")
-    selection = os.path.join(workdir, SELECTION_LOG)
     write_data_record(workdir, inputs.data)  # process 0
     if main:
-        for p in (ledger, log_path):
-            truncate_jsonl(p, start)
+        for name in ("rollouts.jsonl", "grpo_log.jsonl"):
+            truncate_jsonl(os.path.join(workdir, name), start)
         # A fresh run scores its baseline again: no row survives.
-        truncate_jsonl(selection, start if start else -1)
-    compiles = CompileCounter()
-    every = scoring_interval(config.select, per_epoch)
+        truncate_jsonl(os.path.join(workdir, SELECTION_LOG), start if start else -1)
+    return GRPORun(
+        config=config,
+        workdir=workdir,
+        examples=examples,
+        tokenizer=tokenizer,
+        graphdef=graphdef,
+        state=state,
+        ckpt=ckpt,
+        ref=ref,
+        judge=judge,
+        reward_fn=reward_fn,
+        sampler=sampler,
+        sampling=SamplingConfig(temperature=rc.temperature, top_k=rc.top_k, top_p=rc.top_p),
+        batches=batches,
+        logp_fn=jit_log_probs(loss, rc.max_new_tokens),
+        step_fn=jit_grpo_update(
+            graphdef, tx, loss, shardings, bsh, vsh, **step_options(config.train)
+        ),
+        bsh=bsh,
+        vsh=vsh,
+        buckets=buckets,
+        pad_id=pad_id,
+        stop_ids=stop_ids,
+        logger=logger,
+        start=start,
+        total_steps=total_steps,
+        per_epoch=per_epoch,
+        compiles=CompileCounter(),
+    )
 
-    def export(path):  # every host takes part in the gathers; process 0 writes
-        save_hf_model(nnx.merge(graphdef, state.params), path, tokenizer=tokenizer)
 
-    step = start
-    heap_guard = HeapGuard()  # kept host memory, bounded (kardia_jax/host.py)
-    selector = None
-    try:
-        if every:
-            selector = Selector(
-                examples=inputs.heldout,
-                scfg=config.select,
-                workdir=workdir,
-                sampler=sampler,
-                tokenizer=tokenizer,
-                stop_ids=stop_ids,
-                reward_fn=reward_fn,
-                judge=judge,
-                max_new_tokens=rc.max_new_tokens,
-                batch=rows,  # what the rollouts decode at once
-                seed=int(config.data.seed),
-                start=start,
-                compile_count=lambda: compiles.count,
-            )
-            if start == 0:
-                _select(selector, 0, export, logger)  # the starting policy: the baseline
-        while step < total_steps:
-            heap_guard()
-            t0 = time.perf_counter()
-            built = compiles.count
-            if judge is not None:
-                judge.reset()
-            seed = rollout_seed(int(config.seed), step)  # rollouts are a function of the step
-            parts, drawn, t_sample, t_score = [], 0, 0.0, 0.0
-            for round_ in range(1 + (rc.max_refill_rounds if rc.dynamic_sampling else 0)):
-                batch = next(it)
-                drawn += 1
-                index = batch["index"][batch["index"] >= 0]
-                prompts = [examples[i].prompt_ids.tolist() for i in index]
-                t = time.perf_counter()
-                comp = sampler(
-                    prompts,
-                    rc.max_new_tokens,
-                    sampling,
-                    group_size=rc.group_size,
-                    seed=rollout_seed(int(config.seed), step, round_),
-                )
-                texts = rollout.decode_completions(tokenizer, comp.tokens, comp.lengths, stop_ids)
-                t_sample += time.perf_counter() - t
-                rep = np.repeat(index, rc.group_size)
-                t = time.perf_counter()
-                rewards = rollout.score(reward_fn, examples, rep, texts)
-                t_score += time.perf_counter() - t
-                parts.append(
-                    rollout.Rollouts(
-                        rep,
-                        [prompts[i // rc.group_size] for i in range(len(rep))],
-                        comp.tokens,
-                        comp.mask,
-                        comp.logprobs,
-                        texts,
-                        comp.finish_reason,
-                        rewards.components,
-                    )
-                )
-                useful = sum(
-                    rollout.informative_groups(p.rewards["total"], rc.group_size).sum()
-                    for p in parts
-                )
-                if not rc.dynamic_sampling or useful >= prompts_per_step:
-                    break
-            ro = rollout.select_groups(parts, rc.group_size, prompts_per_step, rc.dynamic_sampling)
-            adv = rollout.advantages_of(
-                ro.rewards["total"], rc.group_size, g.advantage_scale, float(g.advantage_eps)
-            )
-            plen = bucket_length(max(map(len, ro.prompt_ids)), buckets)
-            keep = rollout.loss_rows(
-                ro,
-                rc.group_size,
-                truncated=rc.mask_truncated,
-                zero_variance=rc.mask_zero_variance,
-            )
-            host = rollout.update_batch(ro, adv, plen, pad_id, keep_rows=keep)
-            t1 = time.perf_counter()
-            ids = global_batch(
-                host_rows({k: host[k] for k in ("input_ids", "attention_mask")}), bsh
-            )
-            ref_logp = (
-                logp_fn(ref[0], ref[1], ids["input_ids"], ids["attention_mask"])
-                if ref is not None
-                else np.zeros_like(host["sampler_logp"])
-            )
-            ref_logp = np.asarray(ref_logp) * host["completion_mask"]  # waits for the device
-            t_ref = time.perf_counter() - t1
-            t1 = time.perf_counter()
-            if rc.old_logp == "sampler":
-                old_logp = host["sampler_logp"]
-            else:
-                old_logp = logp_fn(graphdef, state.params, ids["input_ids"], ids["attention_mask"])
-            old_logp = np.asarray(old_logp) * host["completion_mask"]
-            t_old = time.perf_counter() - t1
-            t2 = time.perf_counter()
-            rng = np.random.default_rng(seed)
-            metrics = []
-            for _ in range(g.mu):
-                order = rng.permutation(rows)
-                for mb in np.array_split(order, g.minibatches):
-                    part = {
-                        "input_ids": host["input_ids"][mb],
-                        "attention_mask": host["attention_mask"][mb],
-                        "completion_mask": host["completion_mask"][mb],
-                        "old_logp": old_logp[mb],
-                        "ref_logp": ref_logp[mb],
-                        "advantages": host["advantages"][mb],
-                    }
-                    state, m = step_fn(state, to_devices(part, bsh, vsh))
-                    metrics.append(m)
-            sampler.update(nnx.merge(graphdef, state.params))
-            metrics = jax.device_get(metrics)
-            t_update = time.perf_counter() - t2
-            step += 1
-            t_judge = judge.seconds if judge is not None else 0.0
-            row = step_metrics(
-                step,
-                ro,
-                adv,
-                host,
-                metrics,
-                parts,
-                rc.group_size,
-                g.mu,
-                dict(
-                    rollout=t_sample,
-                    judge=t_judge,
-                    reward=t_score - t_judge,  # format / emotion / custom rewards
-                    reference=t_ref,
-                    old_logp=t_old,
-                    update=t_update,
-                    total=time.perf_counter() - t0,
-                ),
-            )
-            if judge is not None:
-                row.update(judge.metrics())
-            # XLA programs built during this step: 0 after the first step of a bucket
-            # (dynamic sampling and refills must not change any compiled shape).
-            row["compiles"] = compiles.count - built
-            row["prompt_batches"] = drawn
-            row["updates"] = len(metrics)  # optimizer steps: mu x minibatches
-            if main:
-                append_jsonl(log_path, row)
-                logger.scalars(step, {k: v for k, v in row.items() if isinstance(v, int | float)})
-                logger.progress(step, {"reward": row["reward/total"], "kl": row.get("kl", 0.0)})
-                if config.log.ledger:
-                    write_ledger(ledger, step, ro, adv, examples)
-                for i in range(min(config.log.text_samples, len(ro))):
-                    logger.text(
-                        step, f"sample/{i}", f"reward {ro.rewards['total'][i]:.3f}\n\n{ro.texts[i]}"
-                    )
-            if int(jax.device_get(state.nonfinite_streak)) >= config.train.max_nonfinite:
-                raise TrainingHalted(
-                    f"{config.train.max_nonfinite} non-finite updates in a row at step {step} "
-                    f"(train.max_nonfinite); the last checkpoint is intact"
-                )
-            # Scored before the checkpoint: a run resumed from this step's checkpoint
-            # finds this step in the history.
-            if selector is not None and (step % every == 0 or step == total_steps):
-                _select(selector, step, export, logger)
-            if config.checkpoint.every and step % config.checkpoint.every == 0:
-                ckpt.save(step, state, it.get_state())
-        if not ckpt.steps() or ckpt.steps()[-1] != step:
-            ckpt.save(step, state, it.get_state())
-        ckpt.wait()
-        summary = {"step": step, "prompts": len(examples), "reference_model": ref is not None}
-        summary.update(final_exports(workdir, step, selector, export, config.export_hf))
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
+def _load_reference(config: ConfigDict, cfg: ModelConfig, mesh, rules):
+    """The frozen reference, (graphdef, params): its own parameters on the same mesh,
+    never trained; None when grpo.beta is 0."""
+    g = config.grpo
+    if not g.beta > 0:
+        return None
+    ref_model = load_hf_model(
+        g.reference_path or config.model.path,
+        cfg.param_dtype,
+        mesh,
+        compute_dtype=cfg.dtype,
+        rules=rules,
+        scan_layers=cfg.scan_layers,
+    )
+    return nnx.split(resize_token_embeddings(ref_model, cfg.vocab_size))
 
-            # Process 0 writes the exports: no host returns (and reads them) before.
-            multihost_utils.sync_global_devices("grpo: exports written")
-        return summary
-    finally:
-        logger.close()
-        ckpt.close()
+
+def _load_judge(config: ConfigDict, mesh, rules, rows: int, longest: int):
+    """The rubric judge on the run's mesh, its length buckets compiled; None when the
+    reward does not use it."""
+    main = jax.process_index() == 0
+    if config.reward.judge_path and not _uses_judge(config.reward):
+        # e.g. a pipeline that names one judge for evaluation and a 0 rubric weight here
+        if main:
+            print("reward.judge_path not loaded: reward.rubric is 0 (or reward.fn is set)")
+        return None
+    if not config.reward.judge_path:
+        return None
+    judge = rollout.TimedJudge(
+        RubricJudge.from_pretrained(
+            config.reward.judge_path,
+            _judge_settings(config.reward),
+            dtype=config.reward.judge_dtype,
+            mesh=mesh,
+            rules=rules,
+        )
+    )
+    # The judge's length buckets compiled now, at one batch size, so that no step
+    # after the first compiles (kardia_jax/rewards/judge.py, `warm_up`). Its prompts
+    # hold the policy prompt's dialogue and the completion, in another tokenizer:
+    # buckets up to 1.5x the policy's longest (a longer one compiles when first needed).
+    n_programs, seconds = judge.judge.warm_up(rows, max_tokens=int(1.5 * longest))
+    if main and n_programs:
+        print(f"judge: compiled {n_programs} length buckets in {seconds:.1f} s")
+    return judge
+
+
+def _selector(run: GRPORun, heldout: list) -> Selector:
+    config = run.config
+    return Selector(
+        examples=heldout,
+        scfg=config.select,
+        workdir=run.workdir,
+        sampler=run.sampler,
+        tokenizer=run.tokenizer,
+        stop_ids=run.stop_ids,
+        reward_fn=run.reward_fn,
+        judge=run.judge,
+        max_new_tokens=config.rollout.max_new_tokens,
+        batch=step_batch(config.rollout)[1],  # what the rollouts decode at once
+        seed=int(config.data.seed),
+        start=run.start,
+        compile_count=lambda: run.compiles.count,
+    )
+
+
+def collect(run: GRPORun, step: int) -> Collected:
+    """Phase 1: a batch of prompts sampled `group_size` times each, then scored; with
+    dynamic sampling, refill rounds until enough groups are informative."""
+    rc = run.config.rollout
+    prompts_per_step = step_batch(rc)[0]
+    parts, t_sample, t_score = [], 0.0, 0.0
+    for round_ in range(1 + (rc.max_refill_rounds if rc.dynamic_sampling else 0)):
+        batch = next(run.batches)
+        index = batch["index"][batch["index"] >= 0]
+        prompts = [run.examples[i].prompt_ids.tolist() for i in index]
+        t = time.perf_counter()
+        comp = run.sampler(
+            prompts,
+            rc.max_new_tokens,
+            run.sampling,
+            group_size=rc.group_size,
+            seed=rollout_seed(int(run.config.seed), step, round_),
+        )
+        texts = rollout.decode_completions(run.tokenizer, comp.tokens, comp.lengths, run.stop_ids)
+        t_sample += time.perf_counter() - t
+        t = time.perf_counter()
+        parts.append(score(run, index, prompts, comp, texts))
+        t_score += time.perf_counter() - t
+        useful = sum(
+            rollout.informative_groups(p.rewards["total"], rc.group_size).sum() for p in parts
+        )
+        if not rc.dynamic_sampling or useful >= prompts_per_step:
+            break
+    ro = rollout.select_groups(parts, rc.group_size, prompts_per_step, rc.dynamic_sampling)
+    return Collected(ro, parts, t_sample, t_score)
+
+
+def score(run: GRPORun, index, prompts: list, comp, texts: list[str]) -> rollout.Rollouts:
+    """Phase 2: the rewards of one round's completions (format, emotion, the judge's
+    rubric), kept with everything the update needs (row i * G + g: prompt i)."""
+    g = run.config.rollout.group_size
+    rep = np.repeat(index, g)
+    rewards = rollout.score(run.reward_fn, run.examples, rep, texts)
+    return rollout.Rollouts(
+        rep,
+        [prompts[i // g] for i in range(len(rep))],
+        comp.tokens,
+        comp.mask,
+        comp.logprobs,
+        texts,
+        comp.finish_reason,
+        rewards.components,
+    )
+
+
+def prepare_update(run: GRPORun, ro: rollout.Rollouts):
+    """Group-normalised advantages, the static-shape update batch, and the reference's
+    and old policy's log-probs of its completions: (advantages, host batch, old_logp,
+    ref_logp, seconds per phase)."""
+    rc, g = run.config.rollout, run.config.grpo
+    adv = rollout.advantages_of(
+        ro.rewards["total"], rc.group_size, g.advantage_scale, float(g.advantage_eps)
+    )
+    plen = bucket_length(max(map(len, ro.prompt_ids)), run.buckets)
+    keep = rollout.loss_rows(
+        ro, rc.group_size, truncated=rc.mask_truncated, zero_variance=rc.mask_zero_variance
+    )
+    host = rollout.update_batch(ro, adv, plen, run.pad_id, keep_rows=keep)
+    t = time.perf_counter()
+    ids = global_batch(host_rows({k: host[k] for k in ("input_ids", "attention_mask")}), run.bsh)
+    args = (ids["input_ids"], ids["attention_mask"])
+    ref_logp = (
+        run.logp_fn(*run.ref, *args) if run.ref is not None else np.zeros_like(host["sampler_logp"])
+    )
+    ref_logp = np.asarray(ref_logp) * host["completion_mask"]  # waits for the device
+    t_ref = time.perf_counter() - t
+    t = time.perf_counter()
+    if rc.old_logp == "sampler":
+        old_logp = host["sampler_logp"]
+    else:
+        old_logp = run.logp_fn(run.graphdef, run.state.params, *args)
+    old_logp = np.asarray(old_logp) * host["completion_mask"]
+    times = {"reference": t_ref, "old_logp": time.perf_counter() - t}
+    return adv, host, old_logp, ref_logp, times
+
+
+def update(run: GRPORun, host: dict, old_logp, ref_logp, seed: int) -> list[dict]:
+    """Phase 3: `grpo.mu` passes over the rollouts in `grpo.minibatches` shuffled
+    minibatches, one optimizer step each; the sampler then takes the new weights.
+    Returns each step's metrics, on the host."""
+    g = run.config.grpo
+    rows = step_batch(run.config.rollout)[1]
+    rng = np.random.default_rng(seed)
+    metrics = []
+    for _ in range(g.mu):
+        order = rng.permutation(rows)
+        for mb in np.array_split(order, g.minibatches):
+            part = {
+                "input_ids": host["input_ids"][mb],
+                "attention_mask": host["attention_mask"][mb],
+                "completion_mask": host["completion_mask"][mb],
+                "old_logp": old_logp[mb],
+                "ref_logp": ref_logp[mb],
+                "advantages": host["advantages"][mb],
+            }
+            run.state, m = run.step_fn(run.state, to_devices(part, run.bsh, run.vsh))
+            metrics.append(m)
+    run.sampler.update(nnx.merge(run.graphdef, run.state.params))
+    return jax.device_get(metrics)
+
+
+def step_row(run: GRPORun, step, got: Collected, adv, host, metrics, times, t0) -> dict:
+    """The step's log row: rewards, advantages, update metrics, seconds per phase."""
+    rc = run.config.rollout
+    t_judge = run.judge.seconds if run.judge is not None else 0.0
+    seconds = dict(
+        rollout=got.sample_seconds,
+        judge=t_judge,
+        reward=got.score_seconds - t_judge,  # format / emotion / custom rewards
+        reference=times["reference"],
+        old_logp=times["old_logp"],
+        update=times["update"],
+        total=time.perf_counter() - t0,
+    )
+    row = step_metrics(
+        step,
+        got.rollouts,
+        adv,
+        host,
+        metrics,
+        got.parts,
+        rc.group_size,
+        run.config.grpo.mu,
+        seconds,
+    )
+    if run.judge is not None:
+        row.update(run.judge.metrics())
+    return row
+
+
+def log_step(run: GRPORun, step: int, row: dict, ro: rollout.Rollouts, adv) -> None:
+    """Phase 4 (process 0): the JSONL row, TensorBoard scalars and samples, progress,
+    and the rollout ledger."""
+    if not run.main:
+        return
+    config, logger = run.config, run.logger
+    append_jsonl(os.path.join(run.workdir, "grpo_log.jsonl"), row)
+    logger.scalars(step, {k: v for k, v in row.items() if isinstance(v, int | float)})
+    logger.progress(step, {"reward": row["reward/total"], "kl": row.get("kl", 0.0)})
+    if config.log.ledger:
+        write_ledger(os.path.join(run.workdir, "rollouts.jsonl"), step, ro, adv, run.examples)
+    for i in range(min(config.log.text_samples, len(ro))):
+        logger.text(step, f"sample/{i}", f"reward {ro.rewards['total'][i]:.3f}\n\n{ro.texts[i]}")
+
+
+def _check_halted(run: GRPORun, step: int) -> None:
+    limit = run.config.train.max_nonfinite
+    if int(jax.device_get(run.state.nonfinite_streak)) >= limit:
+        raise TrainingHalted(
+            f"{limit} non-finite updates in a row at step {step} "
+            f"(train.max_nonfinite); the last checkpoint is intact"
+        )
+
+
+def _finish(run: GRPORun, step: int, selector) -> dict:
+    """The last checkpoint and the exports; returns the run's summary."""
+    ckpt = run.ckpt
+    if not ckpt.steps() or ckpt.steps()[-1] != step:
+        ckpt.save(step, run.state, run.batches.get_state())
+    ckpt.wait()
+    summary = {"step": step, "prompts": len(run.examples), "reference_model": run.ref is not None}
+    summary.update(final_exports(run.workdir, step, selector, run.export, run.config.export_hf))
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        # Process 0 writes the exports: no host returns (and reads them) before.
+        multihost_utils.sync_global_devices("grpo: exports written")
+    return summary
 
 
 def _select(selector, step, export, logger) -> None:

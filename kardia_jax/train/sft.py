@@ -43,6 +43,14 @@ from kardia_jax.train.step import (
 )
 
 
+def sft_optimizer(train: ConfigDict, total_steps: int, tokenizer):
+    """The SFT optimizer, for the driver and compile-check alike. The span markers are
+    the last tokens added to the tokenizer: their rows (and the padding rows after
+    them) are the ones `train.new_token_lr_scale` speeds up."""
+    first_new_row = min(span_marker_ids(tokenizer).values())
+    return make_optimizer(train, total_steps, first_new_row=first_new_row)
+
+
 def load_sft_data(dcfg: ConfigDict, tokenizer):
     """(train examples, held-out examples, report): the easy part of the train split,
     profile-disjoint held-out, in the `data.example` form (turn or dialogue)."""
@@ -129,9 +137,7 @@ def run_sft(config: ConfigDict, workdir: str, inputs: SFTInputs | None = None) -
         buckets=tuple(config.data.buckets) or None,
     )
     total_steps = int(tcfg.steps) if tcfg.steps > 0 else int(tcfg.epochs * per_epoch)
-    # The span markers are the last tokens added to the tokenizer: their rows (and the
-    # padding rows after them) are the ones `train.new_token_lr_scale` speeds up.
-    tx = make_optimizer(tcfg, total_steps, first_new_row=min(span_marker_ids(tokenizer).values()))
+    tx = sft_optimizer(tcfg, total_steps, tokenizer)
     lr_fn = learning_rate_schedule(tcfg, total_steps)
     main = jax.process_index() == 0
 
