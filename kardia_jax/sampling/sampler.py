@@ -9,7 +9,7 @@ program per (batch, prompt, budget) bucket, whatever the lengths it sees.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +40,21 @@ def _id_array(ids: Sequence[int]) -> np.ndarray:
         raise ConfigError(f"stop ids must be >= 0, got {ids}")
     size = _STOP_SLOTS * max(1, -(-len(ids) // _STOP_SLOTS))
     return np.asarray(ids + [-1] * (size - len(ids)), np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """A jitted program with its static settings bound (see `Sampler.programs`);
+    `lower` compiles it ahead of time."""
+
+    fn: Callable
+    static: dict
+
+    def __call__(self, *args):
+        return self.fn(*args, **self.static)
+
+    def lower(self, *args):
+        return self.fn.lower(*args, **self.static)
 
 
 @dataclasses.dataclass
@@ -180,7 +195,8 @@ class Sampler:
         valid[len(prompts) * group_size :] = False
         eos = self.eos_ids if eos_ids is None else tuple(eos_ids)
         stop = self.stop_ids if stop_ids is None else tuple(stop_ids)
-        return loop.prefill(
+        prefill, _ = self.programs(b, p, n, sampling, group=group)
+        return prefill(
             self.graphdef,
             self.params,
             jnp.asarray(ids),
@@ -190,28 +206,46 @@ class Sampler:
             jnp.asarray(_id_array(stop)),
             jax.random.key(seed),
             max_new_tokens,
-            cfg=sampling,
-            group=group,
-            budget=n,
-            cache_len=p + n,
-            pad_id=self.pad_id,
-            cache_dtype=self.cache_dtype,
-            sharding=self._cache_sharding(b * group, p + n),
         )
 
     def decode(self, state, sampling: SamplingConfig = _GREEDY, until: int | None = None):
         """The second compiled program: decodes until every row has finished, or
         until `state.step` reaches `until` (default: the budget). `state` is donated:
         use only the returned one."""
-        return loop.decode(
+        rows, budget = state.tokens.shape
+        _, decode = self.programs(rows, state.cache.num_slots - budget, budget, sampling)
+        return decode(
             self.graphdef,
             self.params,
             state,
-            jnp.int32(state.tokens.shape[1] if until is None else until),
-            cfg=sampling,
-            pad_id=self.pad_id,
-            sharding=self._cache_sharding(state.tokens.shape[0], state.cache.num_slots),
+            jnp.int32(budget if until is None else until),
         )
+
+    def programs(
+        self, batch: int, prompt_len: int, budget: int, sampling=_GREEDY, *, group: int = 1
+    ) -> tuple[Program, Program]:
+        """The two compiled programs of one bucket (`batch` prompts of `prompt_len`
+        tokens, each cached on `group` rows of `prompt_len + budget` slots), every static
+        setting bound: the one builder of `prefill` and `decode`, for this class and any
+        caller that compiles them ahead of time. `prefill(graphdef, params, ids, mask,
+        valid, eos, stop, key, max_new)`; `decode(graphdef, params, state, until)`, the
+        state donated."""
+        slots = prompt_len + budget
+        sharding = self._cache_sharding(batch * group, slots)
+        prefill = Program(
+            loop.prefill,
+            dict(
+                cfg=sampling,
+                group=group,
+                budget=budget,
+                cache_len=slots,
+                pad_id=self.pad_id,
+                cache_dtype=self.cache_dtype,
+                sharding=sharding,
+            ),
+        )
+        decode = Program(loop.decode, dict(cfg=sampling, pad_id=self.pad_id, sharding=sharding))
+        return prefill, decode
 
     # --------------------------------------------------------------------- API
     def __call__(
