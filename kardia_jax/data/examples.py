@@ -32,7 +32,12 @@ import numpy as np
 
 from kardia_jax.data.schema import Dialogue, RecordError
 from kardia_jax.data.spans import FourSpans
-from kardia_jax.data.template import end_of_turn_tokens, render, tokenizer_name
+from kardia_jax.data.template import (
+    ChatTemplateError,
+    chat_template_name,
+    end_of_turn_tokens,
+    render,
+)
 from kardia_jax.data.validate import ValidationReport
 from kardia_jax.errors import ConfigError, DataError
 
@@ -165,9 +170,7 @@ def _render_prefixes(messages: Sequence[dict], tokenizer, location: str, eot: se
     tokens each assistant message adds. A template that rewrites earlier turns when
     the chat grows (drops past reasoning, moves the system prompt) is refused: the
     mask would be a guess."""
-    from jinja2 import TemplateError
-
-    template = f"the chat template of {tokenizer_name(tokenizer)}"
+    template = chat_template_name(tokenizer)
     texts, kinds = [], []  # kinds: (message index, is the generation prompt)
     try:
         for i, m in enumerate(messages):
@@ -176,9 +179,8 @@ def _render_prefixes(messages: Sequence[dict], tokenizer, location: str, eot: se
                 kinds.append((i, True))
             texts.append(render(tokenizer, messages[: i + 1]))
             kinds.append((i, False))
-    except TemplateError as e:
-        reason = " ".join(str(e).split())
-        raise DataError(f"{location}: {template} cannot render this dialogue: {reason}") from None
+    except ChatTemplateError as e:
+        raise DataError(f"{location}: {e}") from None
     encoded = _prefix_ids(texts, tokenizer)
     ends: list[int] = []
     headers: dict[int, int] = {}

@@ -71,18 +71,37 @@ def require_chat_template(tokenizer, what: str = "tokenizer") -> str:
     return template
 
 
+class ChatTemplateError(ConfigError):
+    """The chat template refused the conversation: jinja2's TemplateError, from the
+    template's own raise_exception (Gemma 2: "System role not supported") or a broken
+    template. `reason` is jinja's message on one line."""
+
+    def __init__(self, tokenizer, reason: str):
+        self.reason = " ".join(str(reason).split())
+        super().__init__(f"{chat_template_name(tokenizer)} cannot render this chat: {self.reason}")
+
+
+def chat_template_name(tokenizer) -> str:
+    return f"the chat template of {tokenizer_name(tokenizer)}"
+
+
 def render(tokenizer, messages: Sequence[dict], add_generation_prompt: bool = False, **kw) -> str:
     """The conversation as the tokenizer's own chat template writes it. Our Qwen
     template is rendered by its Python twin: the same text (tests check it), without
     jinja's cost per call, which matters when every prefix of a dialogue is rendered."""
     if require_chat_template(tokenizer) == CHAT_TEMPLATE and not kw:
         return render_chat(messages, add_generation_prompt)
-    return tokenizer.apply_chat_template(
-        [dict(m) for m in messages],
-        tokenize=False,
-        add_generation_prompt=add_generation_prompt,
-        **kw,
-    )
+    from jinja2 import TemplateError  # only here: the Python twin above needs no jinja
+
+    try:
+        return tokenizer.apply_chat_template(
+            [dict(m) for m in messages],
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            **kw,
+        )
+    except TemplateError as e:
+        raise ChatTemplateError(tokenizer, str(e)) from None
 
 
 def _special_ids(tokenizer) -> set[int]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from kardia_jax.data.template import render, tokenizer_name
+from kardia_jax.data.template import ChatTemplateError, render, tokenizer_name
 from kardia_jax.errors import ConfigError, KardiaError
 from kardia_jax.rewards.rubric import Rubric
 from kardia_jax.rewards.sanitize import CandidateParts, candidate_parts, neutralize
@@ -175,17 +175,15 @@ class PromptBuilder:
         """The rubric as the system turn and the context as the user turn, through the
         judge's own template. A template that refuses them (Gemma's has no system role)
         is a one-line error, not a prompt quietly rewritten into another shape."""
-        from jinja2 import TemplateError
-
         msgs = [{"role": "system", "content": system}, {"role": "user", "content": user}]
         try:
             return render(
                 self.tokenizer, msgs, add_generation_prompt=True, **self.chat_template_kwargs
             )
-        except TemplateError as e:
+        except ChatTemplateError as e:
             raise ConfigError(
                 f"{tokenizer_name(self.tokenizer)}: the judge's chat template cannot render "
-                f"a system + user prompt: {' '.join(str(e).split())}"
+                f"a system + user prompt: {e.reason}"
             ) from None
 
     def context_ids(self, context: JudgeContext, drop: int) -> tuple[list[int], list[int]]:

@@ -186,7 +186,7 @@ def test_rollout_and_generate_stop_on_the_family_end_of_turn(family, tokenizer):
     "template, match",
     [
         (DROPS_REASONING, "is not prefix-consistent at messages"),
-        (GEMMA2_NO_SYSTEM, "cannot render this dialogue: System role not supported"),
+        (GEMMA2_NO_SYSTEM, "cannot render this chat: System role not supported"),
     ],
 )
 def test_a_template_that_rewrites_the_chat_is_refused_in_one_line(template, match):
