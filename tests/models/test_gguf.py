@@ -7,6 +7,8 @@ import functools
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 import time
 
 import gguf
@@ -255,6 +257,21 @@ def test_tokenizer_of_a_file_without_endoftext_has_only_the_file_s_tokens(tmp_pa
     assert tok.convert_ids_to_tokens([0, 1, 2]) == specials and tok.unk_token == "<s>"
     ids = tok.encode("<|im_start|> the<|im_end|>", add_special_tokens=False)
     assert ids == [1, tiny_vocab(specials).index("Ġthe"), 2]
+
+
+def test_import_runs_without_torch(tmp_path):
+    # The demo's install has no torch, and much of transformers' GGUF support needs it.
+    src = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_llama(tied=True))
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # import torch fails, find_spec finds nothing\n"
+        "from kardia_jax.models import import_gguf\n"
+        f"import_gguf({str(src)!r}, {str(tmp_path / 'hf')!r})\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    tok = load_tokenizer(tmp_path / "hf", span_markers=False)
+    assert tok.convert_ids_to_tokens(list(range(len(tiny_vocab())))) == tiny_vocab()
 
 
 def test_config_agrees_with_transformers_gguf_config(tmp_path):
