@@ -129,7 +129,10 @@ def _prefix_ids(texts: list[str], tokenizer) -> list[list[int]]:
     splits on added tokens before anything else), tokenising only the piece after it.
     A piece whose tokens differ from the whole text's falls back to tokenising the
     prefix alone, so the result is always exactly what the tokenizer gives."""
-    whole = tokenizer(texts[-1], add_special_tokens=False, return_offsets_mapping=True)
+    try:
+        whole = tokenizer(texts[-1], add_special_tokens=False, return_offsets_mapping=True)
+    except (NotImplementedError, ValueError):  # no offsets (a Python tokenizer): one by one
+        return [list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     ids, offsets = list(whole["input_ids"]), [tuple(o) for o in whole["offset_mapping"]]
     added = set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
     last_added = []  # last_added[t]: tokens up to and including the last added one < t
@@ -151,10 +154,9 @@ def _prefix_ids(texts: list[str], tokenizer) -> list[list[int]]:
             continue
         plans.append((start, stop))
         pieces.append(text[offsets[start - 1][1] if start else 0 :])
+    got_ids = tokenizer(pieces, add_special_tokens=False)["input_ids"] if pieces else []
     out = []
-    for text, plan, got in zip(
-        texts, plans, tokenizer(pieces, add_special_tokens=False)["input_ids"], strict=False
-    ):
+    for text, plan, got in zip(texts[:-1], plans, got_ids, strict=True):
         if plan is None:
             out.append(list(got))
         elif list(got) == ids[plan[0] : plan[1]]:
