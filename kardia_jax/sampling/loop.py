@@ -3,32 +3,31 @@ the cache copied across each group, the first token drawn) and `decode` (a
 `lax.while_loop` that stops when every row has finished or a step limit is hit).
 
 Both are pure functions of (graphdef, params, arrays); `jit` keys them on shapes
-and the static sampling config, and `TRACES` counts how many programs each one
+and the static sampling config, and `compile_counts` says how many programs each one
 compiled (a bounded number by construction: see `Sampler`'s buckets).
 """
 
 from __future__ import annotations
 
-import collections
 import functools
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from kardia_jax.compiles import CompileCounter
 from kardia_jax.models.decoder import positions_from_mask
 from kardia_jax.sampling.methods import SamplingConfig, sample
 from kardia_jax.sampling.state import EOS, LENGTH, STOP, KVCache, SamplingState
 from kardia_jax.sharding import constrain_cache
 
-# program name -> times traced. Each trace of a jitted function is one new
-# compiled program (a cache hit is not traced again), so this is the compile count.
-TRACES: collections.Counter = collections.Counter()
+_COMPILES = CompileCounter()
 
 
 def compile_counts() -> dict[str, int]:
-    """Programs compiled so far by this process, per program ("prefill", "decode")."""
-    return dict(TRACES)
+    """Programs compiled since import, per sampler program ("prefill", "decode")."""
+    names = _COMPILES.by_name()
+    return {n: names[f"jit({n})"] for n in ("prefill", "decode") if f"jit({n})" in names}
 
 
 def _is_in(tokens_B, ids_E):
@@ -112,7 +111,6 @@ def prefill(
     `row_valid` [B * group] is False for rows that only pad the batch to its
     bucket: they start finished, so they never keep the loop running.
     """
-    TRACES["prefill"] += 1
     model = nnx.merge(graphdef, params)
     b, p = prompt_ids.shape
     k0, v0 = model.init_cache(b, p, cache_dtype)
@@ -183,7 +181,6 @@ def decode(
 ) -> SamplingState:
     """Decodes until every row has finished or `state.step` reaches `until` (a
     traced int: streaming in chunks reuses the same program)."""
-    TRACES["decode"] += 1
     model = nnx.merge(graphdef, params)
     limit = jnp.minimum(jnp.asarray(until, jnp.int32), state.max_new)
 
