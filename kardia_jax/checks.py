@@ -5,7 +5,6 @@ whose one-line message says what to do."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import tempfile
 
@@ -22,16 +21,6 @@ def writable_dir(path: str, what: str) -> None:
         raise ConfigError(
             f"{what} {path!r} is not writable ({e.strerror or e}): choose a folder you can write to"
         ) from None
-
-
-def require_package(module: str, feature: str, install: str) -> None:
-    """`feature` needs `module`: refuse now, naming the install command."""
-    try:
-        found = importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        found = False
-    if not found:
-        raise MissingPackageError(f"{feature} needs the package {module!r}: {install}")
 
 
 @contextlib.contextmanager
