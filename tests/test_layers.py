@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "sharding": 0,
     "compiles": 0,
     "jsonio": 0,
+    "lazy": 0,
     "data": 1,
     "models": 2,
     "train": 3,

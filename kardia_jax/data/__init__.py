@@ -13,7 +13,7 @@ in transformers or grain.
 
 from __future__ import annotations
 
-import importlib
+from kardia_jax.lazy import lazy_exports
 
 _EXPORTS = {
     "EMOTIONS": "emotions",
@@ -58,14 +58,4 @@ _EXPORTS = {
     "dataset_stats": "stats",
     "emotion_disagreements": "stats",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

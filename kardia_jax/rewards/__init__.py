@@ -13,7 +13,7 @@ transformers.
 
 from __future__ import annotations
 
-import importlib
+from kardia_jax.lazy import lazy_exports
 
 _EXPORTS = {
     "format_reward": "format",
@@ -39,14 +39,4 @@ _EXPORTS = {
     "combine_rewards": "combine",
     "rubric_reward": "combine",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
