@@ -82,6 +82,11 @@ def batch_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES, ndim: int = 2) -> N
     return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), rules, mesh))
 
 
+def head_axes(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> tuple[str, ...]:
+    """The mesh axes (of size > 1) that split attention heads under `rules`."""
+    return tuple(a for a in _mesh_axes(rules, "heads") if mesh.shape.get(a, 1) > 1)
+
+
 def constrain(x, sharding):
     """`with_sharding_constraint`, or `x` as it is without a mesh (`sharding` None):
     the one form every compiled program uses to pin an intermediate's layout."""

@@ -27,9 +27,10 @@ from safetensors.numpy import save_file
 
 from kardia_jax.errors import CheckpointError, ConfigError
 from kardia_jax.jsonio import write_json
+from kardia_jax.models import kernels
 from kardia_jax.models.config import ModelConfig
 from kardia_jax.models.decoder import Transformer, abstract_model
-from kardia_jax.sharding import DEFAULT_RULES, Rules, batch_sharding, param_shardings
+from kardia_jax.sharding import DEFAULT_RULES, Rules, batch_sharding, head_axes, param_shardings
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -270,6 +271,8 @@ def load_hf_model(
     pinned to the batch layout (`Transformer.constrain_activations`). Every tensor is checked for
     presence and shape before any data is read: nothing loads partially.
     """
+    # The kernel forms for the devices the model will run on (models/kernels.py).
+    config_overrides["kernels"] = kernels.of(config_overrides.get("kernels", "auto"), mesh)
     cfg, files, graphdef, state, entries = _inspect(
         path, dtype, compute_dtype=compute_dtype, **config_overrides
     )
@@ -295,7 +298,7 @@ def load_hf_model(
         # The activations follow the batch as the trained policy's do (see
         # `Transformer.constrain_activations`), for every model read onto a mesh:
         # the frozen reference, the judge, the evaluated policy.
-        model.constrain_activations(batch_sharding(mesh, rules, ndim=1))
+        model.constrain_activations(batch_sharding(mesh, rules, ndim=1), head_axes(mesh, rules))
     return model
 
 
@@ -503,5 +506,6 @@ def resize_token_embeddings(
             var = var.replace(grow(var.get_value(), 1))
         flat.append((p, var))
     grown = nnx.merge(nnx.graphdef(abstract_model(new_cfg)), nnx.from_flat_state(flat))
-    grown.constrain_activations(model.activation_sharding)  # a fresh graphdef drops it
+    # A fresh graphdef drops the placement.
+    grown.constrain_activations(model.activation_sharding, model.head_axes)
     return grown

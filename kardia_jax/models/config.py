@@ -24,6 +24,7 @@ ARCHITECTURES = {
 # Rope variants we implement; anything else is refused rather than silently mis-rotated.
 ROPE_TYPES = ("default", "linear", "llama3")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+KERNELS = ("auto", "cpu", "xla", "tpu")  # see kardia_jax/models/kernels.py
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -64,6 +65,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype of matmuls; softmax, norms and logits stay f32
     scan_layers: bool = False  # one compiled layer body scanned over stacked weights
     remat: str = "none"  # activation checkpointing policy per layer, see REMAT_POLICIES
+    kernels: str = "auto"  # kernel forms for the target devices, see models/kernels.py
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -77,6 +79,8 @@ class ModelConfig:
             raise ConfigError(f"rope_type={self.rope_type!r}: expected one of {ROPE_TYPES}")
         if self.remat not in REMAT_POLICIES:
             raise ConfigError(f"remat={self.remat!r}: expected one of {REMAT_POLICIES}")
+        if self.kernels not in KERNELS:
+            raise ConfigError(f"kernels={self.kernels!r}: expected one of {KERNELS}")
         for name in ("param_dtype", "dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: expected one of {DTYPES}")

@@ -8,13 +8,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kardia_jax.models import cpu_matmul
+from kardia_jax.models import cpu_matmul, kernels
 from kardia_jax.models.config import ModelConfig
 from kardia_jax.models.layers import (
     DecoderLayer,
     Dense,
     Embed,
     RMSNorm,
+    cached_attention,
+    dot_product_attention,
+    keys_transposed,
     rope_sin_cos,
 )
 from kardia_jax.models.layers import attention_mask as make_attention_mask
@@ -47,13 +50,23 @@ def positions_from_segments(segment_ids_BT):
     return t[None, :] - first
 
 
-def project_to_vocab(h_XD, w_out, vocab_major: bool, dtype):
+def splash_segments(attention_mask_BT, segment_ids_BT=None):
+    """Splash attention's segment ids for a row's tokens: padding 0, real tokens
+    their packed segment + 1 (1 unpacked), so a query sees only keys of its own
+    segment and never padding, as `layers.attention_mask` says."""
+    real = attention_mask_BT > 0
+    seg = 1 if segment_ids_BT is None else segment_ids_BT.astype(jnp.int32) + 1
+    return jnp.where(real, seg, 0).astype(jnp.int32)
+
+
+def project_to_vocab(h_XD, w_out, vocab_major: bool, dtype, kernel_forms: str = "auto"):
     """Logits [..., V] in float32 from hidden states [..., D] and an output
     projection `w_out` as `Transformer.head_weight` returns it: the tied embedding
     table [V, D] (`vocab_major`) or the lm_head kernel [D, V]. Every projection onto
-    the vocabulary (logits, fused log-probs, judge scores) goes through here."""
+    the vocabulary (logits, fused log-probs, judge scores) goes through here;
+    `kernel_forms` is the model config's `kernels`."""
     dtype = jnp.dtype(dtype)
-    if not vocab_major and jax.default_backend() == "cpu":
+    if not vocab_major and kernels.of(kernel_forms) == "cpu":
         # The canonical [M, D] x [D, V] dot XLA:CPU runs on its fast kernels.
         return cpu_matmul.matmul(h_XD, w_out, 1, dtype, jnp.float32)
     spec = "...D,VD->...V" if vocab_major else "...D,DV->...V"
@@ -63,12 +76,22 @@ def project_to_vocab(h_XD, w_out, vocab_major: bool, dtype):
 
 
 def cache_shapes(cfg: ModelConfig, batch: int, slots: int):
-    """Shapes of one key array and one value array of the KV cache: keys
-    [B, K, H, S] (transposed: see `layers.cached_attention`), values [B, K, S, H],
-    with a leading [L] when `cfg.scan_layers` stacks the layers."""
+    """Shapes of one key array and one value array of the KV cache: values
+    [B, K, S, H], keys the same or, for CPU kernels, transposed [B, K, H, S] (see
+    `layers.cached_attention`), with a leading [L] when `cfg.scan_layers` stacks
+    the layers."""
     lead = (cfg.num_layers,) if cfg.scan_layers else ()
-    k = (*lead, batch, cfg.num_kv_heads, cfg.head_dim, slots)
     v = (*lead, batch, cfg.num_kv_heads, slots, cfg.head_dim)
+    k = (*lead, batch, cfg.num_kv_heads, cfg.head_dim, slots) if keys_transposed(cfg) else v
+    return k, v
+
+
+def cache_axes(cfg: ModelConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Logical axes (see kardia_jax.sharding) of one layer's keys and values, in
+    `cache_shapes`' layout: rows follow the batch, kv heads the tensor-parallel
+    sharding of k_proj / v_proj."""
+    v = ("batch", "kv_heads", "length", "head_dim")
+    k = ("batch", "kv_heads", "head_dim", "length") if keys_transposed(cfg) else v
     return k, v
 
 
@@ -102,14 +125,18 @@ class Transformer(nnx.Module):
         # Placement of the [B, T, D] residual stream under a mesh (set by the trainer,
         # see `constrain_activations`); None leaves it to the partitioner.
         self.activation_sharding = None
+        self.head_axes: tuple[str, ...] = ()
 
-    def constrain_activations(self, sharding) -> None:
+    def constrain_activations(self, sharding, head_axes=()) -> None:
         """Pins the residual stream (batch split over data-parallel axes, hidden dim
         whole). Without it the partitioner may follow the FSDP-sharded weights and
         split activations along `embed`, turning every matmul (the 152k-vocab head
         included) into full-batch partial sums; pinned, it all-gathers weights
-        instead, which is what FSDP means. A static attribute: part of the graphdef."""
+        instead, which is what FSDP means. `head_axes` are the mesh axes splitting
+        attention heads, for kernels that run per shard (splash attention). Static
+        attributes: part of the graphdef."""
         self.activation_sharding = sharding
+        self.head_axes = tuple(head_axes)
 
     def _pin(self, x):
         sharding = self.activation_sharding
@@ -141,10 +168,72 @@ class Transformer(nnx.Module):
                 else positions_from_mask(attention_mask)
             )
         sin, cos = rope_sin_cos(cfg, positions)
-        mask = make_attention_mask(attention_mask, t, segment_ids=segment_ids)
+        if kernels.of(cfg.kernels) == "tpu":
+            segments = splash_segments(attention_mask, segment_ids)
+
+            def attend(q, k, v):
+                return self._splash(q, k, v, segments, segments)
+        else:
+            mask = make_attention_mask(attention_mask, t, segment_ids=segment_ids)
+
+            def attend(q, k, v):
+                return dot_product_attention(q, k, v, mask, jnp.dtype(cfg.dtype))
+
         x = self._pin(self.embed_tokens(input_ids))
-        x = self._run_layers(x, sin, cos, mask)
+        x = self._run_layers(x, sin, cos, attend)
         return self._pin(self.norm(x, out_dtype=jnp.float32))
+
+    def _splash(self, q, k, v, q_segments, kv_segments, q_offset=0):
+        """Splash attention on this model's mesh: batch over the residual stream's
+        data-parallel axes (whole when the rows do not split evenly, as `_pin`),
+        heads over `head_axes`; interpreted when the devices are not TPUs (tests)."""
+        sharding = self.activation_sharding
+        mesh = sharding.mesh if sharding is not None else None
+        batch_axes = ()
+        if sharding is not None and q.shape[0] % shards_along(sharding) == 0:
+            entry = sharding.spec[0] if len(sharding.spec) else None
+            batch_axes = () if entry is None else (entry,) if isinstance(entry, str) else entry
+        from kardia_jax.models import splash  # TODO(lead): top-level once it lands
+
+        return splash.splash_attention(
+            q,
+            k,
+            v,
+            q_segments,
+            kv_segments,
+            q_offset=q_offset,
+            mesh=mesh,
+            batch_axes=tuple(batch_axes),
+            head_axes=self.head_axes,
+            interpret=kernels.platform_of(mesh) != "tpu",
+        )
+
+    def _cached_attend(self, kv_mask_BS, t: int, index):
+        """The attention kernel of `forward_with_cache`: `attend(q, k, v, k_cache,
+        v_cache)`, T queries at slots [index, index + T). On TPU with a static index
+        (prefill, the judge's shared head and rests) splash attention over slots
+        [0, index + T); else the XLA form against the whole cache."""
+        cfg = self.config
+        if kernels.of(cfg.kernels) == "tpu" and isinstance(index, int):
+            end = index + t
+            kv_segments = kv_mask_BS[:, :end].astype(jnp.int32)
+            q_segments = kv_segments[:, index:]
+
+            def attend(q, k, v, k_cache, v_cache):
+                if index:  # the keys before these queries come from the cache
+                    k = jnp.swapaxes(k_cache[:, :, :end], 1, 2).astype(q.dtype)
+                    v = jnp.swapaxes(v_cache[:, :, :end], 1, 2).astype(q.dtype)
+                return self._splash(q, k, v, q_segments, kv_segments, q_offset=index)
+
+            return attend
+        mask = make_attention_mask(kv_mask_BS, t, q_offset=index)
+        transposed = keys_transposed(cfg)
+
+        def attend(q, k, v, k_cache, v_cache):
+            del k, v
+            return cached_attention(q, k_cache, v_cache, mask, jnp.dtype(cfg.dtype), transposed)
+
+        return attend
 
     def init_cache(self, batch: int, slots: int, dtype):
         """Empty KV caches for `forward_with_cache`, shaped by `cache_shapes`: one
@@ -172,14 +261,14 @@ class Transformer(nnx.Module):
         """
         t = input_ids.shape[1]
         sin, cos = rope_sin_cos(self.config, positions)
-        mask = make_attention_mask(kv_mask_BS, t, q_offset=index)
+        attend = self._cached_attend(kv_mask_BS, t, index)
         x = self._pin(self.embed_tokens(input_ids))
         index = jnp.asarray(index, jnp.int32)
         if not self.config.scan_layers:
             cache_k, cache_v = list(cache_k), list(cache_v)
             for i, layer in enumerate(self.layers):
                 x, cache_k[i], cache_v[i] = layer.with_cache(
-                    x, sin, cos, mask, cache_k[i], cache_v[i], index
+                    x, sin, cos, attend, cache_k[i], cache_v[i], index
                 )
                 x = self._pin(x)
             return self.norm(x, out_dtype=jnp.float32), tuple(cache_k), tuple(cache_v)
@@ -188,17 +277,20 @@ class Transformer(nnx.Module):
         # its slice and writes back only the T new slots, where ys would restack
         # every layer's whole cache into a fresh buffer at every step.
         graphdef, state = nnx.split(self.layers)
+        transposed = keys_transposed(self.config)
 
         def step(carry, layer_state):
             x, ck, cv, i = carry
             k_l = jax.lax.dynamic_index_in_dim(ck, i, keepdims=False)
             v_l = jax.lax.dynamic_index_in_dim(cv, i, keepdims=False)
             x, k_l, v_l = nnx.merge(graphdef, layer_state).with_cache(
-                x, sin, cos, mask, k_l, v_l, index
+                x, sin, cos, attend, k_l, v_l, index
             )
-            b, k, h = k_l.shape[:3]
-            at_k, at_v = (i, 0, 0, 0, index), (i, 0, 0, index, 0)
-            k_new = jax.lax.dynamic_slice(k_l, at_k[1:], (b, k, h, t))
+            b, k, _, h = v_l.shape
+            at_v = (i, 0, 0, index, 0)
+            at_k = (i, 0, 0, 0, index) if transposed else at_v
+            k_size = (b, k, h, t) if transposed else (b, k, t, h)
+            k_new = jax.lax.dynamic_slice(k_l, at_k[1:], k_size)
             v_new = jax.lax.dynamic_slice(v_l, at_v[1:], (b, k, t, h))
             ck = jax.lax.dynamic_update_slice(ck, k_new[None], at_k)
             cv = jax.lax.dynamic_update_slice(cv, v_new[None], at_v)
@@ -217,13 +309,14 @@ class Transformer(nnx.Module):
 
     def logits(self, hidden_BTD):
         """Projects hidden states to the vocabulary, accumulating in float32."""
-        return project_to_vocab(hidden_BTD, *self.head_weight(), self.config.dtype)
+        cfg = self.config
+        return project_to_vocab(hidden_BTD, *self.head_weight(), cfg.dtype, cfg.kernels)
 
-    def _run_layers(self, x, sin, cos, mask):
+    def _run_layers(self, x, sin, cos, attend):
         cfg = self.config
 
         def body(graphdef, state, x):
-            return self._pin(nnx.merge(graphdef, state)(x, sin, cos, mask))
+            return self._pin(nnx.merge(graphdef, state)(x, sin, cos, attend))
 
         if cfg.remat != "none":
             body = jax.checkpoint(body, policy=_REMAT[cfg.remat], static_argnums=(0,))

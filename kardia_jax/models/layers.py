@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from kardia_jax.models import cpu_matmul
+from kardia_jax.models import cpu_matmul, kernels
 from kardia_jax.models.config import ModelConfig
 
 _INIT_STD = 0.02  # transformers' initializer_range for these families
@@ -67,6 +67,7 @@ class Dense(nnx.Module):
         in_shape, out_shape = tuple(in_shape), tuple(out_shape)
         self.n_in = len(in_shape)
         self.dtype = cfg.dtype
+        self.kernels = cfg.kernels
         self.kernel = param(rngs, _normal, in_shape + out_shape, axes, cfg.param_dtype)
         self.bias = (
             param(rngs, _zeros, out_shape, axes[self.n_in :], cfg.param_dtype) if bias else None
@@ -75,7 +76,7 @@ class Dense(nnx.Module):
     def __call__(self, x, out_dtype=None):
         dtype = jnp.dtype(self.dtype)
         kernel = self.kernel[...]
-        if jax.default_backend() == "cpu":
+        if kernels.of(self.kernels) == "cpu":
             y = cpu_matmul.matmul(x, kernel, self.n_in, dtype, jnp.dtype(out_dtype or dtype))
         else:
             y = jnp.tensordot(
@@ -249,53 +250,69 @@ class Attention(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         return apply_rope(q, sin, cos), apply_rope(k, sin, cos), v
 
-    def __call__(self, x_BTD, sin, cos, mask_BTS):
+    def __call__(self, x_BTD, sin, cos, attend):
+        """`attend(q, k, v)` is the attention kernel the model chose for this forward
+        (`Transformer.hidden_states`)."""
         q, k, v = self.qkv(x_BTD, sin, cos)
-        out = dot_product_attention(q, k, v, mask_BTS, jnp.dtype(self.cfg.dtype))
-        return self.o_proj(out)
+        return self.o_proj(attend(q, k, v))
 
-    def with_cache(self, x_BTD, sin, cos, mask_BTS, k_BKHS, v_BKSH, index):
+    def with_cache(self, x_BTD, sin, cos, attend, k_cache, v_cache, index):
         """Attention of T new tokens against this layer's KV cache, writing theirs first.
 
-        The new keys and values go to slots [index, index + T) of the caches (keys
-        [B, K, H, S], values [B, K, S, H]: see `cached_attention`); `mask_BTS` is over
-        all S slots (see `attention_mask`'s `q_offset`). Returns the output [B, T, D]
-        and the updated caches.
+        The new keys and values go to slots [index, index + T) of the caches (laid out
+        as `decoder.cache_shapes` says); `attend(q, k, v, k_cache, v_cache)` is the
+        kernel the model chose (`Transformer.forward_with_cache`). Returns the output
+        [B, T, D] and the updated caches.
         """
         q, k, v = self.qkv(x_BTD, sin, cos)
-        # In-place slice writes: inside a while loop with a donated cache XLA updates
-        # the buffer without copying it.
-        k_new = jnp.transpose(k, (0, 2, 3, 1)).astype(k_BKHS.dtype)  # [B, K, H, T]
-        k_BKHS = jax.lax.dynamic_update_slice(k_BKHS, k_new, (0, 0, 0, index))
-        v_new = jnp.swapaxes(v, 1, 2).astype(v_BKSH.dtype)  # [B, K, T, H]
-        v_BKSH = jax.lax.dynamic_update_slice(v_BKSH, v_new, (0, 0, index, 0))
-        out = cached_attention(q, k_BKHS, v_BKSH, mask_BTS, jnp.dtype(self.cfg.dtype))
-        return self.o_proj(out), k_BKHS, v_BKSH
+        k_cache, v_cache = write_cache(k_cache, v_cache, k, v, index, keys_transposed(self.cfg))
+        return self.o_proj(attend(q, k, v, k_cache, v_cache)), k_cache, v_cache
 
 
-def cached_attention(q_BTNH, k_BKHS, v_BKSH, mask_BTS, dtype):
-    """`dot_product_attention` against a KV cache.
+def keys_transposed(cfg: ModelConfig) -> bool:
+    """Whether the key cache is [B, K, H, S] (the CPU form, see `cached_attention`)
+    rather than [B, K, S, H] like the values."""
+    return kernels.of(cfg.kernels) == "cpu"
+
+
+def write_cache(k_cache, v_cache, k_BTKH, v_BTKH, index, transposed: bool):
+    """The caches with T new keys and values written at slots [index, index + T).
+    In-place slice writes: inside a while loop with a donated cache XLA updates the
+    buffer without copying it."""
+    if transposed:
+        k_new = jnp.transpose(k_BTKH, (0, 2, 3, 1))  # [B, K, H, T]
+        k_at = (0, 0, 0, index)
+    else:
+        k_new = jnp.swapaxes(k_BTKH, 1, 2)  # [B, K, T, H]
+        k_at = (0, 0, index, 0)
+    k_cache = jax.lax.dynamic_update_slice(k_cache, k_new.astype(k_cache.dtype), k_at)
+    v_new = jnp.swapaxes(v_BTKH, 1, 2).astype(v_cache.dtype)  # [B, K, T, H]
+    v_cache = jax.lax.dynamic_update_slice(v_cache, v_new, (0, 0, index, 0))
+    return k_cache, v_cache
+
+
+def cached_attention(q_BTNH, k_cache, v_BKSH, mask_BTS, dtype, transposed: bool):
+    """`dot_product_attention` against a KV cache: keys [B, K, H, S] (`transposed`)
+    or [B, K, S, H], values [B, K, S, H].
 
     Both caches are kv-head-major, so both einsums contract them in place (a
-    [B, S, K, H] cache would be transposed, copied whole, at every decode step), and
-    the keys are stored transposed, [B, K, H, S]: the logits are then a row-major
-    [G, H] x [H, S] product per (row, kv head). Against [B, K, S, H] keys XLA:CPU
-    computes them as [S, H] x [H, G] with G (query heads per kv head, 3 for
-    SmolLM2) as the output's minor dim, a slower form (docs/benchmarks.md,
-    "Attention").
+    [B, S, K, H] cache would be transposed, copied whole, at every decode step). On
+    CPU the keys are stored transposed: the logits are then a row-major [G, H] x
+    [H, S] product per (row, kv head). Against [B, K, S, H] keys XLA:CPU computes
+    them as [S, H] x [H, G] with G (query heads per kv head, 3 for SmolLM2) as the
+    output's minor dim, a slower form (docs/benchmarks.md, "Attention").
     """
     b, t, n, h = q_BTNH.shape
-    k = k_BKHS.shape[1]
+    k = k_cache.shape[1]
     out_dtype = dtype
     # A cache wider than the compute dtype is contracted at its own precision: a
     # cast would convert (copy) the whole cache at every step.
-    dtype = jnp.promote_types(dtype, k_BKHS.dtype)
+    dtype = jnp.promote_types(dtype, k_cache.dtype)
     # q as [B, K, G, T, H] (a small transpose): with T between the batch and the
     # contracted dims XLA:CPU has no kernel for a bf16 product with f32 logits.
     q = jnp.transpose(q_BTNH.reshape(b, t, k, n // k, h), (0, 2, 3, 1, 4)).astype(dtype)
-    logits = jnp.einsum(
-        "BKGTH,BKHS->BKGTS", q, k_BKHS.astype(dtype), preferred_element_type=jnp.float32
-    )
+    spec = "BKGTH,BKHS->BKGTS" if transposed else "BKGTH,BKSH->BKGTS"
+    logits = jnp.einsum(spec, q, k_cache.astype(dtype), preferred_element_type=jnp.float32)
     logits = logits * (1.0 / math.sqrt(h))
     logits = jnp.where(mask_BTS[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
@@ -332,14 +349,14 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(d, "embed", cfg=cfg, rngs=rngs)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x_BTD, sin, cos, mask_BTS):
-        x_BTD = x_BTD + self.self_attn(self.input_layernorm(x_BTD), sin, cos, mask_BTS)
+    def __call__(self, x_BTD, sin, cos, attend):
+        x_BTD = x_BTD + self.self_attn(self.input_layernorm(x_BTD), sin, cos, attend)
         return x_BTD + self.mlp(self.post_attention_layernorm(x_BTD))
 
-    def with_cache(self, x_BTD, sin, cos, mask_BTS, k_BKHS, v_BKSH, index):
+    def with_cache(self, x_BTD, sin, cos, attend, k_cache, v_cache, index):
         """`__call__` for cached decoding: also returns the updated caches."""
-        h, k_BKHS, v_BKSH = self.self_attn.with_cache(
-            self.input_layernorm(x_BTD), sin, cos, mask_BTS, k_BKHS, v_BKSH, index
+        h, k_cache, v_cache = self.self_attn.with_cache(
+            self.input_layernorm(x_BTD), sin, cos, attend, k_cache, v_cache, index
         )
         x_BTD = x_BTD + h
-        return x_BTD + self.mlp(self.post_attention_layernorm(x_BTD)), k_BKHS, v_BKSH
+        return x_BTD + self.mlp(self.post_attention_layernorm(x_BTD)), k_cache, v_cache

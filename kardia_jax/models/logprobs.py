@@ -14,7 +14,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from kardia_jax.models import cpu_matmul
+from kardia_jax.models import cpu_matmul, kernels
 from kardia_jax.models.decoder import project_to_vocab
 
 
@@ -108,28 +108,29 @@ def weighted_log_prob_sum(model, hidden_BKD, targets_BK, weight_BK, *, chunk: in
     weight_BK = weight_BK.astype(jnp.float32)  # padding positions get weight 0
     chunks = tuple(_chunk_positions(x, chunk) for x in (hidden_BKD, targets_BK, weight_BK))
     w_out, vocab_major = model.head_weight()
-    return _fused_sum(chunks, w_out, vocab_major, jnp.dtype(model.config.dtype))
+    cfg = model.config
+    return _fused_sum(chunks, w_out, vocab_major, jnp.dtype(cfg.dtype), kernels.of(cfg.kernels))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _fused_sum(chunks, w_out, vocab_major: bool, dtype):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _fused_sum(chunks, w_out, vocab_major: bool, dtype, kernel_forms: str):
     def body(total, xs):
         h, y, wt = xs
-        logp, _ = _target_logp(project_to_vocab(h, w_out, vocab_major, dtype), y)
+        logp, _ = _target_logp(project_to_vocab(h, w_out, vocab_major, dtype, kernel_forms), y)
         return total + jnp.sum(logp * wt), None
 
     return jax.lax.scan(body, jnp.zeros((), jnp.float32), chunks)[0]
 
 
-def _fused_sum_fwd(chunks, w_out, vocab_major: bool, dtype):
+def _fused_sum_fwd(chunks, w_out, vocab_major: bool, dtype, kernel_forms: str):
     d = chunks[0].shape[-1]
     v = w_out.shape[0] if vocab_major else w_out.shape[1]
-    cpu = jax.default_backend() == "cpu"
+    cpu = kernel_forms == "cpu"
 
     def body(carry, xs):
         total, dw_DV = carry
         h, y, wt = xs  # [B, C, D], [B, C], [B, C]
-        logits = project_to_vocab(h, w_out, vocab_major, dtype)
+        logits = project_to_vocab(h, w_out, vocab_major, dtype, kernel_forms)
         logp, lse = _target_logp(logits, y)
         p = jnp.exp(logits - lse[..., None])
         onehot = jax.nn.one_hot(y, v, dtype=jnp.float32)
@@ -151,8 +152,8 @@ def _fused_sum_fwd(chunks, w_out, vocab_major: bool, dtype):
     return total, (dh, dw.astype(w_out.dtype))
 
 
-def _fused_sum_bwd(vocab_major, dtype, res, ct):
-    del vocab_major, dtype
+def _fused_sum_bwd(vocab_major, dtype, kernel_forms, res, ct):
+    del vocab_major, dtype, kernel_forms
     dh, dw = res
     return (dh * ct.astype(dh.dtype), None, None), dw * ct.astype(dw.dtype)
 

@@ -28,6 +28,7 @@ from kardia_jax.errors import ConfigError, DataError
 from kardia_jax.rewards import scoring
 from kardia_jax.rewards.prompt import JudgeContext, JudgePrompt, PromptBuilder, PromptLimits
 from kardia_jax.rewards.rubric import DIMENSIONS, Rubric, load_rubric
+from kardia_jax.sampling.sampler import Program
 from kardia_jax.sampling.state import cache_sharding, default_cache_dtype
 from kardia_jax.sharding import DEFAULT_RULES, Rules, batch_shards, logical_to_spec
 
@@ -318,7 +319,7 @@ class RubricJudge:
         if self.config.mode != "expected":
             return 0, 0.0
         t0 = time.perf_counter()
-        self._fixed_batch = min(self.batch_bucket(rows), self.batch_bucket(self.config.max_batch))
+        self._fixed_batch = self.warm_batch(rows)
         head = list(self.builder.head_ids)
         buckets = self.config.length_buckets
         if max_tokens is not None:
@@ -337,6 +338,10 @@ class RubricJudge:
         return n, time.perf_counter() - t0
 
     # ------------------------------------------------------------------ buckets
+    def warm_batch(self, rows: int) -> int:
+        """The batch every call pads to after `warm_up(rows)`."""
+        return min(self.batch_bucket(rows), self.batch_bucket(self.config.max_batch))
+
     def batch_bucket(self, n: int) -> int:
         return pow2_bucket(n, self._batch_multiple)
 
@@ -349,31 +354,36 @@ class RubricJudge:
         spec = logical_to_spec(("batch", "length"), self.rules, self.mesh, shape, "judge input")
         return jax.sharding.NamedSharding(self.mesh, spec)
 
-    def _shared(self, chunk, compile_only: bool = False):
+    def scoring_program(self, chunk, batch: int | None = None) -> tuple[Program, tuple]:
+        """The shared-prefix scoring program of `chunk` (prompt prefixes, each starting
+        with the rubric head) at its (batch, length) bucket, every static setting bound,
+        and its host arguments after (graphdef, params): the one builder behind the
+        scoring calls, `warm_up` and compile-check. `batch` overrides the batch bucket."""
         head = self.builder.head_ids
         c = len(head)
         if any(tuple(x[:c]) != head or len(x) == c for x in chunk):
             raise ConfigError("prompt prefixes must start with this judge's rubric head")
-        b = self._fixed_batch or self.batch_bucket(len(chunk))
+        b = batch or self._fixed_batch or self.batch_bucket(len(chunk))
         p = self.length_bucket(max(len(x) - c for x in chunk))
         ids, mask = pad_left([x[c:] for x in chunk], p, self.pad_id, b)
         mc = self.model_config
         slots = c + p + self._suffix_ids.shape[1]
-        fn = scoring.score_shared.lower if compile_only else scoring.score_shared
-        out = fn(
-            self.graphdef,
-            self.params,
-            jax.device_put(np.asarray(head, np.int32)),
-            jax.device_put(ids),
-            jax.device_put(mask),
-            jax.device_put(self._suffix_ids),
-            jax.device_put(self._suffix_last),
-            jax.device_put(self._score_ids),
-            cache_dtype=default_cache_dtype(mc.dtype),
-            sharding=cache_sharding(self.mesh, self.rules, mc, b, slots),
-            input_sharding=self._input_sharding((b, p)),
+        program = Program(
+            scoring.score_shared,
+            dict(
+                cache_dtype=default_cache_dtype(mc.dtype, mc.kernels),
+                sharding=cache_sharding(self.mesh, self.rules, mc, b, slots),
+                input_sharding=self._input_sharding((b, p)),
+            ),
         )
-        return out.compile() if compile_only else out
+        head = np.asarray(head, np.int32)
+        return program, (head, ids, mask, self._suffix_ids, self._suffix_last, self._score_ids)
+
+    def _shared(self, chunk, compile_only: bool = False):
+        program, args = self.scoring_program(chunk)
+        if compile_only:
+            return program.lower(self.graphdef, self.params, *args).compile()
+        return program(self.graphdef, self.params, *(jax.device_put(a) for a in args))
 
     def _naive(self, chunk, compile_only: bool = False):
         b = self._fixed_batch or self.batch_bucket(len(chunk))

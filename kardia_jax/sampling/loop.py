@@ -16,7 +16,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from kardia_jax.compiles import CompileCounter
+from kardia_jax.models import kernels
 from kardia_jax.models.decoder import positions_from_mask
+from kardia_jax.models.layers import keys_transposed
 from kardia_jax.sampling.methods import SamplingConfig, sample
 from kardia_jax.sampling.state import EOS, LENGTH, STOP, KVCache, SamplingState
 from kardia_jax.sharding import constrain_cache
@@ -37,14 +39,14 @@ def _is_in(tokens_B, ids_E):
 def step_logits(model, hidden_B1D):
     """`model.logits` for the one new position of a decode step, [B, V] f32.
 
-    On CPU with a tied embedding the projection is a multiply-reduce over D with
+    With CPU kernels and a tied embedding the projection is a multiply-reduce over D with
     the vocabulary outermost: for a handful of rows it streams the [V, D] table
     faster than XLA:CPU's matmul does (reading a transposed operand), and
     that table is the largest single read of a step (152k x 896 floats for
     Qwen2.5-0.5B). Other backends and untied heads use the model's own projection.
     """
     w_out, vocab_major = model.head_weight()
-    if not (vocab_major and jax.default_backend() == "cpu"):
+    if not (vocab_major and kernels.of(model.config.kernels) == "cpu"):
         return model.logits(hidden_B1D)[:, 0]
     dtype = jnp.dtype(model.config.dtype)
     emb_VD = w_out.astype(dtype)
@@ -130,8 +132,10 @@ def prefill(
         pad[slot_axis % x.ndim] = (0, cache_len - p)
         return jnp.pad(x, pad)
 
+    k_slots = -1 if keys_transposed(model.config) else -2
+
     k, v = constrain_cache(
-        jax.tree.map(lambda x: to_slots(x, -1), k),  # keys [.., B, K, H, S]
+        jax.tree.map(lambda x: to_slots(x, k_slots), k),  # keys [.., B, K, H, S] or as values
         jax.tree.map(lambda x: to_slots(x, -2), v),  # values [.., B, K, S, H]
         sharding,
     )

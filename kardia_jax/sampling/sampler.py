@@ -123,7 +123,8 @@ class Sampler:
         self.mesh, self.rules = mesh, rules
         self.prompt_buckets = tuple(sorted(prompt_buckets))
         self.budget_buckets = tuple(sorted(budget_buckets))
-        self.cache_dtype = cache_dtype or default_cache_dtype(self.config.dtype)
+        cfg = self.config
+        self.cache_dtype = cache_dtype or default_cache_dtype(cfg.dtype, cfg.kernels)
         self._batch_multiple = batch_shards(mesh, rules)
 
     def update(self, model) -> None:
@@ -362,5 +363,6 @@ def unstack_layers(model):
         for i in range(cfg.num_layers):
             flat.append((("layers", i, *path[1:]), type(var)(stacked[i], **meta)))
     unrolled = nnx.merge(graphdef, nnx.from_flat_state(flat))
-    unrolled.constrain_activations(model.activation_sharding)  # a fresh graphdef drops it
+    # A fresh graphdef drops the placement.
+    unrolled.constrain_activations(model.activation_sharding, model.head_axes)
     return unrolled

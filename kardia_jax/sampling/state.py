@@ -11,25 +11,21 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from kardia_jax.models.decoder import cache_shapes
+from kardia_jax.models import kernels
+from kardia_jax.models.decoder import cache_axes, cache_shapes
 from kardia_jax.sharding import Rules, logical_to_spec
 
 # Finish reasons, as stored in `SamplingState.reason`.
 RUNNING, EOS, STOP, LENGTH = 0, 1, 2, 3
 REASONS = {RUNNING: "running", EOS: "eos", STOP: "stop", LENGTH: "length"}
 
-# Logical axes of one layer's keys and values (see kardia_jax.sharding): rows follow
-# the batch sharding, kv heads the tensor-parallel sharding of k_proj / v_proj.
-K_CACHE_AXES = ("batch", "kv_heads", "head_dim", "length")
-V_CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")
-
 
 @struct.dataclass
 class KVCache:
-    """Keys and values of every layer in `Transformer.init_cache`'s layout: keys
-    [B, K, H, S], values [B, K, S, H] (the layouts attention contracts without a
-    transpose); a tuple of L arrays for an unrolled model, one stacked [L, ...]
-    array for a scanned one.
+    """Keys and values of every layer in `Transformer.init_cache`'s layout
+    (`decoder.cache_shapes`: values [B, K, S, H], keys the same or transposed); a
+    tuple of L arrays for an unrolled model, one stacked [L, ...] array for a
+    scanned one.
 
     Prompts are left-padded to a common length P, so every row writes slot `index`
     at the same step; a row's real tokens are the slots >= `start`.
@@ -71,14 +67,15 @@ class SamplingState:
     max_new: jax.Array  # [] int32 generation budget (<= N, the bucketed buffer size)
 
 
-def default_cache_dtype(model_dtype: str) -> str:
-    """The KV cache's dtype for a model computing in `model_dtype`: the same, except
-    bf16 on CPU, which gets float32. XLA:CPU has no bf16 element-wise kernels: it
+def default_cache_dtype(model_dtype: str, kernel_forms: str = "auto") -> str:
+    """The KV cache's dtype for a model computing in `model_dtype` with kernels
+    `kernel_forms` (its config's `kernels`): the same, except bf16 with CPU kernels,
+    which gets float32. XLA:CPU has no bf16 element-wise kernels: it
     writes a decode step's keys into a bf16 cache by converting the whole cache to
     f32 and back, for every layer at every step, which costs more than the bf16
     projections save (docs/benchmarks.md, "Sampler"). Attention then contracts the
     f32 cache in f32 (`layers.cached_attention`)."""
-    if jnp.dtype(model_dtype) == jnp.bfloat16 and jax.default_backend() == "cpu":
+    if jnp.dtype(model_dtype) == jnp.bfloat16 and kernels.of(kernel_forms) == "cpu":
         return "float32"
     return str(jnp.dtype(model_dtype))
 
@@ -90,6 +87,7 @@ def cache_sharding(mesh, rules: Rules, cfg, rows: int, slots: int):
         return None
     lead = ("layers",) if cfg.scan_layers else ()
     k_shape, v_shape = cache_shapes(cfg, rows, slots)
-    k = logical_to_spec(lead + K_CACHE_AXES, rules, mesh, k_shape, name="key cache")
-    v = logical_to_spec(lead + V_CACHE_AXES, rules, mesh, v_shape, name="value cache")
+    k_axes, v_axes = cache_axes(cfg)
+    k = logical_to_spec(lead + k_axes, rules, mesh, k_shape, name="key cache")
+    v = logical_to_spec(lead + v_axes, rules, mesh, v_shape, name="value cache")
     return jax.sharding.NamedSharding(mesh, k), jax.sharding.NamedSharding(mesh, v)

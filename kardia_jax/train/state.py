@@ -14,9 +14,15 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from kardia_jax.errors import ConfigError
-from kardia_jax.models import Transformer, abstract_model, load_hf_model, resize_token_embeddings
+from kardia_jax.models import (
+    Transformer,
+    abstract_model,
+    kernels,
+    load_hf_model,
+    resize_token_embeddings,
+)
 from kardia_jax.models.config import ModelConfig
-from kardia_jax.sharding import Rules, batch_sharding, param_shardings
+from kardia_jax.sharding import Rules, batch_sharding, head_axes, param_shardings
 
 
 @flax.struct.dataclass
@@ -66,9 +72,9 @@ def abstract_train_state(
 ) -> tuple[nnx.GraphDef, TrainState]:
     """(graphdef, state of ShapeDtypeStructs). With a mesh, the graphdef pins the
     residual stream to the batch layout (`Transformer.constrain_activations`)."""
-    model = abstract_model(cfg)
+    model = abstract_model(kernels.resolve(cfg, mesh))
     if mesh is not None:
-        model.constrain_activations(batch_sharding(mesh, rules, ndim=1))
+        model.constrain_activations(batch_sharding(mesh, rules, ndim=1), head_axes(mesh, rules))
     graphdef, params = nnx.split(model, nnx.Param)
     return graphdef, jax.eval_shape(lambda p: _new_state(p, tx), params)
 
@@ -79,6 +85,7 @@ def init_train_state(
     """(graphdef, state, state shardings). Random init runs inside one jit whose
     out_shardings place every leaf; a Hugging Face checkpoint is read slice by slice
     straight into the same layout."""
+    cfg = kernels.resolve(cfg, mesh)
     graphdef, abstract = abstract_train_state(cfg, tx, mesh, rules)
     shardings = state_shardings(abstract, tx, mesh, rules)
 
