@@ -18,6 +18,9 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " " + FAST_COMPILE_FLAG
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Compile-only TPU topologies load libtpu, which by default allows one process per
+# machine (a lockfile); pytest-xdist workers each build their own.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 from kardia_jax.host import keep_freed_memory  # noqa: E402
 

@@ -183,6 +183,24 @@ def test_scores_on_the_policy_mesh_match_one_device(random_dir, random_judge, it
     assert diff <= 1e-5
 
 
+@pytest.mark.parametrize("forms,on_mesh", [("xla", False), ("tpu", False), ("tpu", True)])
+def test_scores_with_xla_and_tpu_kernels_match_the_cpu_forms(
+    random_dir, random_judge, items, forms, on_mesh
+):
+    """The TPU forms run the shared head, each rest and each dimension's suffix
+    through splash attention over the cache's filled slots (interpret mode here; in
+    shard_map on the mesh); both scoring paths agree with the CPU forms."""
+    mesh = make_mesh({"data": 4, "tensor": 2}) if on_mesh else None
+    judge = make_judge(random_dir, mesh=mesh, overrides={**SCANNED, "kernels": forms})
+    assert judge.model_config.kernels == forms
+    prompts = random_judge.prompts(*items)
+    for sharing in (True, False):
+        want = random_judge.evaluate_prompts(prompts, prefix_sharing=sharing).scores
+        got = judge.evaluate_prompts(prompts, prefix_sharing=sharing).scores
+        diff = np.abs(got - want).max()
+        assert diff <= 1e-5, f"{forms}, prefix sharing {sharing}: max diff {diff:.2e}"
+
+
 def test_bf16_is_the_default_and_close_to_float32(random_dir, random_judge, items):
     from .helpers import TEST_RUBRIC
 

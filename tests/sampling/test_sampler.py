@@ -148,6 +148,20 @@ def test_sharded_sampler_matches_single_device(tiny_checkpoint, model, prompts):
         assert tuple(x.sharding.spec)[:2] == ("data", "tensor"), x.sharding.spec
 
 
+def test_sharded_sampler_with_tpu_kernels_matches_single_device(tiny_checkpoint, model, prompts):
+    """Splash prefill in shard_map (rows on data, heads on tensor) and keys cached
+    [B, K, S, H], sharded as the values are."""
+    mesh = make_mesh({"data": 2, "tensor": 2}, jax.devices()[:4])
+    sharded = load_hf_model(tiny_checkpoint(VARIANT)[0], mesh=mesh, kernels="tpu")
+    sampler = Sampler(sharded, eos_ids=[], mesh=mesh)
+    want = Sampler(model, eos_ids=[])(prompts, 16, group_size=2).tokens
+    np.testing.assert_array_equal(sampler(prompts, 16, group_size=2).tokens, want)
+    state = sampler.prefill(prompts, 16, group_size=2)
+    for x in (*state.cache.k, *state.cache.v):
+        assert x.shape[-1] == sharded.config.head_dim
+        assert tuple(x.sharding.spec)[:2] == ("data", "tensor"), x.sharding.spec
+
+
 def test_bad_requests_raise_config_errors(model):
     sampler = Sampler(model)
     for prompts, n, match in [

@@ -129,3 +129,20 @@ def test_bf16_model_decodes_against_an_f32_cache_written_in_place(tiny_checkpoin
     ref = training_logprobs(model, prompts, out, 1.0)
     err = np.abs(out.logprobs - ref)[out.mask].max()
     assert err <= 5e-2, f"max |sampler - training log-prob| = {err:.2e} (bf16)"
+
+
+@pytest.mark.parametrize("forms,scan", [("xla", False), ("tpu", False), ("tpu", True)])
+def test_greedy_with_xla_and_tpu_kernels_equals_transformers_generate(
+    tiny_checkpoint, prompts, left_pad, forms, scan
+):
+    """The non-CPU forms: keys cached [B, K, S, H] like the values, plain projections,
+    and for "tpu" the prompt's prefill through splash attention (Pallas interpret
+    mode here)."""
+    path, hf = tiny_checkpoint("qwen2_untied")
+    ids, mask = left_pad(prompts)
+    ref, _ = hf_greedy(hf, ids, mask)
+    model = load_hf_model(path, dtype="float32", scan_layers=scan, kernels=forms)
+    sampler = Sampler(model, eos_ids=[])
+    np.testing.assert_array_equal(sampler(prompts, NEW).tokens, ref)
+    k = jax.tree.leaves(sampler.prefill(prompts, NEW).cache.k)[0]
+    assert k.shape[-1] == model.config.head_dim  # keys [.., B, K, S, H]
