@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kardia_jax.models import cpu_matmul, kernels
+from kardia_jax.models import cpu_matmul, kernels, splash
 from kardia_jax.models.config import ModelConfig
 from kardia_jax.models.layers import (
     DecoderLayer,
@@ -193,8 +193,6 @@ class Transformer(nnx.Module):
         if sharding is not None and q.shape[0] % shards_along(sharding) == 0:
             entry = sharding.spec[0] if len(sharding.spec) else None
             batch_axes = () if entry is None else (entry,) if isinstance(entry, str) else entry
-        from kardia_jax.models import splash  # TODO(lead): top-level once it lands
-
         return splash.splash_attention(
             q,
             k,
