@@ -26,6 +26,9 @@ def sft_config() -> ConfigDict:
     # none | full | dots | dots_no_batch. Pair with scan_layers: with unrolled layers
     # XLA:CPU schedules every recomputation up front and memory barely drops (measured).
     c.model.remat = "none"
+    # auto: the forms for the mesh's devices (CPU forms on CPUs, splash attention on
+    # TPUs); cpu | xla | tpu force one (e.g. xla on a TPU: no Pallas kernels).
+    c.model.kernels = "auto"
 
     c.data = ConfigDict()
     c.data.path = ""  # KardiaBench file/dir or hub id ("" = bundled sample, train split)

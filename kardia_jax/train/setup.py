@@ -44,6 +44,7 @@ def planned_model_config(mcfg: ConfigDict, vocab_size: int) -> ModelConfig:
         dtype=mcfg.compute_dtype,
         scan_layers=bool(mcfg.scan_layers),
         remat=mcfg.remat,
+        kernels=mcfg.get("kernels", "auto"),
     )
     if mcfg.path:
         cfg = ModelConfig.from_pretrained(mcfg.path, **numerics)

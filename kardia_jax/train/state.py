@@ -105,6 +105,7 @@ def init_train_state(
             rules=rules,
             scan_layers=cfg.scan_layers,
             remat=cfg.remat,
+            kernels=cfg.kernels,
         )
         # Added special tokens (the span markers) may need rows the checkpoint lacks.
         model = resize_token_embeddings(model, cfg.vocab_size)
