@@ -1,6 +1,8 @@
-"""`kardia-jax compile-check`: ahead-of-time compiles of the SFT and GRPO steps report
-per-device memory that matches the sharded state, and an impossible budget fails
-cleanly (exit code 2, one message naming the figure and the budget)."""
+"""`kardia-jax compile-check`: ahead-of-time compiles of every program an SFT, GRPO or
+eval run compiles report per-device memory that matches the sharded state and what
+stays resident beside it, the JSON holds one object with every program, and an
+impossible budget fails cleanly (exit code 2, one message naming the program, the
+figure and the budget)."""
 
 import json
 import os
@@ -23,6 +25,59 @@ from tests.train.conftest import REPO, run_cli
 
 SFT = os.path.join(REPO, "kardia_jax", "configs", "sft_tiny.py")
 GRPO = os.path.join(REPO, "kardia_jax", "configs", "grpo_tiny.py")
+EVAL = os.path.join(REPO, "kardia_jax", "configs", "eval_tiny.py")
+GRPO_PROGRAMS = [
+    "rollout_prefill",
+    "rollout_decode",
+    "grpo_log_probs (reference / old policy)",
+    "grpo_update_step",
+    "judge_scoring",
+]
+
+
+@pytest.fixture(scope="module")
+def policy_dir(small_tokenizer, tmp_path_factory):
+    """The tiny SFT policy's config.json and tokenizer: no weights."""
+    from kardia_jax.data.tokenizer import load_tokenizer
+
+    path = tmp_path_factory.mktemp("policy")
+    sft = load_config(SFT, [f"--config.data.tokenizer={small_tokenizer}"])
+    cfg = planned_model_config(sft.model, _vocab(small_tokenizer))
+    (path / "config.json").write_text(json.dumps(cfg.to_hf_config()))
+    load_tokenizer(small_tokenizer).save_pretrained(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def judge_dir(tmp_path_factory):
+    """A tiny Qwen3-shaped judge and the short test rubric (prompts of ~250 tokens)."""
+    from tests.rewards.helpers import TEST_RUBRIC_TEXT, random_model
+
+    root = tmp_path_factory.mktemp("judge")
+    random_model(str(root / "ckpt"))
+    (root / "rubric.txt").write_text(TEST_RUBRIC_TEXT)
+    return str(root)
+
+
+def grpo_overrides(small_tokenizer, policy_dir, judge_dir):
+    return [
+        f"--config.data.tokenizer={small_tokenizer}",
+        f"--config.model.path={policy_dir}",
+        f"--config.reward.judge_path={judge_dir}/ckpt",
+        "--config.reward.rubric=0.5",
+        f"--config.reward.judge.rubric={judge_dir}/rubric.txt",
+        "--config.reward.judge.length_buckets=(512,)",
+    ]
+
+
+def eval_overrides(small_tokenizer, policy_dir, judge_dir):
+    return [
+        f"--config.data.tokenizer={small_tokenizer}",
+        f"--config.model.path={policy_dir}",
+        f"--config.judge.path={judge_dir}/ckpt",
+        f"--config.judge.rubric={judge_dir}/rubric.txt",
+        "--config.judge.length_buckets=(512,)",
+    ]
 
 
 def _vocab(tokenizer_dir):
@@ -63,51 +118,112 @@ def test_sft_tiny_reports_memory_of_the_sharded_state(small_tokenizer):
     assert bigger.temp_bytes > 1.5 * p.temp_bytes
 
 
-def test_grpo_tiny_compiles_update_and_log_probs(small_tokenizer, tmp_path):
-    sft = load_config(SFT, [f"--config.data.tokenizer={small_tokenizer}"])
-    cfg = planned_model_config(sft.model, _vocab(small_tokenizer))
-    (tmp_path / "config.json").write_text(json.dumps(cfg.to_hf_config()))  # no weights
-    config = load_config(
-        GRPO,
-        [f"--config.data.tokenizer={small_tokenizer}", f"--config.model.path={tmp_path}"],
-    )
-    programs = compile_check(config)["programs"]
-    names = [p.name for p in programs]
-    assert names == ["grpo_update_step", "grpo_log_probs (reference / old policy)"]
-    assert all(p.peak_bytes > 0 and p.flops > 0 for p in programs)
+def test_grpo_tiny_compiles_every_program_with_what_stays_resident(
+    small_tokenizer, policy_dir, judge_dir
+):
+    config = load_config(GRPO, grpo_overrides(small_tokenizer, policy_dir, judge_dir))
+    result = compile_check(config)
+    assert result["kernels"] == "cpu" and result["run"] == "grpo"
+    programs = {p.name: p for p in result["programs"]}
+    assert list(programs) == GRPO_PROGRAMS
+    assert all(p.peak_bytes > 0 and p.flops > 0 for p in programs.values())
+    prefill, decode, logp, update, judge = programs.values()
     # The update holds the optimizer state too; the log-prob forward only the params.
-    assert programs[0].argument_bytes > 2 * programs[1].argument_bytes
-    # beta > 0: the frozen reference's parameters stay on the devices throughout.
+    assert update.argument_bytes > 2 * logp.argument_bytes
+    # beta > 0: the frozen reference stays on the devices, and the judge's parameters
+    # (on the same mesh) stay throughout; the update's arguments are the train state.
     assert config.grpo.beta > 0
-    update, logp = programs
-    assert update.resident_bytes == pytest.approx(logp.argument_bytes, rel=0.05)
-    assert logp.resident_bytes == pytest.approx(update.argument_bytes, rel=0.05)
-    # rollout.global_batch counts completions (4 prompts x G 4): the log-prob pass takes
-    # them all, each of the grpo.minibatches updates its share.
-    assert config.rollout.global_batch == 16
-    assert update.shapes.startswith("16 rollouts") and logp.shapes.startswith("16 rollouts")
-    halves = compile_check(
-        load_config(
-            GRPO,
-            [
-                f"--config.data.tokenizer={small_tokenizer}",
-                f"--config.model.path={tmp_path}",
-                "--config.grpo.minibatches=2",
-            ],
-        )
-    )["programs"]
-    assert halves[0].shapes.startswith("8 rollouts") and halves[1].shapes.startswith("16 ")
-    with pytest.raises(ConfigError, match="rollout.global_batch=18 .* rollout.group_size=4"):
-        compile_check(
+    mesh, rules = mesh_and_rules(config)
+    cfg = planned_model_config(config.model, _vocab(small_tokenizer))
+    tx = make_optimizer(config.train, 10)
+    _, abstract = abstract_train_state(cfg, tx, mesh, rules)
+    shardings = state_shardings(abstract, tx, mesh, rules)
+    state = param_bytes_per_device(abstract, shardings)
+    params = param_bytes_per_device(abstract.params, shardings.params)
+    assert state <= update.argument_bytes < state * 1.05
+    # Beside each program: train state + reference + judge, less its own arguments.
+    assert logp.resident_bytes - update.resident_bytes == state - params
+    assert judge.resident_bytes - update.resident_bytes > state - params  # judge < policy
+    judge_params = update.resident_bytes - params
+    # Its arguments: the judge's parameters and at most its whole input (16 x 512 ids
+    # and mask, the rubric head and the five dimension suffixes).
+    assert 0 < judge_params < judge.argument_bytes < judge_params + 16 * 512 * 8 + 4096
+    # The sampler decodes the train state's parameters: the rest of the state, the
+    # reference and the judge beside it; the decode takes (and donates) the cache.
+    assert prefill.resident_bytes == decode.resident_bytes == logp.resident_bytes
+    assert decode.alias_bytes > 0 and decode.argument_bytes > prefill.argument_bytes
+    # 4 prompts x G 4 (the sampler pads the 4 prompts to the 8 data shards), the 512
+    # bucket, 32 new tokens; the judge at one warm batch of 16.
+    assert prefill.shapes.startswith("8 prompts x 512 tokens, 4 rows each, 32 new tokens")
+    assert logp.shapes.startswith("16 rollouts") and update.shapes.startswith("16 rollouts")
+    assert judge.shapes.startswith("16 candidates")
+    # Without the rubric in the reward the driver loads no judge: nothing to compile.
+    names = [
+        p.name
+        for p in compile_check(
             load_config(
                 GRPO,
-                [
-                    f"--config.data.tokenizer={small_tokenizer}",
-                    f"--config.model.path={tmp_path}",
-                    "--config.rollout.global_batch=18",
-                ],
+                [f"--config.data.tokenizer={small_tokenizer}", f"--config.model.path={policy_dir}"],
             )
+        )["programs"]
+    ]
+    assert names == GRPO_PROGRAMS[:-1]
+
+
+def test_eval_tiny_compiles_generation_and_judge_on_one_device(
+    small_tokenizer, policy_dir, judge_dir
+):
+    config = load_config(EVAL, eval_overrides(small_tokenizer, policy_dir, judge_dir))
+    result = compile_check(config)
+    assert result["run"] == "eval" and result["mesh"] == {"single_device": 1}  # sharding ""
+    names = [p.name for p in result["programs"]]
+    assert names == ["eval_prefill", "eval_decode", "judge_scoring"]
+    prefill, decode, judge = result["programs"]
+    # 16 prompts of data.max_length 1024, 64 new tokens, one row each; nothing resident.
+    assert prefill.shapes == "16 prompts x 1024 tokens, 1 rows each, 64 new tokens"
+    assert judge.shapes.startswith("16 candidates")
+    assert all(p.resident_bytes == 0 and p.peak_bytes > 0 for p in result["programs"])
+
+
+def test_grpo_refuses_a_batch_that_does_not_split(small_tokenizer, policy_dir):
+    args = [f"--config.data.tokenizer={small_tokenizer}", f"--config.model.path={policy_dir}"]
+    with pytest.raises(ConfigError, match="rollout.global_batch=18 .* rollout.group_size=4"):
+        compile_check(load_config(GRPO, [*args, "--config.rollout.global_batch=18"]))
+
+
+def test_topology_names_and_errors():
+    from kardia_jax.pipeline.compile_check import parse_topology
+
+    v5p, v5e = parse_topology("v5p:2x2x1"), parse_topology("v5e:2x4")
+    assert (v5p.name, v5p.chips, v5p.hbm_gib) == ("v5p-8", 4, 95)  # TensorCores
+    assert (v5e.name, v5e.chips, v5e.hbm_gib) == ("v5e-8", 8, 16)  # chips
+    assert parse_topology("v4:2x2x2").name == "v4-16"
+    assert parse_topology("v6e:2x2").describe() == "v6e-4 (v6e:2x2, 4 chips, 32 GiB HBM/chip)"
+    for bad in ("v5p:2x2", "v5e:2x2x1", "v3:2x2", "v5litepod-8"):
+        with pytest.raises(ConfigError, match=r"expected one of v4:AxBxC, v5p:AxBxC"):
+            parse_topology(bad)
+
+
+def test_cli_json_is_one_object_with_every_program(small_tokenizer, policy_dir, judge_dir):
+    proc = run_cli(
+        ["compile-check", "--config", GRPO, "--devices", "2", "--json"]
+        + grpo_overrides(small_tokenizer, policy_dir, judge_dir),
+        env_extra={"XLA_FLAGS": ""},
+    )
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
+    result = json.loads(out)  # the whole of stdout
+    assert [p["name"] for p in result["programs"]] == GRPO_PROGRAMS
+    assert result["mesh"] == {"data": 1, "fsdp": 2, "tensor": 1}
+    for p in result["programs"]:
+        assert p["peak_bytes"] == (
+            p["argument_bytes"]
+            + p["output_bytes"]
+            - p["alias_bytes"]
+            + p["temp_bytes"]
+            + p["resident_bytes"]
         )
+        assert isinstance(p["custom_calls"], dict) and p["flops"] > 0
 
 
 def test_budget_check_names_the_program_and_the_budget():
@@ -166,7 +282,8 @@ def test_grpo_update_is_compiled_with_train_microbatches(small_tokenizer, tmp_pa
     monkeypatch.setattr(step, "jit_grpo_update", spy)
     args = [f"--config.data.tokenizer={small_tokenizer}", f"--config.model.path={tmp_path}"]
     update = compile_check(load_config(GRPO, [*args, "--config.train.microbatches=2"]))
-    assert built == [2] and "microbatches 2" in update["programs"][0].shapes
+    (step_report,) = [p for p in update["programs"] if p.name == "grpo_update_step"]
+    assert built == [2] and "microbatches 2" in step_report.shapes
     # 16 completions per update do not split into 3 microbatches: refused, named.
     with pytest.raises(ConfigError, match="train.microbatches=3"):
         compile_check(load_config(GRPO, [*args, "--config.train.microbatches=3"]))
