@@ -17,9 +17,9 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ma
 from jax.sharding import PartitionSpec as P
 
 LANES = 128  # sequence tiles are multiples of the TPU's 128 lanes
-PAD_SEGMENT = (
-    -1
-)  # segment id of the sequence padding added here: no real or caller pad token has it
+# Segment id of the sequence padding added here: no real token (>= 1) or caller's
+# pad token (0) has it.
+PAD_SEGMENT = -1
 
 
 def block_sizes(q_len: int, kv_len: int, head_dim: int) -> sk.BlockSizes:
@@ -28,8 +28,9 @@ def block_sizes(q_len: int, kv_len: int, head_dim: int) -> sk.BlockSizes:
 
     The largest of 512 / 256 / 128 that divides each length: larger tiles mean fewer
     grid steps (each has a fixed cost) and fuller MXU passes, 512 is MaxText's
-    default, and a tile must divide its padded length. Heads wider than 256 cap the
-    tiles at 256 so that the f32 [block, head_dim] accumulators stay small in VMEM.
+    default (forward and both backward kernels), and a tile must divide its padded
+    length. Heads wider than 256 cap the tiles at 256 to keep the f32 [block,
+    head_dim] accumulators in VMEM small.
     """
     cap = 512 if head_dim <= 256 else 256
     bq = _largest_block(q_len, cap)
