@@ -13,7 +13,7 @@ import os
 import sys
 
 from kardia_jax.errors import KardiaError
-from kardia_jax.host import keep_freed_memory
+from kardia_jax.host import keep_freed_memory, quiet_cpu_host
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -56,6 +56,7 @@ def quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # before the subcommand's import starts XLA's threads
+    quiet_cpu_host()  # before jax is imported: it reads JAX_PLATFORMS once
     quiet_libraries()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)

@@ -11,12 +11,18 @@ no trimming), as tcmalloc, the allocator of TPU VM images, does by design. The
 cost is a larger resident size; `release_freed_memory()` (the pipeline, between
 stages) and `HeapGuard` (the training loops) bound it. `KARDIA_JAX_MALLOC=system`
 leaves glibc's defaults alone.
+
+`quiet_cpu_host()` is the other start-up setting: with libtpu installed (the `tpu`
+extra, for compile-only TPU topologies) on a machine with no TPU, it keeps jax and
+libtpu from probing for chips that are not there.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import glob
+import importlib.util
 import os
 import sys
 
@@ -57,6 +63,73 @@ def keep_freed_memory() -> bool:
     )
     _applied = all(mallopt(param, value) == 1 for param, value in settings)
     return _applied
+
+
+# PCI ids of TPU chips (vendor Google), as jax's own probe lists them
+# (jax/_src/hardware_utils.py); a chip newer than this table still shows as
+# /dev/accel* or a VFIO group.
+_GOOGLE_PCI_VENDOR = "0x1ae0"
+_TPU_PCI_DEVICES = {"0x0027", "0x0056", "0x005e", "0x0062", "0x0063", "0x006f", "0x0076"}
+# Device nodes of a GPU that jax could use (jax's has_visible_nvidia_gpu, and AMD's KFD).
+_GPU_DEVICE_NODES = ("/dev/nvidia0", "/dev/nvidiactl", "/dev/dxg", "/dev/kfd")
+
+# What libtpu asks a cloud metadata server for when it loads; without them it prints
+# "could not determine TPU accelerator type / worker hostnames" and an InitGoogle
+# error. On a host with no chips they describe nothing: a compile-only topology
+# (get_topology_desc("v5p:2x2x2")) brings its own chips, and its compiled programs
+# are the same with or without them.
+_LIBTPU_HOST_ENV = {
+    "TPU_ACCELERATOR_TYPE": "v5litepod-1",
+    "TPU_WORKER_HOSTNAMES": "localhost",
+    # libtpu's lockfile gives one process a machine's chips; with no chips it only
+    # stops a second compile-only process (two compile-checks, two test workers).
+    "ALLOW_MULTIPLE_LIBTPU_LOAD": "1",
+}
+
+
+def quiet_cpu_host(environ=None) -> dict[str, str]:
+    """With libtpu installed and no TPU attached, sets the environment jax and libtpu
+    read at start-up; returns what it set. Call before jax is imported.
+
+    jax's default platform list tries the TPU backend at first use whenever libtpu
+    is installed: libtpu loads, takes its lockfile, prints metadata warnings and
+    fails with "No jellyfish device found". Here JAX_PLATFORMS defaults to cpu
+    (unless a GPU is visible, whose backend jax must still find), and libtpu gets
+    `_LIBTPU_HOST_ENV` for the topologies compile-check builds. Every variable the
+    user set is kept (JAX_PLATFORMS=tpu still fails loudly on a CPU host), and on a
+    machine with a TPU, or without libtpu, nothing is set.
+    """
+    env = os.environ if environ is None else environ
+    if not _libtpu_installed(env) or tpu_attached():
+        return {}
+    wanted = dict(_LIBTPU_HOST_ENV)
+    if not any(os.path.exists(node) for node in _GPU_DEVICE_NODES):
+        wanted["JAX_PLATFORMS"] = "cpu"
+    applied = {k: v for k, v in wanted.items() if k not in env}
+    env.update(applied)
+    return applied
+
+
+def tpu_attached() -> bool:
+    """True when this machine has TPU chips, found without loading jax or libtpu:
+    a Google TPU PCI device, an accel device node (TPU v2 to v5p) or a VFIO group
+    (v5e and newer expose their chips through VFIO)."""
+    if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
+        return True
+    for vendor_path in glob.glob("/sys/bus/pci/devices/*/vendor"):
+        device_path = os.path.join(os.path.dirname(vendor_path), "device")
+        try:
+            with open(vendor_path) as v, open(device_path) as d:
+                if v.read().strip() == _GOOGLE_PCI_VENDOR and d.read().strip() in _TPU_PCI_DEVICES:
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def _libtpu_installed(env) -> bool:
+    path = env.get("TPU_LIBRARY_PATH")
+    return bool(path and os.path.isfile(path)) or importlib.util.find_spec("libtpu") is not None
 
 
 def release_freed_memory() -> None:
