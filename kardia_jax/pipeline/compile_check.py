@@ -197,6 +197,25 @@ def custom_calls(compiled) -> dict[str, int]:
     return dict(sorted(collections.Counter(CUSTOM_CALL.findall(text)).items()))
 
 
+def compile_program(lowered, name: str):
+    """`lowered.compile()`; a TPU compiler that finds the program cannot fit its
+    chip's HBM refuses it (RESOURCE_EXHAUSTED), which is reported as the budget
+    failure it is, naming the program and the compiler's own figures."""
+    import jax
+
+    try:
+        return lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+        message = str(e)
+        if "RESOURCE_EXHAUSTED" not in message:
+            raise
+        first = message.strip().splitlines()[0]
+        raise MemoryBudgetExceeded(
+            f"{name} does not fit: the compiler refused it ({first}). Try more devices, "
+            "sharding=fsdp, model.remat=full, train.microbatches or a shorter data.buckets"
+        ) from None
+
+
 def _report(name: str, shapes: str, compiled, estimate=None, resident=0) -> ProgramReport:
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
@@ -312,11 +331,13 @@ def sampler_programs(sampler, graphdef, params, prompts, length, budget, samplin
     key = jax.eval_shape(lambda: jax.random.key(0))
     stop = _struct((8,), i32)  # one slot block of stop ids (`sampler._id_array`)
     args = (_struct((b, p), i32), _struct((b, p), i32), _struct((b * group,), jnp.bool_))
-    pre = prefill.lower(graphdef, params, *args, stop, stop, key, budget).compile()
+    pre = compile_program(
+        prefill.lower(graphdef, params, *args, stop, stop, key, budget), f"{label}_prefill"
+    )
     state = jax.tree.map(
         lambda o, s: _struct(o.shape, o.dtype, s), pre.out_info, pre.output_shardings
     )
-    dec = decode.lower(graphdef, params, state, n).compile()
+    dec = compile_program(decode.lower(graphdef, params, state, n), f"{label}_decode")
     shapes = f"{b} prompts x {p} tokens, {group} rows each, {n} new tokens"
     return [(f"{label}_prefill", shapes, pre), (f"{label}_decode", shapes, dec)]
 
@@ -346,7 +367,7 @@ def judge_program(config_dir: str, settings, dtype: str, target: Target, rows: i
     bucket = judge.length_bucket(min(length, buckets[-1])) if length else buckets[-1]
     head = list(judge.builder.head_ids)
     program, args = judge.scoring_program([head + [judge.pad_id] * bucket], batch=rows)
-    compiled = program.lower(judge.graphdef, judge.params, *args).compile()
+    compiled = compile_program(program.lower(judge.graphdef, judge.params, *args), "judge_scoring")
     shapes = f"{rows} candidates x ({len(head)} rubric + {bucket}) tokens"
     return "judge_scoring", shapes, compiled, device_bytes(params)
 
@@ -378,7 +399,7 @@ def sft_programs(config, target: Target, cfg, tokenizer) -> list[ProgramReport]:
         batch["target_index"] = _struct((b, head_positions), i32, bsh)
         batch["target_weight"] = _struct((b, head_positions), i32, bsh)
     step = jit_train_step(graphdef, tx, shardings, bsh, **step_options(config.train))
-    compiled = step.lower(state, batch).compile()
+    compiled = compile_program(step.lower(state, batch), "sft_train_step")
     est = train_flops(cfg, b, t, head_positions) / target.size
     shapes = f"batch {b} x {t} tokens, microbatches {config.train.microbatches}"
     return [_report("sft_train_step", shapes, compiled, est)]
@@ -469,7 +490,7 @@ def grpo_programs(config, target: Target, cfg, tokenizer) -> list[ProgramReport]
 
     logp = jit_log_probs(loss, n, params_shardings=shardings.params, bsh=bsh)
     ids = _struct((rows, t), jnp.int32, bsh)
-    compiled = logp.lower(graphdef, state.params, ids, ids).compile()
+    compiled = compile_program(logp.lower(graphdef, state.params, ids, ids), "grpo_log_probs")
     est = train_flops(cfg, rows, t, n) / 3 / n_dev  # forward only
     resident = beside - params_bytes  # one set of parameters is its argument
     shapes = f"{rows} rollouts x {t} tokens" + _beside(resident)
@@ -485,7 +506,7 @@ def grpo_programs(config, target: Target, cfg, tokenizer) -> list[ProgramReport]
         "advantages": _struct((mb_rows,), f32, vsh),
     }
     step = jit_grpo_update(graphdef, tx, loss, shardings, bsh, vsh, **step_options(config.train))
-    compiled = step.lower(state, batch).compile()
+    compiled = compile_program(step.lower(state, batch), "grpo_update_step")
     est = train_flops(cfg, mb_rows, t, n) / n_dev
     resident = beside - state_bytes
     shapes = (

@@ -62,3 +62,21 @@ def test_splash_attention_is_in_the_sft_step_and_the_prefill(sft_result, grpo_re
     prefill = grpo_result["programs"][GRPO_PROGRAMS.index("rollout_prefill")]
     assert step.custom_calls.get("tpu_custom_call", 0) > 0
     assert prefill.custom_calls.get("tpu_custom_call", 0) > 0
+
+
+def test_a_program_the_compiler_cannot_fit_is_a_budget_failure(v5e):
+    """The TPU compiler refuses a program over its chip's HBM outright; compile-check
+    reports that as the budget failure (exit 2), naming the program and the
+    compiler's figures, not as a traceback."""
+    import jax
+    import jax.numpy as jnp
+
+    from kardia_jax.pipeline.compile_check import MemoryBudgetExceeded, compile_program
+
+    x = jax.ShapeDtypeStruct(
+        (70_000,), jnp.float32, sharding=jax.sharding.SingleDeviceSharding(v5e[0])
+    )
+    # A sort over a materialised 70k x 70k f32 outer product: about 36 GiB of temporaries.
+    lowered = jax.jit(lambda x: jnp.sort(jnp.outer(x, x), axis=0)[0]).lower(x)
+    with pytest.raises(MemoryBudgetExceeded, match=r"outer_sort does not fit.*HBM"):
+        compile_program(lowered, "outer_sort")
