@@ -20,18 +20,31 @@ from kardia_jax.errors import ConfigError
 BUNDLED_CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
+# Folders of bundled run configs: the top level and the per-slice TPU configs.
+CONFIG_DIRS = ("", "tpu")
+
+
 def bundled_configs() -> list[str]:
-    return sorted(p.stem for p in BUNDLED_CONFIGS.glob("*.py") if not p.stem.startswith("_"))
+    return sorted(
+        str(Path(d) / p.stem)
+        for d in CONFIG_DIRS
+        for p in (BUNDLED_CONFIGS / d).glob("*.py")
+        if not p.stem.startswith("_")
+    )
 
 
 def resolve_config_file(file: str) -> Path:
     """A config file the user names: an existing path, else a bundled config named
-    `NAME`, `NAME.py` or `configs/NAME.py` (relative, as the README writes them)."""
+    `NAME`, `NAME.py` or `configs/NAME.py` (relative, as the README writes them;
+    `tpu/NAME` and `configs/tpu/NAME.py` for the per-slice TPU configs)."""
     path = Path(file)
     if path.is_file():
         return path
-    if not path.is_absolute() and path.parent in (Path("."), Path("configs")):
-        bundled = BUNDLED_CONFIGS / f"{path.name.removesuffix('.py')}.py"
+    parent = path.parent
+    if not path.is_absolute() and parent.parts[:1] == ("configs",):
+        parent = Path(*parent.parts[1:])
+    if not path.is_absolute() and str(parent) in (".", *CONFIG_DIRS[1:]):
+        bundled = BUNDLED_CONFIGS / parent / f"{path.name.removesuffix('.py')}.py"
         if bundled.is_file():
             return bundled
     raise ConfigError(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import json
 import os
@@ -372,6 +373,28 @@ def judge_program(config_dir: str, settings, dtype: str, target: Target, rows: i
     return "judge_scoring", shapes, compiled, device_bytes(params)
 
 
+@contextlib.contextmanager
+def judge_folder(reward):
+    """The judge's folder: `reward.judge_path`, else for `reward.judge_preset` a
+    shape-only one (the preset's config.json beside the built-in Qwen tokenizer), to
+    plan a run whose judge checkpoint is not at hand; "" for neither."""
+    name = reward.get("judge_preset", "")
+    if reward.judge_path or not name:
+        yield reward.judge_path
+        return
+    import shutil
+    import tempfile
+
+    from kardia_jax.data.tokenizer import qwen2p5_tokenizer_dir
+    from kardia_jax.jsonio import write_json
+    from kardia_jax.models import get_preset
+
+    with tempfile.TemporaryDirectory(prefix=f"kardia-judge-{name}-") as folder:
+        shutil.copytree(qwen2p5_tokenizer_dir(), folder, dirs_exist_ok=True)
+        write_json(os.path.join(folder, "config.json"), get_preset(name).to_hf_config())
+        yield folder
+
+
 def sft_programs(config, target: Target, cfg, tokenizer) -> list[ProgramReport]:
     import jax.numpy as jnp
 
@@ -453,15 +476,16 @@ def grpo_programs(config, target: Target, cfg, tokenizer) -> list[ProgramReport]
     rw = config.reward
     # The driver loads its judge when the rubric counts and no custom reward replaces it.
     judge = None
-    if rw.judge_path and rw.rubric and not rw.get("fn", ""):
-        judge = judge_program(
-            rw.judge_path,
-            judge_config_from_section(rw.get("judge", {}), "reward.judge"),
-            rw.judge_dtype,
-            target,
-            rows,
-            int(1.5 * (max(buckets) + n)),  # the longest bucket `_load_judge` warms up
-        )
+    with judge_folder(rw) as judge_dir:
+        if judge_dir and rw.rubric and not rw.get("fn", ""):
+            judge = judge_program(
+                judge_dir,
+                judge_config_from_section(rw.get("judge", {}), "reward.judge"),
+                rw.judge_dtype,
+                target,
+                rows,
+                int(1.5 * (max(buckets) + n)),  # the longest bucket `_load_judge` warms up
+            )
     judge_bytes = judge[3] if judge else 0
 
     # The sampler decodes the train state's own parameters; with unroll_layers a

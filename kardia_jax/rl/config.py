@@ -51,6 +51,9 @@ def grpo_config() -> ConfigDict:
     c.reward = ConfigDict()
     c.reward.judge_path = ""  # paper: Qwen3-8B ("" = no judge: rubric weight must be 0)
     c.reward.judge_dtype = "bfloat16"  # ours: inference only
+    # ours: the judge's shape for compile-check when judge_path is empty (a preset
+    # name, e.g. qwen3_8b); the run itself needs judge_path
+    c.reward.judge_preset = ""
     # ours: the judge's settings, each marked in rewards/judge.py `judge_section`
     c.reward.judge = judge_section()
     # Ours (not in the paper): a custom reward instead of the paper's ("module:callable",
