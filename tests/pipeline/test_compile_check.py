@@ -287,3 +287,33 @@ def test_grpo_update_is_compiled_with_train_microbatches(small_tokenizer, tmp_pa
     # 16 completions per update do not split into 3 microbatches: refused, named.
     with pytest.raises(ConfigError, match="train.microbatches=3"):
         compile_check(load_config(GRPO, [*args, "--config.train.microbatches=3"]))
+
+
+def test_judge_preset_plans_a_judge_without_its_checkpoint(tmp_path):
+    """`reward.judge_preset` (no `judge_path`): a shape-only folder that the judge
+    loader reads as a checkpoint's config and tokenizer, gone afterwards; a
+    `judge_path` is used as it is."""
+    import json
+    import os
+
+    from ml_collections import ConfigDict
+
+    from kardia_jax.data.tokenizer import read_tokenizer
+    from kardia_jax.models import ModelConfig, get_preset
+    from kardia_jax.pipeline.compile_check import judge_folder
+
+    reward = ConfigDict(dict(judge_path="", judge_preset="qwen3_8b"))
+    with judge_folder(reward) as folder:
+        cfg = ModelConfig.from_pretrained(folder)
+        assert cfg == get_preset("qwen3_8b").replace(generation_config_json=None)
+        assert read_tokenizer(folder).apply_chat_template(
+            [{"role": "user", "content": "hi"}], tokenize=False
+        )
+        with open(os.path.join(folder, "config.json")) as f:
+            assert json.load(f)["model_type"] == "qwen3"
+    assert not os.path.exists(folder)
+    reward = ConfigDict(dict(judge_path=str(tmp_path), judge_preset="qwen3_8b"))
+    with judge_folder(reward) as folder:
+        assert folder == str(tmp_path)
+    with judge_folder(ConfigDict(dict(judge_path="", judge_preset=""))) as folder:
+        assert folder == ""
