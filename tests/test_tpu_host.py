@@ -3,6 +3,7 @@ no libtpu, absl or TPU-init lines in its output, and `compile-check --topology` 
 builds the TPU slice; a user's own settings win (kardia_jax/host.py)."""
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -141,11 +142,12 @@ def test_sft_steps_are_quiet_and_run_on_cpu(tmp_path):
 @pytest.mark.slow
 def test_compile_check_on_a_topology_is_quiet():
     rc, output = run_cli(
-        "compile-check", "--config", "configs/sft_tiny.py", "--topology", "v5e:2x2"
+        "compile-check", "--config", "configs/sft_tiny.py", "--topology", "v5e:2x2", "--json"
     )
     assert rc == 0, output
     assert noise_in(output) == []
-    assert "on tpu (TPU v5 lite)" in output  # the slice's chips, not the host's CPU
+    result = json.loads(output)  # nothing but the JSON object: no line of noise either
+    assert (result["platform"], result["device_kind"]) == ("tpu", "TPU v5 lite")
 
 
 @needs_cpu_host_with_libtpu

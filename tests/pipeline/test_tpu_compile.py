@@ -48,8 +48,12 @@ def test_programs_compile_for_tpu_with_memory_figures(sft_result, grpo_result):
         assert result["kernels"] == "tpu"  # from the mesh, not jax.default_backend()
         assert result["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
         for p in result["programs"]:
-            assert p.argument_bytes > 0 and p.temp_bytes > 0 and p.peak_bytes > 0, p.name
+            assert p.argument_bytes > 0 and p.peak_bytes > 0, p.name
             assert p.flops > 0, p.name
+            # A backward pass always has temporaries; a forward may have none (libtpu
+            # 0.0.50, jax 0.12, reports 0 for the log-prob program, 0.0.42 4.3 MB).
+            if p.name in ("sft_train_step", "grpo_update_step"):
+                assert p.temp_bytes > 0, p.name
     assert [p.name for p in sft_result["programs"]] == ["sft_train_step"]
     assert [p.name for p in grpo_result["programs"]] == GRPO_PROGRAMS
     # FSDP over 4 chips: every collective of the partitioned program is the TPU's.
