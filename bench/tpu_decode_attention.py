@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from collections import Counter
 
-os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+from kardia_jax.host import quiet_cpu_host  # noqa: E402
+
+quiet_cpu_host()  # as the CLI: no libtpu probe warnings, no lockfile
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

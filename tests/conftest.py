@@ -18,13 +18,13 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " " + FAST_COMPILE_FLAG
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Compile-only TPU topologies load libtpu, which by default allows one process per
-# machine (a lockfile); pytest-xdist workers each build their own.
-os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
-from kardia_jax.host import keep_freed_memory  # noqa: E402
+from kardia_jax.host import keep_freed_memory, quiet_cpu_host  # noqa: E402
 
 keep_freed_memory()  # as the CLI does, before XLA starts its threads
+# As the CLI does: with libtpu and no TPU, its start-up environment (no probe
+# warnings; no lockfile, so every pytest-xdist worker can build a TPU topology).
+quiet_cpu_host()
 
 import jax  # noqa: E402
 

@@ -3,7 +3,6 @@ attention: forward and gradients in Pallas interpret mode on CPU, the shard_map 
 on 8 fake devices, and Mosaic compiling it for a compile-only TPU slice."""
 
 import importlib.util
-import os
 
 import jax
 import jax.numpy as jnp
@@ -213,9 +212,6 @@ def test_mosaic_compiles_forward_and_backward_for_tpu(h):
     both backward kernels are Mosaic custom calls, head dims below 128 included."""
     from jax.experimental import topologies
 
-    # libtpu's lockfile refuses a second process that loads it (another test worker);
-    # a compile-only topology touches no chip, so sharing it is safe.
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     devices = topologies.get_topology_desc("v5e:2x2", "tpu").devices
     mesh = Mesh(np.array(devices).reshape(2, 2), ("data", "tensor"))
     b, t, n, k = 4, 256, 4, 2

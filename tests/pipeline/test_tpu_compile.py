@@ -8,6 +8,7 @@ import importlib.util
 import pytest
 
 from kardia_jax.config_files import load_config
+from kardia_jax.pipeline import compile_check as compile_check_module
 from kardia_jax.pipeline.compile_check import compile_check, topology_devices
 
 from .test_compile_check import (  # noqa: F401  (fixtures)
@@ -29,17 +30,36 @@ def v5e():
     return topology_devices("v5e:2x2")
 
 
+# name -> compiled HLO text of every program the fixtures compile.
+HLO: dict[str, str] = {}
+
+
+def _compile_check(config, devices):
+    """compile_check, keeping each compiled program's HLO text (its op metadata names
+    the source functions a program was traced from)."""
+    compile_program = compile_check_module.compile_program
+
+    def keep(lowered, name):
+        compiled = compile_program(lowered, name)
+        HLO[name] = compiled.as_text()
+        return compiled
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(compile_check_module, "compile_program", keep)
+        return compile_check(config, devices)
+
+
 @pytest.fixture(scope="module")
 def sft_result(small_tokenizer, v5e):
     # One 256 bucket: the smallest shapes the config runs at.
     overrides = [f"--config.data.tokenizer={small_tokenizer}", "--config.data.buckets=(256,)"]
-    return compile_check(load_config(SFT, overrides), v5e)
+    return _compile_check(load_config(SFT, overrides), v5e)
 
 
 @pytest.fixture(scope="module")
 def grpo_result(small_tokenizer, policy_dir, judge_dir, v5e):  # noqa: F811
     overrides = grpo_overrides(small_tokenizer, policy_dir, judge_dir)
-    return compile_check(load_config(GRPO, overrides), v5e)
+    return _compile_check(load_config(GRPO, overrides), v5e)
 
 
 def test_programs_compile_for_tpu_with_memory_figures(sft_result, grpo_result):
@@ -54,11 +74,28 @@ def test_programs_compile_for_tpu_with_memory_figures(sft_result, grpo_result):
             # 0.0.50, jax 0.12, reports 0 for the log-prob program, 0.0.42 4.3 MB).
             if p.name in ("sft_train_step", "grpo_update_step"):
                 assert p.temp_bytes > 0, p.name
+            # The TPU compiler's own peak of live buffers, beside our sum of the parts;
+            # the budget is held to the larger.
+            assert p.compiler_peak_bytes > 0, p.name
+            assert p.needed_bytes >= max(p.peak_bytes, p.compiler_peak_bytes), p.name
     assert [p.name for p in sft_result["programs"]] == ["sft_train_step"]
     assert [p.name for p in grpo_result["programs"]] == GRPO_PROGRAMS
     # FSDP over 4 chips: every collective of the partitioned program is the TPU's.
     update = grpo_result["programs"][GRPO_PROGRAMS.index("grpo_update_step")]
     assert update.custom_calls.get("AsyncCollectiveStart", 0) > 0
+
+
+def test_no_cpu_form_is_in_a_tpu_program(sft_result, grpo_result):
+    """The CPU forms (models/kernels.py) leave their source names in the op metadata
+    of a program traced through them (`cpu_matmul`, the multiply-reduce decode head
+    `step_logits` takes only on CPU, the transposed key cache's writes); none is in
+    the programs compiled for the TPU, and the decode state's key cache is laid out
+    as the values."""
+    names = [p.name for r in (sft_result, grpo_result) for p in r["programs"]]
+    assert set(names) <= set(HLO), sorted(set(names) - set(HLO))
+    for name in names:
+        assert "cpu_matmul" not in HLO[name], name
+        assert "_matmul_2d" not in HLO[name], name
 
 
 def test_splash_attention_is_in_the_sft_step_and_the_prefill(sft_result, grpo_result):
