@@ -48,3 +48,20 @@ def test_an_unknown_config_is_refused_naming_the_shipped_ones(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=r"does not exist \(bundled configs: .*pipeline_demo"):
         load_config(spec)
+
+
+def test_tpu_configs_are_named_by_the_slice_their_docstring_gives():
+    """configs/tpu/<run>_<slice>.py: each loads by that path from any directory, and the
+    topology its docstring's compile-check command uses is the slice of its name."""
+    import re
+
+    from kardia_jax.config_files import BUNDLED_CONFIGS, load_config
+    from kardia_jax.pipeline.compile_check import parse_topology
+
+    files = sorted((BUNDLED_CONFIGS / "tpu").glob("[!_]*.py"))
+    assert files
+    for path in files:
+        config = load_config(f"configs/tpu/{path.name}")
+        assert config.model.preset, path.name
+        topology = re.search(r"--topology (\S+)", path.read_text()).group(1)
+        assert path.stem.endswith("_" + parse_topology(topology).name), (path.name, topology)

@@ -819,9 +819,13 @@ def main(args) -> int:
     if tpu is not None:
         result["slice"] = tpu.describe()
         if budget is None:
-            # Compile-only v4 devices are TensorCores: each gets half the chip's HBM.
-            budget = tpu.hbm_gib / devices_per_chip(devices)
+            # Compile-only v4 devices are TensorCores: each gets half the chip's HBM. A
+            # config may ask for headroom (`compile_check.hbm_fraction`, e.g. 0.9).
+            fraction = float(config.get("compile_check", {}).get("hbm_fraction", 1.0))
+            budget = tpu.hbm_gib / devices_per_chip(devices) * fraction
             source = f"{tpu.generation} HBM per device"
+            if fraction != 1.0:
+                source = f"{fraction:.0%} of {source} (compile_check.hbm_fraction)"
     elif budget is None and devices is None:
         budget, source = _device_memory_gib()
     result["budget_gib"], result["budget_source"] = budget, source if budget else ""
