@@ -399,9 +399,11 @@ def judge_program(config_dir: str, settings, dtype: str, target: Target, rows: i
     buckets = judge.config.length_buckets
     bucket = judge.length_bucket(min(length, buckets[-1])) if length else buckets[-1]
     head = list(judge.builder.head_ids)
-    program, args = judge.scoring_program([head + [judge.pad_id] * bucket], batch=rows)
+    # The batch `_load_judge` warms up and every scoring call pads to.
+    batch = judge.warm_batch(rows)
+    program, args = judge.scoring_program([head + [judge.pad_id] * bucket], batch=batch)
     compiled = compile_program(program.lower(judge.graphdef, judge.params, *args), "judge_scoring")
-    shapes = f"{rows} candidates x ({len(head)} rubric + {bucket}) tokens"
+    shapes = f"{batch} candidates x ({len(head)} rubric + {bucket}) tokens"
     return "judge_scoring", shapes, compiled, device_bytes(params)
 
 

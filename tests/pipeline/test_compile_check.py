@@ -170,6 +170,19 @@ def test_grpo_tiny_compiles_every_program_with_what_stays_resident(
     assert names == GRPO_PROGRAMS[:-1]
 
 
+def test_the_judge_compiles_at_the_batch_its_calls_pad_to(small_tokenizer, policy_dir, judge_dir):
+    """`reward.judge.max_batch` caps the judge's batch (`RubricJudge.warm_batch`):
+    compile-check compiles scoring at that batch, not at the rollout count, and its
+    memory shrinks with it."""
+    overrides = grpo_overrides(small_tokenizer, policy_dir, judge_dir)
+    full = compile_check(load_config(GRPO, overrides))["programs"][-1]
+    capped = compile_check(load_config(GRPO, overrides + ["--config.reward.judge.max_batch=8"]))
+    judge = capped["programs"][-1]
+    assert judge.name == full.name == "judge_scoring"
+    assert full.shapes.startswith("16 candidates") and judge.shapes.startswith("8 candidates")
+    assert judge.temp_bytes < full.temp_bytes
+
+
 def test_eval_tiny_compiles_generation_and_judge_on_one_device(
     small_tokenizer, policy_dir, judge_dir
 ):
