@@ -642,7 +642,9 @@ def compile_check(config, devices=None) -> dict:
 
     # Programs for compile-only devices (a TPU topology) cannot be read back from the
     # persistent compilation cache (there is no client to load them into): writing
-    # them there only makes a later read warn and compile again.
+    # them there only makes a later read warn and compile again. (jax decides once per
+    # process, at its first compile: this holds for the CLI, not inside a process
+    # that compiled before.)
     compile_only = devices is not None and {d.platform for d in devices} != {
         d.platform for d in jax.devices()
     }

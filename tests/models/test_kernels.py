@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from kardia_jax.errors import ConfigError
 from kardia_jax.models import kernels, load_hf_model
 from kardia_jax.models.config import ModelConfig
 from kardia_jax.models.logprobs import weighted_log_prob_sum
@@ -37,7 +38,7 @@ def test_explicit_kernels_win_and_auto_follows_the_mesh_devices():
     assert kernels.resolve(TINY).kernels == "cpu"  # this process's devices are CPUs
     mesh = make_mesh({"data": 2, "tensor": 2}, devices=jax.devices()[:4])
     assert kernels.resolve(TINY, mesh).kernels == "cpu"
-    with pytest.raises(Exception, match="kernels"):
+    with pytest.raises(ConfigError, match="kernels"):
         TINY.replace(kernels="gpu-fast")
 
 
