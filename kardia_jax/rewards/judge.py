@@ -46,6 +46,9 @@ class JudgeConfig:
     prefix_sharing: bool = True  # prefill (rubric, context, candidate) once for 5 dimensions
     empty_score: float | None = 1.0  # empty replies get this on every dimension; None: judge
     max_batch: int = 32  # candidates per compiled call (rounded to a power of two)
+    # Layers as one scanned stack: under FSDP the TPU compiler then gathers one layer's
+    # weights at a time; unrolled, it gathers most of them ahead (docs/tpu.md).
+    scan_layers: bool = True
     length_buckets: tuple[int, ...] = (256, 512, 768, 1024, 1536, 2048, 3072, 4096)
     limits: PromptLimits = PromptLimits()  # its max_prompt_tokens is max(length_buckets)
     chat_template_kwargs: tuple[tuple[str, object], ...] = (("enable_thinking", False),)
@@ -90,6 +93,7 @@ def judge_section() -> ConfigDict:
     c.show_reasoning = d.show_reasoning  # unpublished; ours: judge sees only the response
     c.mode = d.mode  # ours: E[score] over "1".."5" | "generate" (decode, parse)
     c.max_batch = d.max_batch  # ours: candidates per compiled judge call
+    c.scan_layers = d.scan_layers  # ours: the judge's layers scanned (memory under FSDP)
     c.length_buckets = d.length_buckets  # ours: padded judge prompt lengths
     # ours: longer completions are cut before judging
     c.max_candidate_tokens = d.limits.max_candidate_tokens
@@ -191,6 +195,7 @@ class RubricJudge:
         from kardia_jax.models import load_hf_model
 
         path = os.fspath(path)
+        model_overrides.setdefault("scan_layers", config.scan_layers)
         model = load_hf_model(path, dtype=dtype, mesh=mesh, rules=rules, **model_overrides)
         if tokenizer is None or isinstance(tokenizer, str | os.PathLike):
             tokenizer = _load_tokenizer(os.fspath(tokenizer or path))

@@ -22,9 +22,6 @@ def random_dir(tmp_path_factory):
     return path
 
 
-SCANNED = {"scan_layers": True}
-
-
 def make_judge(path, *, mesh=None, dtype="float32", overrides=None, **settings):
     settings.setdefault("length_buckets", LENGTH_BUCKETS)
     settings.setdefault("max_batch", 8)
@@ -41,13 +38,14 @@ def make_judge(path, *, mesh=None, dtype="float32", overrides=None, **settings):
 
 @pytest.fixture(scope="session")
 def marker_judge(marker_dir):
-    return make_judge(marker_dir)
+    """Unrolled layers (`scan_layers` off), the path `random_judge` does not take."""
+    return make_judge(marker_dir, scan_layers=False)
 
 
 @pytest.fixture(scope="session")
 def random_judge(random_dir):
-    """Scanned layers: the stacked-cache path of `forward_with_cache`."""
-    return make_judge(random_dir, overrides=SCANNED)
+    """Scanned layers (the default): the stacked-cache path of `forward_with_cache`."""
+    return make_judge(random_dir)
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from kardia_jax.rewards import (
 )
 from kardia_jax.sharding import make_mesh
 
-from .conftest import SCANNED, make_judge
+from .conftest import make_judge
 from .helpers import marker_reference, numpy_model
 
 
@@ -145,7 +145,7 @@ def test_warm_up_leaves_nothing_to_compile(random_dir, contexts):
     # two buckets lower no new program (the persistent compilation cache would hide
     # a compile, not a lowering).
     buckets = (256, 512, 768)
-    judge = make_judge(random_dir, overrides=SCANNED, length_buckets=buckets)
+    judge = make_judge(random_dir, length_buckets=buckets)
     assert judge.warm_up(rows=8)[0] == 3
     calls = [(rows, words) for rows in (1, 3, 8, 11) for words in (2, 60)]  # 11: two chunks
 
@@ -166,16 +166,16 @@ def test_warm_up_leaves_nothing_to_compile(random_dir, contexts):
     assert _LOWERINGS[start:] == []
     # The same calls on a judge without warm_up lower programs: the check can fail.
     start = len(_LOWERINGS)
-    judge_all(make_judge(random_dir, overrides=SCANNED, length_buckets=buckets))
+    judge_all(make_judge(random_dir, length_buckets=buckets))
     assert len(_LOWERINGS) > start
     # max_tokens stops at the first bucket that holds it.
-    cold = make_judge(random_dir, overrides=SCANNED, length_buckets=buckets)
+    cold = make_judge(random_dir, length_buckets=buckets)
     assert cold.warm_up(rows=2, max_tokens=300)[0] == 2
 
 
 def test_scores_on_the_policy_mesh_match_one_device(random_dir, random_judge, items):
     mesh = make_mesh({"data": 4, "tensor": 2})
-    judge = make_judge(random_dir, mesh=mesh, overrides=SCANNED)
+    judge = make_judge(random_dir, mesh=mesh)
     q = judge.params["layers"]["self_attn"]["q_proj"]["kernel"].get_value()
     assert q.sharding.spec == jax.sharding.PartitionSpec(None, None, "tensor", None)  # [L,D,N,H]
     diff = np.abs(judge.score(*items) - random_judge.score(*items)).max()
@@ -191,7 +191,7 @@ def test_scores_with_xla_and_tpu_kernels_match_the_cpu_forms(
     through splash attention over the cache's filled slots (interpret mode here; in
     shard_map on the mesh); both scoring paths agree with the CPU forms."""
     mesh = make_mesh({"data": 4, "tensor": 2}) if on_mesh else None
-    judge = make_judge(random_dir, mesh=mesh, overrides={**SCANNED, "kernels": forms})
+    judge = make_judge(random_dir, mesh=mesh, overrides={"kernels": forms})
     assert judge.model_config.kernels == forms
     prompts = random_judge.prompts(*items)
     for sharing in (True, False):
@@ -201,13 +201,23 @@ def test_scores_with_xla_and_tpu_kernels_match_the_cpu_forms(
         assert diff <= 1e-5, f"{forms}, prefix sharing {sharing}: max diff {diff:.2e}"
 
 
+def test_layers_are_scanned_unless_the_setting_turns_it_off(random_dir, random_judge, items):
+    assert random_judge.model_config.scan_layers
+    unrolled = make_judge(random_dir, scan_layers=False)
+    assert not unrolled.model_config.scan_layers
+    q = random_judge.params["layers"]["self_attn"]["q_proj"]["kernel"].get_value()
+    assert q.ndim == 4  # [L, D, N, H]: the layers stacked on a leading axis
+    diff = np.abs(unrolled.score(*items) - random_judge.score(*items)).max()
+    assert diff <= 1e-5, f"scanned vs unrolled judge: max diff {diff:.2e}"
+
+
 def test_bf16_is_the_default_and_close_to_float32(random_dir, random_judge, items):
     from .helpers import TEST_RUBRIC
 
     cfg = JudgeConfig(
         length_buckets=(512,), max_batch=8, limits=PromptLimits(max_candidate_tokens=96)
     )
-    judge = RubricJudge.from_pretrained(random_dir, cfg, rubric=TEST_RUBRIC, **SCANNED)
+    judge = RubricJudge.from_pretrained(random_dir, cfg, rubric=TEST_RUBRIC)
     assert judge.model_config.param_dtype == judge.model_config.dtype == "bfloat16"
     diff = np.abs(judge.score(*items) - random_judge.score(*items)).max()
     assert 0 < diff < 0.1
@@ -216,7 +226,7 @@ def test_bf16_is_the_default_and_close_to_float32(random_dir, random_judge, item
 def test_generate_mode_counts_parse_failures_and_falls_back(random_dir, random_judge, items):
     # A random judge writes no "Name: digit" lines: every judged prompt fails to parse.
     expected = random_judge.evaluate(*items)
-    judge = make_judge(random_dir, mode="generate", max_new_tokens=8, overrides=SCANNED)
+    judge = make_judge(random_dir, mode="generate", max_new_tokens=8)
     result = judge.evaluate(*items)
     assert result.counts["parse_failures"] == result.counts["judged"] == 5
     np.testing.assert_allclose(result.scores, expected.scores, atol=1e-6)  # "expected" fallback
