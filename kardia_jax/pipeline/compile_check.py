@@ -387,7 +387,7 @@ def judge_program(config_dir: str, settings, dtype: str, target: Target, rows: i
     from kardia_jax.rewards.judge import RubricJudge
 
     cfg = ModelConfig.from_pretrained(config_dir, param_dtype=dtype, dtype=dtype)
-    graphdef, params = placed_model(cfg, target)
+    graphdef, params = placed_model(cfg.replace(scan_layers=settings.scan_layers), target)
     judge = RubricJudge(
         nnx.merge(graphdef, params),
         read_tokenizer(config_dir, "judge's tokenizer"),
