@@ -78,7 +78,7 @@ def read_log(path: str) -> dict[str, list[tuple[int, float]]]:
     step written twice (a run's final evaluation at a step it already evaluated)
     keeps the later row; a torn last line (a writer killed mid-line) is left out."""
     by_field: dict[str, dict[int, float]] = {}
-    for row in store.read_jsonl(path, repair=False):  # a reader never edits a run's logs
+    for row in store.read_jsonl(path):  # a reader never edits a run's logs
         step = row.get("step")
         if not isinstance(step, int) or isinstance(step, bool):
             continue
@@ -356,11 +356,11 @@ def _pick(ids: list[str], k: int, seed: int) -> list[str]:
 
 def _read_answers(view: View) -> tuple[dict[str, dict], dict[str, list]]:
     """A row's completions by id, and its scores from the judge its results name."""
-    comps = store.read_jsonl(os.path.join(view.eval_dir, store.COMPLETIONS), repair=False)
+    comps = store.read_jsonl(os.path.join(view.eval_dir, store.COMPLETIONS))
     ident = view.results.get("rubric", {}).get("judge")
     scores = {}
     if ident:
-        for r in store.read_jsonl(os.path.join(view.eval_dir, store.SCORES), repair=False):
+        for r in store.read_jsonl(os.path.join(view.eval_dir, store.SCORES)):
             if r.get("judge") == ident:
                 scores[r["id"]] = r["scores"]
     return {r["id"]: r for r in comps}, scores

@@ -155,7 +155,7 @@ class _Policy:
 def generate_missing(items, path: str, make_policy, config: ConfigDict) -> int:
     """Generates the items whose ids are not in `path` yet, appending each batch as
     it finishes; returns how many were generated."""
-    done = {r["id"] for r in store.read_jsonl(path)}
+    done = {r["id"] for r in store.resume_jsonl(path)}  # cuts a torn last line
     todo = [it for it in items if it.id not in done]
     if not todo:
         return 0
@@ -197,7 +197,7 @@ def judge_missing(items, completions: dict, judge, path: str, batch_size: int) -
     from kardia_jax.rewards.prompt import JudgeContext
 
     ident = judge_identity(judge)
-    done = {r["id"] for r in store.read_jsonl(path) if r.get("judge") == ident}
+    done = {r["id"] for r in store.resume_jsonl(path) if r.get("judge") == ident}
     todo = [it for it in items if it.id not in done]
     t0, scored = time.perf_counter(), 0
     for k in range(0, len(todo), batch_size):
@@ -242,7 +242,7 @@ def api_judge(config: ConfigDict, spec: str, workdir: str):
     return ApiJudge.from_spec(
         spec,
         api_judge_settings(config.judge),
-        cache_rows=store.read_jsonl(path),
+        cache_rows=store.resume_jsonl(path),
         record=lambda row: store.append_jsonl(path, [row]),
     )
 

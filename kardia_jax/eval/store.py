@@ -8,9 +8,11 @@ import os
 
 from kardia_jax.errors import ConfigError, DataError
 
-# The workdir's writers, re-exported: eval code calls them as store.append_jsonl and
-# store.write_text next to the workdir's file names.
+# The workdir's readers and writers, re-exported: eval code calls them as
+# store.append_jsonl and store.write_text next to the workdir's file names.
 from kardia_jax.jsonio import append_jsonl as append_jsonl
+from kardia_jax.jsonio import read_jsonl as read_jsonl
+from kardia_jax.jsonio import resume_jsonl as resume_jsonl
 from kardia_jax.jsonio import write_json as write_json
 from kardia_jax.jsonio import write_text as write_text
 
@@ -20,40 +22,6 @@ MANIFEST = "manifest.json"
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 REPORT_HTML = "report.html"
-
-
-def read_jsonl(path: str, *, repair: bool = True) -> list[dict]:
-    """The rows of an append-only JSONL file. A torn last line (a kill mid-write: no
-    final newline, or not JSON) is cut off the file when `repair`; a bad line before
-    the last one is corruption, not a torn write, and raises naming the line."""
-    if not os.path.exists(path):
-        return []
-    with open(path, "rb") as f:
-        data = f.read()
-    rows, good = [], 0
-    lines = data.split(b"\n")
-    for n, raw in enumerate(lines, 1):
-        last = n == len(lines) or (n == len(lines) - 1 and lines[-1] == b"")
-        if not raw.strip():
-            if not last:
-                good += len(raw) + 1
-            continue
-        complete = n < len(lines)  # followed by a newline
-        try:
-            row = json.loads(raw.decode("utf-8"))
-            if not isinstance(row, dict):
-                raise ValueError("not an object")
-        except (UnicodeDecodeError, ValueError) as e:
-            if last:
-                break
-            raise DataError(f"{path}:{n}: not a JSON object ({e}); the file is corrupt") from None
-        if not complete:
-            break  # parses, but its newline never made it: treat as torn, write it again
-        rows.append(row)
-        good += len(raw) + 1
-    if good < len(data) and repair:
-        os.truncate(path, good)
-    return rows
 
 
 def check_manifest(workdir: str, settings: dict, *, write: bool = True) -> None:

@@ -31,7 +31,7 @@ from kardia_jax.data.tokenizer import load_tokenizer
 from kardia_jax.data.validate import data_record, load_dialogues, write_data_record
 from kardia_jax.errors import ConfigError, DataError, TrainingHalted
 from kardia_jax.host import HeapGuard
-from kardia_jax.jsonio import append_jsonl
+from kardia_jax.jsonio import append_jsonl, resume_jsonl
 from kardia_jax.models import (
     ModelConfig,
     check_hf_checkpoint,
@@ -66,7 +66,7 @@ from kardia_jax.sampling.sampler import PROMPT_BUCKETS
 from kardia_jax.sharding import batch_shards
 from kardia_jax.train.checkpoints import resume_or_init
 from kardia_jax.train.distributed import global_batch, host_rows
-from kardia_jax.train.metrics import MetricsLogger, truncate_jsonl
+from kardia_jax.train.metrics import MetricsLogger
 from kardia_jax.train.optim import make_optimizer
 from kardia_jax.train.setup import mesh_and_rules, planned_model_config
 from kardia_jax.train.state import (
@@ -309,9 +309,9 @@ def start_run(config: ConfigDict, workdir: str, inputs: GRPOInputs) -> GRPORun:
     write_data_record(workdir, inputs.data)  # process 0
     if main:
         for name in ("rollouts.jsonl", "grpo_log.jsonl"):
-            truncate_jsonl(os.path.join(workdir, name), start)
+            resume_jsonl(os.path.join(workdir, name), start)
         # A fresh run scores its baseline again: no row survives.
-        truncate_jsonl(os.path.join(workdir, SELECTION_LOG), start if start else -1)
+        resume_jsonl(os.path.join(workdir, SELECTION_LOG), start if start else -1)
     return GRPORun(
         config=config,
         workdir=workdir,

@@ -6,7 +6,6 @@ WORKDIR/best/hf, and the history goes to WORKDIR/selection.jsonl."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -19,7 +18,7 @@ from ml_collections import ConfigDict
 
 from kardia_jax.data.splits import profile_split
 from kardia_jax.errors import ConfigError, DataError, KardiaError
-from kardia_jax.jsonio import append_jsonl
+from kardia_jax.jsonio import append_jsonl, read_jsonl
 from kardia_jax.models.checkpoint import publish_dir
 from kardia_jax.rl import rollout
 from kardia_jax.sampling import SamplingConfig
@@ -80,13 +79,10 @@ class Best:
 
 def read_history(path: str, upto: int) -> Best:
     """The best so far from `path`'s rows up to step `upto` (a resumed run's history;
-    rows past it were written after the restored checkpoint and are dropped)."""
+    rows past it were written after the restored checkpoint and are dropped). Every host
+    reads it, maybe before process 0 has cut a torn last line: it is left out."""
     best = Best()
-    if not os.path.exists(path):
-        return best
-    with open(path, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    for row in rows:
+    for row in read_jsonl(path):
         step, score = int(row["step"]), float(row["score"])
         if step > upto:
             continue

@@ -3,12 +3,9 @@ progress line with ETA. Values reach the host only every `log_every` steps."""
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 
-from kardia_jax.jsonio import write_text
 from kardia_jax.models.config import ModelConfig
 
 
@@ -76,13 +73,3 @@ def _fmt(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     h, m = divmod(m, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
-
-
-def truncate_jsonl(path: str, step: int) -> None:
-    """On resume, drops log rows past the restored step (written before a kill), so the
-    resumed run's log equals an uninterrupted one."""
-    if not os.path.exists(path):
-        return
-    with open(path, encoding="utf-8") as f:
-        keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    write_text(path, "".join(keep))

@@ -23,12 +23,12 @@ from kardia_jax.data.tokenizer import load_tokenizer, span_marker_ids
 from kardia_jax.data.validate import data_record, load_dialogues, write_data_record
 from kardia_jax.errors import DataError, TrainingHalted
 from kardia_jax.host import HeapGuard
-from kardia_jax.jsonio import append_jsonl
+from kardia_jax.jsonio import append_jsonl, resume_jsonl
 from kardia_jax.models import ModelConfig, check_hf_checkpoint, save_hf_model
 from kardia_jax.models.decoder import Transformer
 from kardia_jax.train.checkpoints import resume_or_init
 from kardia_jax.train.distributed import global_batch, host_rows
-from kardia_jax.train.metrics import MetricsLogger, flops_per_token, truncate_jsonl
+from kardia_jax.train.metrics import MetricsLogger, flops_per_token
 from kardia_jax.train.optim import learning_rate_schedule, make_optimizer
 from kardia_jax.train.setup import check_batch, mesh_and_rules, planned_model_config
 from kardia_jax.train.state import (
@@ -169,8 +169,8 @@ def run_sft(config: ConfigDict, workdir: str, inputs: SFTInputs | None = None) -
     log_path = os.path.join(workdir, "train_log.jsonl")
     eval_log_path = os.path.join(workdir, "eval_log.jsonl")  # held-out loss: {step, loss}
     if main:
-        truncate_jsonl(log_path, start)
-        truncate_jsonl(eval_log_path, start)
+        resume_jsonl(log_path, start)
+        resume_jsonl(eval_log_path, start)
     logger = MetricsLogger(os.path.join(workdir, "tb"), total_steps, enabled=main)
     preempt = _Preemption()
     pending: list[tuple[int, dict, int, float]] = []  # device metrics not yet fetched

@@ -274,4 +274,4 @@ def test_rows_report_shows_every_row_and_their_answers_side_by_side(tmp_path):
 
 
 def read_rows(path):
-    return store.read_jsonl(os.path.join(path, store.COMPLETIONS), repair=False)
+    return store.read_jsonl(os.path.join(path, store.COMPLETIONS))

@@ -1,7 +1,9 @@
-"""SFT runs that start from a Hugging Face checkpoint, meet a corrupt checkpoint, or
-blow up: each ends with a usable result or a clear message, never a silent loss."""
+"""SFT runs that start from a Hugging Face checkpoint, meet a corrupt checkpoint or a
+torn log line, or blow up: each ends with a usable result or a clear message, never a
+silent loss."""
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -71,6 +73,32 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(
     assert "checkpoints/4 is unreadable" in out and "resumed from step 2" in out
     assert any(n.startswith("4.unreadable-") for n in os.listdir(tmp_path / "checkpoints"))
     assert [r["step"] for r in read_log(tmp_path)] == list(range(1, 7))
+
+
+def test_a_log_line_torn_by_a_kill_is_cut_on_resume(tmp_path, small_tokenizer, capsys):
+    settings = {"train.steps": 4, "checkpoint.every": 2}
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert sft(straight, small_tokenizer, **settings) == 0
+    # Killed while writing step 4's row, after the step-2 checkpoint: no checkpoint 4,
+    # step 3's row past the checkpoint, and half a line at the end of each log.
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "4")
+    train, held = resumed / "train_log.jsonl", resumed / "eval_log.jsonl"
+    lines = train.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 4
+    train.write_bytes(b"".join(lines[:3]) + lines[3][:20])
+    held.write_bytes(held.read_bytes().rstrip(b"\n"))  # a whole row, its newline lost
+    held_bytes = held.stat().st_size
+    capsys.readouterr()
+    assert sft(resumed, small_tokenizer, **settings) == 0
+    out = capsys.readouterr().out
+    assert "resumed from step 2" in out
+    assert [ln for ln in out.splitlines() if ln.startswith("warning:")] == [
+        f"warning: {train}: cut a torn last line (20 bytes) left by a kill",
+        f"warning: {held}: cut a torn last line ({held_bytes} bytes) left by a kill",
+    ]
+    assert read_log(resumed) == read_log(straight)
+    assert held.read_bytes() == (straight / "eval_log.jsonl").read_bytes()
 
 
 def test_repeated_non_finite_updates_stop_the_run_with_checkpoint_intact(
