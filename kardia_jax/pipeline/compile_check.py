@@ -10,10 +10,14 @@ before a pod is rented.
 Programs, each built by the factory its driver calls, at the run's largest shapes:
 - SFT: the train step at the largest bucket (every position a target);
 - GRPO: the rollout prefill and decode (the run's prompt bucket, group size and
-  `rollout.max_new_tokens`), the log-prob forward of the reference and old policies,
-  the update on one minibatch, and the judge's scoring when the reward uses one;
+  `rollout.max_new_tokens`), with `select.every` on the best-checkpoint selection's
+  prefill and decode (held-out prompts, one row each), the log-prob forward of the
+  reference and old policies, the update on one minibatch, and the judge's programs
+  when the reward uses one;
 - evaluation (`configs/eval_*.py`): the generation prefill and decode, and the
-  judge's scoring when `judge.path` names a checkpoint dir.
+  judge's programs when `judge.path` names a checkpoint dir.
+The judge's programs: its scoring; in "generate" mode its sampler's prefill and
+decode, and the scoring that a reply it cannot parse falls back to.
 Per device: arguments, outputs, donated (aliased) bytes and temporaries from
 `compiled.memory_analysis()`, what the run keeps on the device meanwhile (train state,
 frozen reference, judge), FLOPs from `compiled.cost_analysis()`, and the custom calls
@@ -375,11 +379,14 @@ def sampler_programs(sampler, graphdef, params, prompts, length, budget, samplin
     return [(f"{label}_prefill", shapes, pre), (f"{label}_decode", shapes, dec)]
 
 
-def judge_program(config_dir: str, settings, dtype: str, target: Target, rows: int, length):
-    """The judge's scoring program (`RubricJudge.scoring_program`) for `rows` candidates
-    at the length bucket holding `length` tokens (the longest when None), its model
-    shape from the checkpoint dir's config.json and its tokenizer (no weights):
-    (name, shapes, compiled, parameter bytes per device)."""
+def judge_programs(config_dir: str, settings, dtype: str, target: Target, rows: int, length):
+    """The programs the judge compiles for `rows` candidates per call at the length
+    bucket holding `length` tokens (the longest when None), its model shape from the
+    checkpoint dir's config.json and its tokenizer (no weights): in "expected" mode its
+    scoring program (`RubricJudge.scoring_program`); in "generate" mode its sampler's
+    prefill and decode (`rewards/generate.py`), and the scoring program when a reply it
+    cannot parse falls back to the expected score. ([(name, shapes, compiled)],
+    parameter bytes per device)."""
     from flax import nnx
 
     from kardia_jax.data.tokenizer import read_tokenizer
@@ -399,12 +406,56 @@ def judge_program(config_dir: str, settings, dtype: str, target: Target, rows: i
     buckets = judge.config.length_buckets
     bucket = judge.length_bucket(min(length, buckets[-1])) if length else buckets[-1]
     head = list(judge.builder.head_ids)
-    # The batch `_load_judge` warms up and every scoring call pads to.
-    batch = judge.warm_batch(rows)
-    program, args = judge.scoring_program([head + [judge.pad_id] * bucket], batch=batch)
-    compiled = compile_program(program.lower(judge.graphdef, judge.params, *args), "judge_scoring")
-    shapes = f"{batch} candidates x ({len(head)} rubric + {bucket}) tokens"
-    return "judge_scoring", shapes, compiled, device_bytes(params)
+    out = []
+    if settings.mode == "generate":
+        out += judge_sampler_programs(judge, rows, len(head) + bucket)
+    if settings.mode == "expected" or settings.parse_fallback == "expected":
+        # The batch `_load_judge` warms up and every scoring call pads to (in generate
+        # mode the parse failures of one call, at most as many).
+        batch = judge.warm_batch(rows)
+        program, args = judge.scoring_program([head + [judge.pad_id] * bucket], batch=batch)
+        lowered = program.lower(judge.graphdef, judge.params, *args)
+        compiled = compile_program(lowered, "judge_scoring")
+        shapes = f"{batch} candidates x ({len(head)} rubric + {bucket}) tokens"
+        if settings.mode == "generate":
+            shapes += " (replies it cannot parse)"
+        out.append(("judge_scoring", shapes, compiled))
+    return out, device_bytes(params)
+
+
+def judge_sampler_programs(judge, rows: int, longest: int):
+    """A generate-mode judge's prefill and decode: its sampler built as
+    `rewards.generate` builds it (default prompt and budget buckets, the judge's mesh),
+    called as `generate_scores` calls it (up to `batch_bucket(max_batch)` prompts a
+    call, one row each, `max_new_tokens`, `temperature`), for prompt prefixes of
+    `longest` tokens, within the builder's limit that leaves room for a dimension
+    suffix."""
+    from flax import nnx
+
+    from kardia_jax.sampling import Sampler, SamplingConfig
+    from kardia_jax.sampling.tokens import eos_ids_for
+
+    cfg, builder = judge.config, judge.builder
+    sampler = Sampler(
+        nnx.merge(judge.graphdef, judge.params),
+        eos_ids=eos_ids_for(judge.model_config, judge.tokenizer),
+        pad_id=judge.pad_id,
+        mesh=judge.mesh,
+        rules=judge.rules,
+    )
+    prompts = min(rows, judge.batch_bucket(cfg.max_batch))
+    limit = builder.limits.max_prompt_tokens - max(map(len, builder.suffix_ids))
+    return sampler_programs(
+        sampler,
+        sampler.graphdef,
+        sampler.params,
+        prompts,
+        min(longest, limit),
+        int(cfg.max_new_tokens),
+        SamplingConfig(temperature=float(cfg.temperature)),
+        1,
+        "judge",
+    )
 
 
 @contextlib.contextmanager
@@ -469,8 +520,9 @@ def _structs(abstract, shardings):
 
 
 def grpo_programs(config, target: Target, cfg, tokenizer) -> list[ProgramReport]:
-    """Rollout prefill and decode, the reference / old-policy log-probs, the update and
-    the judge's scoring, each with what the run keeps on the device beside it."""
+    """Rollout prefill and decode, the selection's (with `select.every` on), the
+    reference / old-policy log-probs, the update and the judge's programs, each with
+    what the run keeps on the device beside it."""
     import jax.numpy as jnp
     from flax import nnx
 
@@ -509,10 +561,10 @@ def grpo_programs(config, target: Target, cfg, tokenizer) -> list[ProgramReport]
     ref_bytes = params_bytes if loss.beta > 0 else 0
     rw = config.reward
     # The driver loads its judge when the rubric counts and no custom reward replaces it.
-    judge = None
+    judge, judge_bytes = [], 0
     with judge_folder(rw) as judge_dir:
         if judge_dir and rw.rubric and not rw.get("fn", ""):
-            judge = judge_program(
+            judge, judge_bytes = judge_programs(
                 judge_dir,
                 judge_config_from_section(rw.get("judge", {}), "reward.judge"),
                 rw.judge_dtype,
@@ -520,7 +572,6 @@ def grpo_programs(config, target: Target, cfg, tokenizer) -> list[ProgramReport]
                 rows,
                 int(1.5 * (max(buckets) + n)),  # the longest bucket `_load_judge` warms up
             )
-    judge_bytes = judge[3] if judge else 0
 
     # The sampler decodes the train state's own parameters; with unroll_layers a
     # scanned policy is decoded from an unrolled copy that lives all run long.
@@ -539,11 +590,29 @@ def grpo_programs(config, target: Target, cfg, tokenizer) -> list[ProgramReport]
     )
     sampling = SamplingConfig(temperature=rc.temperature, top_k=rc.top_k, top_p=rc.top_p)
     beside = state_bytes + ref_bytes + judge_bytes + copy_bytes  # all run long
-    out = []
-    for name, shapes, compiled in sampler_programs(
+    programs = sampler_programs(
         sampler, s_graphdef, s_params, prompts, length, n, sampling, rc.group_size, "rollout"
-    ):
-        resident = beside - device_bytes(s_params)
+    )
+    sel = config.get("select")
+    if sel is not None and int(sel.every):
+        # Best-checkpoint selection (`Selector.score`, as `grpo._selector` builds it):
+        # the rollouts' sampler answers held-out prompts, a batch of the rollouts' row
+        # count a call (fewer when select.prompts is smaller; the held-out count is
+        # unknown here, so this is the largest), one row each, at its own budget.
+        programs += sampler_programs(
+            sampler,
+            s_graphdef,
+            s_params,
+            min(int(sel.prompts), rows),
+            length,
+            int(sel.max_new_tokens) or n,
+            SamplingConfig(temperature=float(sel.temperature)),
+            1,
+            "select",
+        )
+    out = []
+    resident = beside - device_bytes(s_params)
+    for name, shapes, compiled in programs:
         out.append(_report(name, shapes + _beside(resident), compiled, None, resident))
 
     logp = jit_log_probs(loss, n, params_shardings=shardings.params, bsh=bsh)
@@ -573,9 +642,8 @@ def grpo_programs(config, target: Target, cfg, tokenizer) -> list[ProgramReport]
     )
     out.append(_report("grpo_update_step", shapes, compiled, est, resident))
 
-    if judge:
-        name, shapes, compiled, _ = judge
-        resident = beside - judge_bytes
+    resident = beside - judge_bytes
+    for name, shapes, compiled in judge:
         out.append(_report(name, shapes + _beside(resident), compiled, None, resident))
     return out
 
@@ -585,7 +653,7 @@ def _beside(resident: int) -> str:
 
 
 def eval_programs(config, target: Target, cfg, tokenizer) -> list[ProgramReport]:
-    """Generation (prefill + decode) and the judge's scoring. The driver frees the
+    """Generation (prefill + decode) and the judge's programs. The driver frees the
     policy before it loads the judge: nothing else stays resident."""
     from flax import nnx
 
@@ -622,10 +690,8 @@ def eval_programs(config, target: Target, cfg, tokenizer) -> list[ProgramReport]
     if path and not is_api_spec(path):
         settings = judge_settings(config.judge)
         rows = min(int(config.judge.batch_size), int(settings.max_batch))
-        name, shapes, compiled, _ = judge_program(
-            path, settings, config.judge.dtype, target, rows, None
-        )
-        out.append(_report(name, shapes, compiled))
+        judge, _ = judge_programs(path, settings, config.judge.dtype, target, rows, None)
+        out += [_report(name, shapes, compiled) for name, shapes, compiled in judge]
     return out
 
 

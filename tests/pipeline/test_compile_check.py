@@ -4,6 +4,7 @@ stays resident beside it, the JSON holds one object with every program, and an
 impossible budget fails cleanly (exit code 2, one message naming the program, the
 figure and the budget)."""
 
+import inspect
 import json
 import os
 
@@ -14,6 +15,7 @@ from kardia_jax.config_files import load_config
 from kardia_jax.errors import ConfigError
 from kardia_jax.pipeline.compile_check import (
     GIB,
+    LOG_PROBS,
     MemoryBudgetExceeded,
     check_budget,
     compile_check,
@@ -21,6 +23,7 @@ from kardia_jax.pipeline.compile_check import (
 from kardia_jax.train.optim import make_optimizer
 from kardia_jax.train.setup import mesh_and_rules, planned_model_config
 from kardia_jax.train.state import abstract_train_state, param_bytes_per_device, state_shardings
+from tests.factory_helpers import Stop
 from tests.train.conftest import REPO, run_cli
 
 SFT = os.path.join(REPO, "kardia_jax", "configs", "sft_tiny.py")
@@ -29,6 +32,8 @@ EVAL = os.path.join(REPO, "kardia_jax", "configs", "eval_tiny.py")
 GRPO_PROGRAMS = [
     "rollout_prefill",
     "rollout_decode",
+    "select_prefill",  # grpo_tiny scores held-out prompts (select.every = 2)
+    "select_decode",
     "grpo_log_probs (reference / old policy)",
     "grpo_update_step",
     "judge_scoring",
@@ -127,7 +132,16 @@ def test_grpo_tiny_compiles_every_program_with_what_stays_resident(
     programs = {p.name: p for p in result["programs"]}
     assert list(programs) == GRPO_PROGRAMS
     assert all(p.peak_bytes > 0 and p.flops > 0 for p in programs.values())
-    prefill, decode, logp, update, judge = programs.values()
+    prefill, decode, logp, update, judge = (
+        programs[k]
+        for k in (
+            "rollout_prefill",
+            "rollout_decode",
+            LOG_PROBS,
+            "grpo_update_step",
+            "judge_scoring",
+        )
+    )
     # The update holds the optimizer state too; the log-prob forward only the params.
     assert update.argument_bytes > 2 * logp.argument_bytes
     # beta > 0: the frozen reference stays on the devices, and the judge's parameters
@@ -150,7 +164,10 @@ def test_grpo_tiny_compiles_every_program_with_what_stays_resident(
     assert 0 < judge_params < judge.argument_bytes < judge_params + 16 * 512 * 8 + 4096
     # The sampler decodes the train state's parameters: the rest of the state, the
     # reference and the judge beside it; the decode takes (and donates) the cache.
-    assert prefill.resident_bytes == decode.resident_bytes == logp.resident_bytes
+    # Selection answers held-out prompts with the same sampler: the same beside it.
+    for name in ("rollout_decode", "select_prefill", "select_decode"):
+        assert programs[name].resident_bytes == prefill.resident_bytes, name
+    assert prefill.resident_bytes == logp.resident_bytes
     assert decode.alias_bytes > 0 and decode.argument_bytes > prefill.argument_bytes
     # 4 prompts x G 4 (the sampler pads the 4 prompts to the 8 data shards), the 512
     # bucket, 32 new tokens; the judge at one warm batch of 16.
@@ -181,6 +198,147 @@ def test_the_judge_compiles_at_the_batch_its_calls_pad_to(small_tokenizer, polic
     assert judge.name == full.name == "judge_scoring"
     assert full.shapes.startswith("16 candidates") and judge.shapes.startswith("8 candidates")
     assert judge.temp_bytes < full.temp_bytes
+
+
+class SamplerBuckets:
+    """Spies on `Sampler.programs`, the one builder of every prefill and decode: keeps
+    each call's (batch, prompt length, budget, sampling, group); with `stop` set,
+    raises `Stop` there instead (a driver's call then compiles and runs nothing)."""
+
+    def __init__(self, monkeypatch):
+        from kardia_jax.sampling import Sampler
+
+        self.calls, self.stop = [], False
+        real = Sampler.programs
+        signature = inspect.signature(real)
+
+        def spy(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            self.calls.append(tuple(bound.arguments.values())[1:])
+            if self.stop:
+                raise Stop
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(Sampler, "programs", spy)
+
+
+def test_selection_compiles_the_programs_the_selector_calls(
+    small_tokenizer, policy_dir, tmp_path, monkeypatch
+):
+    """With `select.every` on, the held-out answers' prefill and decode compile at the
+    (batch, prompt, budget, sampling, group) that the driver's Selector asks its
+    sampler for; with it off, they are not compiled."""
+    import types
+
+    import numpy as np
+
+    from kardia_jax.data.tokenizer import load_tokenizer
+    from kardia_jax.models import abstract_model
+    from kardia_jax.rl import grpo
+    from kardia_jax.sampling import Sampler
+
+    base = [f"--config.data.tokenizer={small_tokenizer}", f"--config.model.path={policy_dir}"]
+    # More prompts than a rollout's 16 rows, a budget and a temperature of its own:
+    # each differs from the rollouts' settings.
+    selection = ["--config.select.prompts=40", "--config.select.max_new_tokens=48"]
+    config = load_config(GRPO, [*base, *selection, "--config.select.temperature=0.7"])
+    spy = SamplerBuckets(monkeypatch)
+    programs = {p.name: p for p in compile_check(config)["programs"]}
+    assert list(programs) == GRPO_PROGRAMS[:-1]  # no rubric: no judge
+    _, select_call = spy.calls
+    for name in ("select_prefill", "select_decode"):
+        p = programs[name]
+        # 16 prompts a call (the rollouts' rows), one row each, 48 -> the 64 budget.
+        assert p.shapes.startswith("16 prompts x 512 tokens, 1 rows each, 64 new tokens")
+        assert p.peak_bytes > p.resident_bytes > 0 and p.flops > 0
+    assert programs["select_decode"].alias_bytes > 0  # the cache, donated
+    # The driver's Selector (`grpo._selector`) on a sampler built as `start_run` builds
+    # it, scoring held-out prompts of data.max_length tokens.
+    tokenizer = load_tokenizer(small_tokenizer)
+    mesh, rules = mesh_and_rules(config)
+    sampler = Sampler(
+        abstract_model(planned_model_config(config.model, len(tokenizer))),
+        eos_ids=(),
+        mesh=mesh,
+        rules=rules,
+        prompt_buckets=grpo.prompt_buckets(config),
+    )
+    run = types.SimpleNamespace(
+        config=config,
+        workdir=str(tmp_path),
+        sampler=sampler,
+        tokenizer=tokenizer,
+        stop_ids=(),
+        reward_fn=None,
+        judge=None,
+        start=0,
+        compiles=types.SimpleNamespace(count=0),
+    )
+    prompt = types.SimpleNamespace(prompt_ids=np.ones(int(config.data.max_length), np.int32))
+    spy.calls.clear()
+    spy.stop = True
+    with pytest.raises(Stop):
+        grpo._selector(run, [prompt] * 64).score(1)
+    assert spy.calls == [select_call]
+    # Selection off: neither program.
+    spy.stop = False
+    off = compile_check(load_config(GRPO, [*base, "--config.select.every=0"]))["programs"]
+    assert [p.name for p in off] == [n for n in GRPO_PROGRAMS[:-1] if not n.startswith("select")]
+
+
+def test_a_generate_mode_judge_compiles_its_sampler(
+    small_tokenizer, policy_dir, judge_dir, monkeypatch
+):
+    """`mode = "generate"` judges decode an answer and parse it: compile-check compiles
+    the judge's sampler prefill and decode at the bucket the driver's judge asks its
+    sampler for, beside the scoring program a reply it cannot parse falls back to, for
+    the GRPO reward judge and the eval judge."""
+    from kardia_jax.rewards import JudgeContext
+    from kardia_jax.rl import grpo
+
+    overrides = grpo_overrides(small_tokenizer, policy_dir, judge_dir)
+    config = load_config(
+        GRPO, [*overrides, "--config.reward.judge.mode=generate", "--config.select.every=0"]
+    )
+    spy = SamplerBuckets(monkeypatch)
+    programs = {p.name: p for p in compile_check(config)["programs"]}
+    judge_names = ["judge_prefill", "judge_decode", "judge_scoring"]
+    assert list(programs)[-3:] == judge_names and "select_prefill" not in programs
+    judge_call, _ = spy.calls  # the judge compiles first (its bytes stay beside the rest)
+    prefill, decode, scoring = (programs[k] for k in judge_names)
+    # The rollouts' 16 candidates a call (max_batch 32), prompts in the 512 bucket (the
+    # prompt limit, the one length bucket), the default 96 new tokens -> 128 budget.
+    assert prefill.shapes.startswith("16 prompts x 512 tokens, 1 rows each, 128 new tokens")
+    assert scoring.shapes.startswith("16 candidates") and "cannot parse" in scoring.shapes
+    # Memory: both take the judge's parameters (the inputs differ by at most 16 x 512
+    # ids and masks, the rubric head and suffixes); the decode takes and donates the
+    # cache; the policy's state, not the judge, is resident beside them.
+    assert abs(prefill.argument_bytes - scoring.argument_bytes) < 16 * 512 * 8 + 4096
+    assert decode.argument_bytes > prefill.argument_bytes and decode.alias_bytes > 0
+    assert prefill.resident_bytes == decode.resident_bytes == scoring.resident_bytes > 0
+    assert all(p.peak_bytes > p.resident_bytes and p.flops > 0 for p in (prefill, decode))
+    # The driver's judge (`grpo._load_judge`) judging 16 distinct replies to one
+    # context, each long enough to reach the 512 bucket.
+    mesh, rules = mesh_and_rules(config)
+    judge = grpo._load_judge(config, mesh, rules, 16, 512).judge
+    replies = [f"reply {i}: " + "that sounds so hard. " * 8 for i in range(16)]
+    spy.calls.clear()
+    spy.stop = True
+    with pytest.raises(Stop):
+        judge.evaluate([JudgeContext("a profile", "a situation")] * 16, replies)
+    assert spy.calls == [judge_call]
+
+    # The eval judge, on one device: its 16 candidates a call (judge.batch_size).
+    spy.stop = False
+    config = load_config(
+        EVAL,
+        [*eval_overrides(small_tokenizer, policy_dir, judge_dir), "--config.judge.mode=generate"],
+    )
+    result = compile_check(config)["programs"]
+    assert [p.name for p in result] == ["eval_prefill", "eval_decode", *judge_names]
+    assert result[2].shapes == "16 prompts x 512 tokens, 1 rows each, 128 new tokens"
+    assert all(p.resident_bytes == 0 and p.peak_bytes > 0 for p in result)
 
 
 def test_eval_tiny_compiles_generation_and_judge_on_one_device(
