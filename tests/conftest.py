@@ -61,6 +61,7 @@ _SLOW_FILES = (
     "test_grpo_run.py",
     "test_grpo_select.py",
     "test_gguf.py",
+    "test_restore_mismatch.py",
 )
 
 
