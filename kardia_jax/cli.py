@@ -66,12 +66,53 @@ def main(argv: list[str] | None = None) -> int:
     rest = [u for u in unknown if not u.startswith("--config.")]
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if hasattr(args, "coordinator"):  # a command that can run on several processes
+        from kardia_jax.train.distributed import maybe_initialize
+
+        # First: jax.distributed refuses to start once anything has started a backend.
+        maybe_initialize(args.coordinator, args.num_processes, args.process_id)
     try:
         return int(args._main(args) or 0)
     except KardiaError as e:
         # One line, whatever a library's message underneath looked like.
         print(f"kardia-jax {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+        return _end(2, agreed=getattr(e, "agreed", False))
+    except Exception as e:
+        if not _several_processes():
+            raise
+        import traceback
+
+        import jax
+
+        if isinstance(e, jax.errors.JaxRuntimeError):  # most often: a peer has stopped
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print(
+                f"kardia-jax {args.command}: error: {first} (when another process has "
+                "stopped, its log has the cause)",
+                file=sys.stderr,
+            )
+        else:
+            traceback.print_exc()
+        return _end(1, agreed=False)
+
+
+def _several_processes() -> bool:
+    if "jax" not in sys.modules:
+        return False
+    import jax
+
+    return jax.distributed.is_initialized() and jax.process_count() > 1
+
+
+def _end(code: int, *, agreed: bool) -> int:
+    """On several processes, an error that this process alone may have hit ends it at
+    once, so that the others' collectives fail now instead of after jax's timeouts
+    (kardia_jax/train/distributed.py says how long)."""
+    if not agreed and _several_processes():
+        from kardia_jax.train.distributed import leave
+
+        leave(code)
+    return code
 
 
 if __name__ == "__main__":

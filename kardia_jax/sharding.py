@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 
 import jax
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -178,3 +179,18 @@ def _hybrid_mesh(axis_sizes: dict[str, int], dcn: dict[str, int], devices) -> Me
         tuple(ici.values()), tuple(dcn[a] for a in ici), devices
     )
     return Mesh(grid, tuple(ici), axis_types=(jax.sharding.AxisType.Auto,) * len(ici))
+
+
+def fetch(tree):
+    """`jax.device_get` that also reads arrays spread over several processes' devices
+    (a batch-sharded output on a pod): those are gathered to every host, so every
+    process must call it at the same point, as it does any collective."""
+
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return jax.device_get(x)
+
+    return jax.tree.map(one, tree)

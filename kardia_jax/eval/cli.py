@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from kardia_jax.train import distributed
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="configs/eval_*.py file")
@@ -30,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", required=True, help="completions, scores and results")
     parser.add_argument("--sft", default=None, help="SFT workdir or tb/ dir (report curves)")
     parser.add_argument("--grpo", default=None, help="GRPO workdir or tb/ dir (report curves)")
+    distributed.add_arguments(parser)  # joined by kardia_jax/cli.py
 
 
 def parse_models(values: list[str] | None) -> tuple[str | None, list[tuple[str, str]] | None]:
@@ -62,7 +65,8 @@ def parse_models(values: list[str] | None) -> tuple[str | None, list[tuple[str, 
 def main(args) -> int:
     from kardia_jax.config_files import load_config
 
-    config = load_config(args.config, args.config_overrides)
+    with distributed.agreed():  # every process checks; one failure stops them all
+        config = load_config(args.config, args.config_overrides)
     with config.unlocked():
         if args.sft is not None:
             config.report.sft = args.sft
@@ -76,7 +80,7 @@ def main(args) -> int:
         return _rows_main(config, rows, args)
     from kardia_jax.eval.run import prepare_eval, run_eval
 
-    with stage("eval"):
+    with distributed.agreed(), stage("eval"):
         inputs = prepare_eval(config, model, args.workdir, args.data, args.judge)
     r = run_eval(config, model, args.workdir, inputs=inputs)
     acc = r["emotion_accuracy"]
@@ -98,7 +102,7 @@ def _rows_main(config, rows: list[tuple[str, str]], args) -> int:
     from kardia_jax.checks import stage
     from kardia_jax.eval.compare import check_rows, evaluate_rows
 
-    with stage("eval"):
+    with distributed.agreed(), stage("eval"):
         inputs = check_rows(config, rows, args.workdir, data_path=args.data, judge_dir=args.judge)
     r = evaluate_rows(config, rows, args.workdir, inputs=inputs)
     for row in r["rows"]:

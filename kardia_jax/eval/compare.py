@@ -39,6 +39,7 @@ from kardia_jax.eval.run import (
 from kardia_jax.eval.table import PAPER_ROWS, PAPER_SOURCE, ROWS_KEY, rows_results_markdown
 from kardia_jax.rewards.api_judge import is_api_spec
 from kardia_jax.rewards.rubric import DIMENSIONS
+from kardia_jax.train.distributed import barrier, is_main
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,17 +190,15 @@ def headline(results: dict) -> dict:
     }
 
 
-def write_rows(
-    workdir: str,
+def rows_results(
     rows: list[Row],
     results: list[dict],
     *,
     seconds: float | None = None,
     warnings: Sequence[str] = (),
 ) -> dict:
-    """Writes a rows workdir's results.json (each row's headline figures and its own
-    results.json, by a path relative to the workdir so a moved workdir still reads)
-    and results.md, from the rows' results; returns the combined results."""
+    """The combined results of a rows workdir: each row's headline figures and its own
+    results.json, by a path relative to the workdir so a moved workdir still reads."""
     first = results[0]
     out = {
         ROWS_KEY: [
@@ -224,6 +223,20 @@ def write_rows(
         "seconds": None if seconds is None else round(seconds, 1),
         "warnings": list(warnings),  # e.g. the evaluation judge is the training judge
     }
+    return out
+
+
+def write_rows(
+    workdir: str,
+    rows: list[Row],
+    results: list[dict],
+    *,
+    seconds: float | None = None,
+    warnings: Sequence[str] = (),
+) -> dict:
+    """Writes a rows workdir's results.json (`rows_results`) and results.md, from the
+    rows' results; returns the combined results."""
+    out = rows_results(rows, results, seconds=seconds, warnings=warnings)
     store.write_json(os.path.join(workdir, store.RESULTS_JSON), out)
     named = [(row.name, r) for row, r in zip(rows, results, strict=True)]
     details = [os.path.join(row.slug, store.RESULTS_MD) for row in rows]
@@ -281,7 +294,12 @@ def evaluate_rows(
         if own is not None:
             own.close()
 
-    out = write_rows(workdir, rows, results, seconds=time.perf_counter() - t0, warnings=warnings)
-    if report:
-        write_eval_report(config, workdir)
+    seconds = time.perf_counter() - t0
+    if is_main():  # one writer; the others wait below until the files are complete
+        out = write_rows(workdir, rows, results, seconds=seconds, warnings=warnings)
+        if report:
+            write_eval_report(config, workdir)
+    else:
+        out = rows_results(rows, results, seconds=seconds, warnings=warnings)
+    barrier("eval: rows written")
     return out

@@ -6,10 +6,16 @@ Resumable: completions and judge scores are appended to JSONL files in the workd
 batch by batch (flushed), and an example whose id is already there is never
 generated or judged again; a complete completions file means the policy is never
 even loaded.
+
+On several processes every one runs the same batches over one mesh of all their
+devices (the rows spread over every host) and gets every row back; process 0 alone
+writes the workdir's files, and the others read them after a barrier, so the
+workdir must be one folder that every host sees.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import math
@@ -27,6 +33,7 @@ from kardia_jax.eval.metrics import Record, compute_metrics
 from kardia_jax.eval.table import PAPER_ROWS, PAPER_SOURCE, results_markdown
 from kardia_jax.rewards.api_judge import is_api_spec
 from kardia_jax.rewards.rubric import DIMENSIONS
+from kardia_jax.train.distributed import barrier, is_main, same_everywhere
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,13 +106,41 @@ def load_eval_tokenizer(config: ConfigDict, model_dir: str):
 
 
 def _mesh(config: ConfigDict):
+    import jax
+
     from kardia_jax.sharding import DEFAULT_RULES
 
     if not config.sharding:
-        return None, DEFAULT_RULES
+        if jax.process_count() == 1:
+            return None, DEFAULT_RULES
+        # "" means the model fits one device; on several processes the rows are then
+        # spread over every device of every host, each device holding the whole model.
+        config = copy.deepcopy(config)
+        config.sharding = "dp"
     from kardia_jax.train.setup import mesh_and_rules
 
     return mesh_and_rules(config)
+
+
+def resume_rows(path: str) -> list[dict]:
+    """The rows of one of the workdir's append-only files, the same on every process:
+    process 0 reads it first, cutting a torn last line, and the others after it."""
+    main = is_main()
+    rows = store.resume_jsonl(path) if main else []
+    barrier(f"eval: read {os.path.basename(path)}")
+    if not main:
+        rows = store.read_jsonl(path)  # never edits the file
+    same_everywhere(len(rows), f"the rows of {path}")
+    return rows
+
+
+def read_rows(path: str) -> list[dict]:
+    """The rows of a file process 0 has been appending to, read by every process once
+    it has finished."""
+    barrier(f"eval: appended {os.path.basename(path)}")
+    rows = store.read_jsonl(path)
+    same_everywhere(len(rows), f"the rows of {path}")
+    return rows
 
 
 class _Policy:
@@ -155,11 +190,12 @@ class _Policy:
 def generate_missing(items, path: str, make_policy, config: ConfigDict) -> int:
     """Generates the items whose ids are not in `path` yet, appending each batch as
     it finishes; returns how many were generated."""
-    done = {r["id"] for r in store.resume_jsonl(path)}  # cuts a torn last line
+    done = {r["id"] for r in resume_rows(path)}  # cuts a torn last line
     todo = [it for it in items if it.id not in done]
     if not todo:
         return 0
     policy = make_policy()
+    main = is_main()
     # Similar lengths together: less padding, and few (batch, length) buckets to compile.
     todo.sort(key=lambda it: len(it.example.prompt_ids))
     bs = int(config.eval.batch_size)  # >= 1: checked by prepare_eval
@@ -171,7 +207,9 @@ def generate_missing(items, path: str, make_policy, config: ConfigDict) -> int:
         seed = int(config.eval.seed) * 1_000_003 + int(
             hashlib.sha256(batch[0].id.encode()).hexdigest()[:7], 16
         )
-        store.append_jsonl(path, policy.generate(batch, int(config.eval.max_new_tokens), seed))
+        rows = policy.generate(batch, int(config.eval.max_new_tokens), seed)  # on every host
+        if main:
+            store.append_jsonl(path, rows)
         n = min(k + bs, len(todo))
         print(
             f"eval: generated {n}/{len(todo)} ({time.perf_counter() - t0:.0f} s)",
@@ -197,9 +235,12 @@ def judge_missing(items, completions: dict, judge, path: str, batch_size: int) -
     from kardia_jax.rewards.prompt import JudgeContext
 
     ident = judge_identity(judge)
-    done = {r["id"] for r in store.resume_jsonl(path) if r.get("judge") == ident}
+    done = {r["id"] for r in resume_rows(path) if r.get("judge") == ident}
     todo = [it for it in items if it.id not in done]
-    t0, scored = time.perf_counter(), 0
+    t0, scored, main = time.perf_counter(), 0, is_main()
+    if hasattr(judge, "api_counts") and not main:
+        # An API judge runs on the host: process 0 alone sends the requests.
+        return 0
     for k in range(0, len(todo), batch_size):
         batch = todo[k : k + batch_size]
         contexts = [JudgeContext.from_example(it.example) for it in batch]
@@ -211,13 +252,14 @@ def judge_missing(items, completions: dict, judge, path: str, batch_size: int) -
                 f"{len(batch)} completions; expected ({len(batch)}, {len(DIMENSIONS)})"
             )
         ok = [i for i in range(len(batch)) if all(math.isfinite(x) for x in scores[i])]
-        store.append_jsonl(
-            path,
-            (
-                {"id": batch[i].id, "judge": ident, "scores": [float(x) for x in scores[i]]}
-                for i in ok
-            ),
-        )
+        if main:
+            store.append_jsonl(
+                path,
+                (
+                    {"id": batch[i].id, "judge": ident, "scores": [float(x) for x in scores[i]]}
+                    for i in ok
+                ),
+            )
         scored += len(ok)
         failed = f", {k + len(batch) - scored} without a score" if scored < k + len(batch) else ""
         print(
@@ -239,6 +281,10 @@ def api_judge(config: ConfigDict, spec: str, workdir: str):
     from kardia_jax.rewards.api_judge import ApiJudge
 
     path = os.path.join(workdir, API_CACHE)
+    if not is_main():  # never asked there (`judge_missing`): it only names the scores
+        return ApiJudge.from_spec(
+            spec, api_judge_settings(config.judge), cache_rows=[], record=lambda row: None
+        )
     return ApiJudge.from_spec(
         spec,
         api_judge_settings(config.judge),
@@ -316,13 +362,6 @@ def prepare_eval(
     model_dir = model_dir or config.model.path
     if not model_dir:
         raise ConfigError("model: pass --model DIR (or set model.path)")
-    import jax
-
-    if jax.process_count() > 1:
-        raise ConfigError(
-            "eval runs in one process (its resumable files are written by one writer); "
-            "use one host of the pod, or a single-host mesh"
-        )
     model_dir = os.path.abspath(model_dir)
     writable_dir(workdir, "workdir")
     if tokenizer is None:
@@ -416,7 +455,7 @@ def run_eval(
     inp = inputs or prepare_eval(config, model_dir, workdir, data_path, judge_dir)
     model_dir, tokenizer, items, data = inp.model_dir, inp.tokenizer, inp.items, inp.data
     mesh, rules, judge_dir = inp.mesh, inp.rules, inp.judge_dir
-    store.check_manifest(workdir, inp.manifest)
+    store.check_manifest(workdir, inp.manifest, write=is_main())
     from kardia_jax.data.validate import data_record, write_data_record
 
     # Every test turn of the split, and the ones scored (eval.limit may take a subset).
@@ -431,7 +470,7 @@ def run_eval(
         lambda: _Policy(config, model_dir, tokenizer, mesh, rules),
         config,
     )
-    completions = {r["id"]: r for r in store.read_jsonl(comp_path)}
+    completions = {r["id"]: r for r in read_rows(comp_path)}
     missing = [it.id for it in items if it.id not in completions]
     if missing:
         raise DataError(f"{comp_path}: no completion for {missing[0]} after generation")
@@ -459,7 +498,7 @@ def run_eval(
         finally:
             if own_api_judge is not None:
                 own_api_judge.close()
-        scores = {r["id"]: r["scores"] for r in store.read_jsonl(score_path) if r["judge"] == ident}
+        scores = {r["id"]: r["scores"] for r in read_rows(score_path) if r["judge"] == ident}
         _check_unscored(config, items, scores, judge, ident, workdir)
 
     records = [
@@ -512,12 +551,14 @@ def run_eval(
         paper={"source": PAPER_SOURCE, "rows": list(PAPER_ROWS)},
         seconds=round(time.perf_counter() - t0, 1),
     )
-    store.write_json(os.path.join(workdir, store.RESULTS_JSON), results)
-    store.write_text(
-        os.path.join(workdir, store.RESULTS_MD), results_markdown(results) + _api_line(results)
-    )
-    if report:
-        write_eval_report(config, workdir)
+    if is_main():
+        store.write_json(os.path.join(workdir, store.RESULTS_JSON), results)
+        store.write_text(
+            os.path.join(workdir, store.RESULTS_MD), results_markdown(results) + _api_line(results)
+        )
+        if report:
+            write_eval_report(config, workdir)
+    barrier("eval: results written")  # no process returns before they are complete
     return results
 
 

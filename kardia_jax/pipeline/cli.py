@@ -8,6 +8,7 @@ import argparse
 import os
 
 from kardia_jax.pipeline.stages import STAGES
+from kardia_jax.train import distributed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,18 +19,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=",".join(STAGES),
         help=f"comma-separated subset of {','.join(STAGES)} (default: all, in order)",
     )
-    parser.add_argument("--coordinator", default=None, help="host:port of process 0")
-    parser.add_argument("--num-processes", type=int, default=None)
-    parser.add_argument("--process-id", type=int, default=None)
+    distributed.add_arguments(parser)  # joined by kardia_jax/cli.py
 
 
 def main(args) -> int:
     from kardia_jax.config_files import load_config
     from kardia_jax.pipeline.stages import run_pipeline
-    from kardia_jax.train.distributed import maybe_initialize
 
-    maybe_initialize(args.coordinator, args.num_processes, args.process_id)
-    config = load_config(args.config, args.config_overrides)
+    with distributed.agreed():  # a bad config stops every process with one error
+        config = load_config(args.config, args.config_overrides)
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
     done = run_pipeline(config, args.workdir, stages)
     if "eval" in done:

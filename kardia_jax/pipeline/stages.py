@@ -11,6 +11,13 @@ files (eval) make it resume rather than restart.
                        scores, data.json), results.json, results.md
     WORKDIR/report.html
     WORKDIR/pipeline/  one <stage>.json per finished stage (its summary)
+
+On several processes (a pod) every process runs every stage over one mesh of all the
+devices, and the workdir is one folder they all see. Process 0 alone writes each
+shared file; the processes agree at the preflight and at the end of each stage, so
+an error that any of them meets there stops them all with its message
+(kardia_jax/train/distributed.py: `agreed`, and what happens to an error inside a
+stage).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jax
+import numpy as np
 from ml_collections import ConfigDict
 
 from kardia_jax.checks import stage as check_stage
@@ -36,6 +44,7 @@ from kardia_jax.jsonio import write_json
 from kardia_jax.models import check_hf_checkpoint
 from kardia_jax.rl.difficulty import EASY_FILE, HARD_FILE, SIGNALS
 from kardia_jax.rl.grpo import prepare_grpo, run_grpo
+from kardia_jax.train.distributed import agreed, gather, is_main
 from kardia_jax.train.sft import prepare_sft, run_sft
 
 STAGES = ("validate", "split", "sft", "grpo", "eval", "report")
@@ -60,7 +69,7 @@ class Pipeline:
         self.c = config
         self.workdir = workdir
         self.log = log
-        self.main = jax.process_index() == 0
+        self.main = is_main()
         self.marks = os.path.join(workdir, "pipeline")
         self.stages: tuple[str, ...] = STAGES
 
@@ -265,12 +274,27 @@ class Pipeline:
         from kardia_jax.eval.report import write_report
 
         out = self.path("report.html")
-        write_report(
-            out,
-            self.path("eval"),
-            run_dirs={"sft": self.path("sft"), "grpo": self.path("grpo")},
-        )
+        if self.main:
+            write_report(
+                out,
+                self.path("eval"),
+                run_dirs={"sft": self.path("sft"), "grpo": self.path("grpo")},
+            )
         return {"report": out}
+
+    def check_shared_workdir(self) -> None:
+        """Every process sees the same stages done: else the workdir is not one folder
+        that all of them see, and they would run different stages."""
+        seen = gather(np.asarray([self.done(s) is not None for s in STAGES], np.uint8))
+        if (seen != seen[0]).any():
+            per = "; ".join(
+                f"process {p}: {[s for s, d in zip(STAGES, row, strict=True) if d] or 'none'}"
+                for p, row in enumerate(seen)
+            )
+            raise ConfigError(
+                f"--workdir {self.workdir}: the processes see different stages done ({per}); "
+                "the workdir must be one folder that every host sees (gcsfuse, NFS)"
+            )
 
     # -- preflight ---------------------------------------------------------------
     def preflight(self, stages: tuple[str, ...]) -> None:
@@ -350,7 +374,9 @@ class Pipeline:
     def run(self, stages: tuple[str, ...] = STAGES) -> dict:
         self.stages = stages
         t0 = time.perf_counter()
-        self.preflight(stages)
+        self.check_shared_workdir()  # raises on every process alike
+        with agreed():  # identical on every process, or all stop with one error
+            self.preflight(stages)
         self.log(f"== preflight: every stage's inputs check out ({time.perf_counter() - t0:.1f} s)")
         warning = self.judge_warning() if "eval" in stages and not self.done("eval") else None
         if warning:  # the run goes on, said before hours of training, and again at eval
@@ -371,7 +397,8 @@ class Pipeline:
             jax.clear_caches()
             release_freed_memory()  # and give their memory back (kardia_jax/host.py)
             summary = {**summary, "seconds": round(time.perf_counter() - t0, 1)}
-            self.mark(stage, summary)
+            with agreed():  # process 0 marks the stage done; no process goes on before
+                self.mark(stage, summary)
             summaries[stage] = summary
             self.log(f"   ({summary['seconds']} s)")
             if stage == "eval":

@@ -30,7 +30,7 @@ from kardia_jax.rewards.prompt import JudgeContext, JudgePrompt, PromptBuilder, 
 from kardia_jax.rewards.rubric import DIMENSIONS, Rubric, load_rubric
 from kardia_jax.sampling.sampler import Program
 from kardia_jax.sampling.state import cache_sharding, default_cache_dtype
-from kardia_jax.sharding import DEFAULT_RULES, Rules, batch_shards, logical_to_spec
+from kardia_jax.sharding import DEFAULT_RULES, Rules, batch_shards, fetch, logical_to_spec
 
 MODES = ("expected", "generate")
 _SUFFIX_MULTIPLE = 8
@@ -304,7 +304,7 @@ class RubricJudge:
         # next chunk while the device runs the last one.
         chunks = [order[lo : lo + step] for lo in range(0, u, step)]
         outputs = [fn([prefixes[i] for i in idx]) for idx in chunks]
-        for idx, (s, m) in zip(chunks, jax.device_get(outputs), strict=True):
+        for idx, (s, m) in zip(chunks, fetch(outputs), strict=True):
             scores[idx], mass[idx] = s[: len(idx)], m[: len(idx)]
         return scores, mass
 

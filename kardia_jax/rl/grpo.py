@@ -63,7 +63,7 @@ from kardia_jax.rl.step import (
 )
 from kardia_jax.sampling import Sampler, SamplingConfig
 from kardia_jax.sampling.sampler import PROMPT_BUCKETS
-from kardia_jax.sharding import batch_shards
+from kardia_jax.sharding import batch_shards, fetch
 from kardia_jax.train.checkpoints import resume_or_init
 from kardia_jax.train.distributed import global_batch, host_rows
 from kardia_jax.train.metrics import MetricsLogger
@@ -478,14 +478,14 @@ def prepare_update(run: GRPORun, ro: rollout.Rollouts):
     ref_logp = (
         run.logp_fn(*run.ref, *args) if run.ref is not None else np.zeros_like(host["sampler_logp"])
     )
-    ref_logp = np.asarray(ref_logp) * host["completion_mask"]  # waits for the device
+    ref_logp = np.asarray(fetch(ref_logp)) * host["completion_mask"]  # waits for the device
     t_ref = time.perf_counter() - t
     t = time.perf_counter()
     if rc.old_logp == "sampler":
         old_logp = host["sampler_logp"]
     else:
         old_logp = run.logp_fn(run.graphdef, run.state.params, *args)
-    old_logp = np.asarray(old_logp) * host["completion_mask"]
+    old_logp = np.asarray(fetch(old_logp)) * host["completion_mask"]
     times = {"reference": t_ref, "old_logp": time.perf_counter() - t}
     return adv, host, old_logp, ref_logp, times
 

@@ -25,7 +25,7 @@ from kardia_jax.sampling.state import (
     cache_sharding,
     default_cache_dtype,
 )
-from kardia_jax.sharding import DEFAULT_RULES, Rules, batch_shards
+from kardia_jax.sharding import DEFAULT_RULES, Rules, batch_shards, fetch
 
 _GREEDY = SamplingConfig()
 # Powers of two: log2(max/min) + 1 programs at most per axis.
@@ -303,7 +303,8 @@ class Sampler:
     def completions(self, state, num_prompts, max_new_tokens, group_size=1) -> Completions:
         """Fetches a finished state's results to the host."""
         rows = num_prompts * group_size
-        tokens, logprobs, lengths, reason = jax.device_get(
+        # On a pod the rows are spread over every host's devices: each host gets all.
+        tokens, logprobs, lengths, reason = fetch(
             (state.tokens, state.logprobs, state.lengths, state.reason)
         )
         cut = (slice(0, rows), slice(0, max_new_tokens))
