@@ -374,9 +374,9 @@ class Pipeline:
     def run(self, stages: tuple[str, ...] = STAGES) -> dict:
         self.stages = stages
         t0 = time.perf_counter()
-        self.check_shared_workdir()  # raises on every process alike
         with agreed():  # identical on every process, or all stop with one error
             self.preflight(stages)
+        self.check_shared_workdir()  # raises on every process alike
         self.log(f"== preflight: every stage's inputs check out ({time.perf_counter() - t0:.1f} s)")
         warning = self.judge_warning() if "eval" in stages and not self.done("eval") else None
         if warning:  # the run goes on, said before hours of training, and again at eval
