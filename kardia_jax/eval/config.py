@@ -13,7 +13,9 @@ def eval_config() -> ConfigDict:
     """Defaults for a real run (a 3B-7B policy, a separate 8B judge, on a mesh);
     `configs/eval_*.py` change what their setting needs."""
     c = ConfigDict()
-    c.sharding = ""  # "" = one device, no mesh; else a preset in configs/sharding/
+    # "" = one device, no mesh (on several processes: dp over every device of every
+    # host); else a preset in configs/sharding/
+    c.sharding = ""
     c.mesh = ConfigDict(dict(data=0, fsdp=0, tensor=0))  # axis-size overrides (see sft)
     c.dcn_mesh = ConfigDict(dict(data=1, fsdp=1, tensor=1))
 
