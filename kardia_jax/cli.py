@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             traceback.print_exc()
-        return _end(1, agreed=False)
+        return _end(1, agreed=getattr(e, "agreed", False))
 
 
 def _several_processes() -> bool:

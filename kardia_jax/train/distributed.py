@@ -144,6 +144,7 @@ def agreed():
     first = failed[0]
     kind, message = _decode(rows[first])
     if error is not None and first == jax.process_index() and not kind:
+        error.agreed = True  # the others raise theirs now too
         raise error  # this host's own bug: its traceback is what to read
     same = len(failed) == len(rows) and all(_decode(rows[p]) == (kind, message) for p in failed)
     if not same:
