@@ -52,6 +52,7 @@ def small_tokenizer(tmp_path_factory):
 # first, they overlap with the many short tests on the other xdist worker instead of
 # forming a long serial tail.
 _SLOW_FILES = (
+    "test_multiprocess_pipeline.py",  # the longest: three pipelines at once
     "test_pipeline.py",
     "test_sft.py",
     "test_multiprocess.py",

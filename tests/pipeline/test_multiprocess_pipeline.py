@@ -1,7 +1,7 @@
 """The pipeline on a pod's path: two processes of two CPU devices joined by
 `jax.distributed` (gloo), against one process of four. One pair of runs of
 configs/pipeline_tiny.py serves the end-to-end checks (one writer per file, the
-same table) and GRPO's parity (losses and rollout ledger over 3 steps, with a reward
+same table, with a tiny real evaluation judge) and GRPO's parity (losses and rollout ledger over 3 steps, with a reward
 that varies, so the updates move the policy); short runs show that every command
 joins the run before anything starts a JAX backend and that one process's failed
 check stops both with its message."""
@@ -61,13 +61,23 @@ class Runs:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, small_tokenizer) -> Runs:
+    from tests.rewards.helpers import TEST_RUBRIC_TEXT, marker_model
+
     base = tmp_path_factory.mktemp("multiprocess_pipeline")
     one, two = str(base / "one"), str(base / "two")
+    # A tiny real judge for the evaluation, so that judging runs over the mesh too.
+    marker_model(str(base / "judge"))
+    (base / "rubric.txt").write_text(TEST_RUBRIC_TEXT)
+    judge = (
+        f"--config.eval_judge={base / 'judge'}",
+        f"--config.eval.judge.rubric={base / 'rubric.txt'}",
+    )
+    settings = (*SETTINGS, *judge)
     port = free_port()
     # All three processes at once: the single run overlaps the pair's waits.
-    single = run_cli(pipeline_args(one, small_tokenizer, *SETTINGS), FOUR)
+    single = run_cli(pipeline_args(one, small_tokenizer, *settings), FOUR)
     pair = [
-        run_cli(pipeline_args(two, small_tokenizer, *SETTINGS, *distributed(port, i)), TWO)
+        run_cli(pipeline_args(two, small_tokenizer, *settings, *distributed(port, i)), TWO)
         for i in range(2)
     ]
     outs = [p.communicate(timeout=900)[0] for p in pair]
@@ -120,6 +130,8 @@ def test_two_processes_run_the_pipeline_once_with_the_table_of_one(runs):
         a = read_jsonl(os.path.join(one, "eval", slug, "completions.jsonl"))
         b = read_jsonl(os.path.join(two, "eval", slug, "completions.jsonl"))
         assert len(b) == len({r["id"] for r in b}) == 8
+        scores = read_jsonl(os.path.join(two, "eval", slug, "judge_scores.jsonl"))
+        assert sorted(r["id"] for r in scores) == sorted(r["id"] for r in b)  # each once
         # Greedy answers: the same text for every test turn.
         assert {r["id"]: r["completion"] for r in a} == {r["id"]: r["completion"] for r in b}
 
@@ -131,10 +143,8 @@ def test_two_processes_run_the_pipeline_once_with_the_table_of_one(runs):
         for key in ("examples", "emotion_accuracy", "emotion_accuracy_ci95"):
             assert x[key] == pytest.approx(y[key]), key
         assert x["format_failure_rate"] == pytest.approx(y["format_failure_rate"])
-        if x["rubric"] is None:
-            assert y["rubric"] is None
-        else:
-            assert y["rubric"] == pytest.approx(x["rubric"], abs=1e-6)
+        assert y["rubric"] is not None and set(y["rubric"]) == set(x["rubric"])
+        assert y["rubric"] == pytest.approx(x["rubric"], abs=1e-6)
     for x, y in zip(
         read_jsonl(os.path.join(one, "sft", "train_log.jsonl")),
         read_jsonl(os.path.join(two, "sft", "train_log.jsonl")),
