@@ -43,26 +43,30 @@ def left_pad(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     return ids, mask
 
 
-def _greedy(hf, ids, mask):
+def hf_greedy(hf, ids, mask):
+    """transformers' greedy `generate` of NEW tokens: ([B, NEW] tokens, [B, NEW, V] scores)."""
     import torch
 
-    with torch.no_grad():
-        out = hf.generate(
-            input_ids=torch.from_numpy(ids),
-            attention_mask=torch.from_numpy(mask),
-            max_new_tokens=NEW,
-            do_sample=False,
-            pad_token_id=0,
-            eos_token_id=None,  # never stop early: all NEW tokens are compared
-            output_scores=True,
-            return_dict_in_generate=True,
-        )
-    tokens = out.sequences[:, ids.shape[1] :].numpy()
-    scores = torch.stack(out.scores, 1).float()  # [B, NEW, V]
-    logp = torch.log_softmax(scores, -1).numpy()
-    top2 = np.sort(scores.numpy(), axis=-1)[..., -2:]
-    chosen = np.take_along_axis(logp, tokens[..., None], -1)[..., 0]
-    return tokens, chosen, (top2[..., 1] - top2[..., 0]).min()
+    # One torch thread: on a shared 2-core machine, OpenMP's spinning workers can
+    # stall a tiny model's generate for seconds; one thread is as fast here.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            out = hf.generate(
+                input_ids=torch.from_numpy(ids),
+                attention_mask=torch.from_numpy(mask),
+                max_new_tokens=NEW,
+                do_sample=False,
+                pad_token_id=0,
+                eos_token_id=None,  # never stop early: all NEW tokens are compared
+                output_scores=True,
+                return_dict_in_generate=True,
+            )
+    finally:
+        torch.set_num_threads(threads)
+    scores = torch.stack(out.scores, 1).float().numpy()
+    return out.sequences[:, ids.shape[1] :].numpy(), scores
 
 
 def record_variant(variant: str, folder: str) -> None:
@@ -72,25 +76,23 @@ def record_variant(variant: str, folder: str) -> None:
     hf = build_hf_model(variant)
     hf.save_pretrained(folder)
     ids, mask = left_padded_batch()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model on a shared 2-core machine: one thread is fastest
-    try:
-        with torch.no_grad():
-            logits = hf(
-                input_ids=torch.from_numpy(ids).long(),
-                attention_mask=torch.from_numpy(mask).long(),
-            ).logits.float()
-        arrays = {"ids": ids, "mask": mask, "logits": logits.numpy()}
-        if variant in GENERATE_VARIANTS:
-            p_ids, p_mask = left_pad(prompts())
-            tokens, chosen, gap = _greedy(hf, p_ids, p_mask)
-            # A near-tie at some step could flip under float noise on either side.
-            if gap <= 1e-4:
-                raise RuntimeError(f"{variant}: greedy top-2 gap {gap:.2e}, too close to compare")
-            arrays |= {"prompt_ids": p_ids, "prompt_mask": p_mask}
-            arrays |= {"greedy_tokens": tokens, "greedy_logprobs": chosen}
-    finally:
-        torch.set_num_threads(threads)
+    with torch.no_grad():
+        logits = hf(
+            input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long()
+        ).logits.float()
+    arrays = {"ids": ids, "mask": mask, "logits": logits.numpy()}
+    if variant in GENERATE_VARIANTS:
+        p_ids, p_mask = left_pad(prompts())
+        tokens, scores = hf_greedy(hf, p_ids, p_mask)
+        # A near-tie at some step could flip under float noise on either side.
+        top2 = np.sort(scores, axis=-1)[..., -2:]
+        gap = (top2[..., 1] - top2[..., 0]).min()
+        if gap <= 1e-4:
+            raise RuntimeError(f"{variant}: greedy top-2 gap {gap:.2e}, too close to compare")
+        logp = np.asarray(torch.log_softmax(torch.from_numpy(scores), -1))
+        chosen = np.take_along_axis(logp, tokens[..., None], -1)[..., 0]
+        arrays |= {"prompt_ids": p_ids, "prompt_mask": p_mask}
+        arrays |= {"greedy_tokens": tokens, "greedy_logprobs": chosen}
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     save_file(arrays, os.path.join(folder, REFERENCE))
 

@@ -7,35 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 from kardia_jax.models import load_hf_model
 from kardia_jax.sampling import Sampler, SamplingConfig, loop
-
-NEW = 32
-
-
-def hf_greedy(hf, ids, mask):
-    # One torch thread: on a shared 2-core machine, OpenMP's spinning workers can
-    # stall a tiny model's generate for seconds; one thread is as fast here.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            out = hf.generate(
-                input_ids=torch.from_numpy(ids),
-                attention_mask=torch.from_numpy(mask),
-                max_new_tokens=NEW,
-                do_sample=False,
-                pad_token_id=0,
-                eos_token_id=None,  # never stop early: all 32 tokens are compared
-                output_scores=True,
-                return_dict_in_generate=True,
-            )
-    finally:
-        torch.set_num_threads(threads)
-    scores = torch.stack(out.scores, 1).float().numpy()  # [B, NEW, V]
-    return out.sequences[:, ids.shape[1] :].numpy(), scores
+from tests.references import NEW, hf_greedy
 
 
 @pytest.mark.parametrize(
