@@ -12,7 +12,7 @@ import importlib
 import os
 import sys
 
-from kardia_jax.errors import KardiaError
+from kardia_jax.errors import KardiaError, Preempted
 from kardia_jax.host import keep_freed_memory, quiet_cpu_host
 
 # name -> (module, one-line help)
@@ -73,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         maybe_initialize(args.coordinator, args.num_processes, args.process_id)
     try:
         return int(args._main(args) or 0)
+    except Preempted as e:
+        # Every process agreed on the step and saved it: a normal end, all together.
+        print(str(e), flush=True)
+        return 0
     except KardiaError as e:
         # One line, whatever a library's message underneath looked like.
         print(f"kardia-jax {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)

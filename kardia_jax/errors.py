@@ -24,3 +24,13 @@ class MissingPackageError(KardiaError, ImportError):
 
 class TrainingHalted(KardiaError):
     """Too many non-finite updates in a row; the last checkpoint is left intact."""
+
+
+class Preempted(Exception):  # noqa: N818 - a stop that was asked for, not a failure
+    """A SIGTERM was agreed by every process and the driver has saved (or finished
+    writing) at `step` (kardia_jax/train/preemption.py). The CLI prints the message
+    and exits 0; a pipeline leaves the stage unmarked, so the rerun resumes it."""
+
+    def __init__(self, stage: str, step: int, done: str | None = None):
+        self.stage, self.step = stage, step
+        super().__init__(f"SIGTERM: {done or f'saved step {step}'} ({stage}); exiting")

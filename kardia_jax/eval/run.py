@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from ml_collections import ConfigDict
 
 from kardia_jax.checks import writable_dir
-from kardia_jax.errors import ConfigError, DataError
+from kardia_jax.errors import ConfigError, DataError, Preempted
 from kardia_jax.eval import store
 from kardia_jax.eval.config import api_judge_settings, judge_settings, max_failure_fraction
 from kardia_jax.eval.metrics import Record, compute_metrics
@@ -34,6 +34,7 @@ from kardia_jax.eval.table import PAPER_ROWS, PAPER_SOURCE, results_markdown
 from kardia_jax.rewards.api_judge import is_api_spec
 from kardia_jax.rewards.rubric import DIMENSIONS
 from kardia_jax.train.distributed import barrier, is_main, same_everywhere
+from kardia_jax.train.preemption import Preemption
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,21 +201,26 @@ def generate_missing(items, path: str, make_policy, config: ConfigDict) -> int:
     todo.sort(key=lambda it: len(it.example.prompt_ids))
     bs = int(config.eval.batch_size)  # >= 1: checked by prepare_eval
     t0 = time.perf_counter()
-    for k in range(0, len(todo), bs):
-        batch = todo[k : k + bs]
-        # The seed depends on the batch's first id, not its position, so a resumed
-        # run samples what an uninterrupted one would for the same batch.
-        seed = int(config.eval.seed) * 1_000_003 + int(
-            hashlib.sha256(batch[0].id.encode()).hexdigest()[:7], 16
-        )
-        rows = policy.generate(batch, int(config.eval.max_new_tokens), seed)  # on every host
-        if main:
-            store.append_jsonl(path, rows)
-        n = min(k + bs, len(todo))
-        print(
-            f"eval: generated {n}/{len(todo)} ({time.perf_counter() - t0:.0f} s)",
-            flush=True,
-        )
+    with Preemption() as preempt:
+        for k in range(0, len(todo), bs):
+            batch = todo[k : k + bs]
+            # The seed depends on the batch's first id, not its position, so a resumed
+            # run samples what an uninterrupted one would for the same batch.
+            seed = int(config.eval.seed) * 1_000_003 + int(
+                hashlib.sha256(batch[0].id.encode()).hexdigest()[:7], 16
+            )
+            rows = policy.generate(batch, int(config.eval.max_new_tokens), seed)  # every host
+            if main:
+                store.append_jsonl(path, rows)
+            n = min(k + bs, len(todo))
+            print(
+                f"eval: generated {n}/{len(todo)} ({time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
+            # Every process stops after the same batch, its rows written (and flushed):
+            # the rerun generates only the rest.
+            if preempt.reached():
+                raise Preempted("eval", k // bs + 1, f"wrote {n}/{len(todo)} completions")
     return len(todo)
 
 
@@ -232,42 +238,53 @@ def judge_missing(items, completions: dict, judge, path: str, batch_size: int) -
     how many got one. A row with a non-finite score (an API judge's failed item) is
     not written, so a rerun asks again. An API judge caches each reply itself as it
     arrives, so a kill mid-batch loses none of them."""
-    from kardia_jax.rewards.prompt import JudgeContext
-
     ident = judge_identity(judge)
     done = {r["id"] for r in resume_rows(path) if r.get("judge") == ident}
     todo = [it for it in items if it.id not in done]
     t0, scored, main = time.perf_counter(), 0, is_main()
-    if hasattr(judge, "api_counts") and not main:
+    api = hasattr(judge, "api_counts")
+    if api and not main:
         # An API judge runs on the host: process 0 alone sends the requests.
         return 0
-    for k in range(0, len(todo), batch_size):
-        batch = todo[k : k + batch_size]
-        contexts = [JudgeContext.from_example(it.example) for it in batch]
-        result = judge.evaluate(contexts, [completions[it.id]["completion"] for it in batch])
-        scores = result.scores
-        if getattr(scores, "shape", None) != (len(batch), len(DIMENSIONS)):
-            raise DataError(
-                f"judge returned scores of shape {getattr(scores, 'shape', None)} for "
-                f"{len(batch)} completions; expected ({len(batch)}, {len(DIMENSIONS)})"
+    with Preemption() as preempt:
+        for k in range(0, len(todo), batch_size):
+            scored += _judge_batch(judge, todo[k : k + batch_size], completions, path, ident)
+            n = min(k + batch_size, len(todo))
+            failed = f", {n - scored} without a score" if scored < n else ""
+            print(
+                f"eval: judged {n}/{len(todo)}{failed} ({time.perf_counter() - t0:.0f} s)",
+                flush=True,
             )
-        ok = [i for i in range(len(batch)) if all(math.isfinite(x) for x in scores[i])]
-        if main:
-            store.append_jsonl(
-                path,
-                (
-                    {"id": batch[i].id, "judge": ident, "scores": [float(x) for x in scores[i]]}
-                    for i in ok
-                ),
-            )
-        scored += len(ok)
-        failed = f", {k + len(batch) - scored} without a score" if scored < k + len(batch) else ""
-        print(
-            f"eval: judged {min(k + batch_size, len(todo))}/{len(todo)}{failed} "
-            f"({time.perf_counter() - t0:.0f} s)",
-            flush=True,
-        )
+            # A checkpoint judge runs on every process, which stop after the same
+            # batch; an API judge (process 0 alone) caches each reply, so a kill loses
+            # nothing there.
+            if not api and preempt.reached():
+                raise Preempted("eval", k // batch_size + 1, f"wrote {n}/{len(todo)} scores")
     return scored
+
+
+def _judge_batch(judge, batch, completions: dict, path: str, ident: str) -> int:
+    """Scores one batch and appends its finite rows (process 0); returns how many."""
+    from kardia_jax.rewards.prompt import JudgeContext
+
+    contexts = [JudgeContext.from_example(it.example) for it in batch]
+    result = judge.evaluate(contexts, [completions[it.id]["completion"] for it in batch])
+    scores = result.scores
+    if getattr(scores, "shape", None) != (len(batch), len(DIMENSIONS)):
+        raise DataError(
+            f"judge returned scores of shape {getattr(scores, 'shape', None)} for "
+            f"{len(batch)} completions; expected ({len(batch)}, {len(DIMENSIONS)})"
+        )
+    ok = [i for i in range(len(batch)) if all(math.isfinite(x) for x in scores[i])]
+    if is_main():
+        store.append_jsonl(
+            path,
+            (
+                {"id": batch[i].id, "judge": ident, "scores": [float(x) for x in scores[i]]}
+                for i in ok
+            ),
+        )
+    return len(ok)
 
 
 # An API judge's replies, one JSON row per judged item (eval workdir), keyed by a hash

@@ -68,6 +68,7 @@ from kardia_jax.train.checkpoints import resume_or_init
 from kardia_jax.train.distributed import global_batch, host_rows
 from kardia_jax.train.metrics import MetricsLogger
 from kardia_jax.train.optim import make_optimizer
+from kardia_jax.train.preemption import Preempted, Preemption
 from kardia_jax.train.setup import mesh_and_rules, planned_model_config
 from kardia_jax.train.state import (
     batch_sharding,
@@ -219,6 +220,8 @@ def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None)
     heap_guard = HeapGuard()  # kept host memory, bounded (kardia_jax/host.py)
     selector = None
     every = scoring_interval(config.select, run.per_epoch)
+    # A SIGTERM to any process: every one saves at the same step and exits 0.
+    preempt = Preemption().install()
     try:
         if every:
             selector = _selector(run, inputs.heldout)
@@ -249,10 +252,14 @@ def run_grpo(config: ConfigDict, workdir: str, inputs: GRPOInputs | None = None)
             # finds this step in the history.
             if selector is not None and (step % every == 0 or step == run.total_steps):
                 _select(selector, step, run.export, run.logger)
+            if preempt.reached():
+                run.ckpt.save(step, run.state, run.batches.get_state(), wait=True)
+                raise Preempted("grpo", step)
             if config.checkpoint.every and step % config.checkpoint.every == 0:
                 run.ckpt.save(step, run.state, run.batches.get_state())
         return _finish(run, step, selector)
     finally:
+        preempt.restore()
         run.logger.close()
         run.ckpt.close()
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import time
 from typing import Any
 
@@ -30,6 +29,7 @@ from kardia_jax.train.checkpoints import resume_or_init
 from kardia_jax.train.distributed import global_batch, host_rows
 from kardia_jax.train.metrics import MetricsLogger, flops_per_token
 from kardia_jax.train.optim import learning_rate_schedule, make_optimizer
+from kardia_jax.train.preemption import Preempted, Preemption
 from kardia_jax.train.setup import check_batch, mesh_and_rules, planned_model_config
 from kardia_jax.train.state import (
     batch_sharding,
@@ -63,20 +63,6 @@ def load_sft_data(dcfg: ConfigDict, tokenizer):
         train, held = easy, []
     kw = dict(max_length=dcfg.max_length, report=report, form=dcfg.example)
     return build_examples(train, tokenizer, **kw), build_examples(held, tokenizer, **kw), report
-
-
-class _Preemption:
-    """SIGTERM sets a flag; the loop saves at the next step boundary and exits 0."""
-
-    def __init__(self):
-        self.requested = False
-        self._old = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def restore(self):
-        signal.signal(signal.SIGTERM, self._old)
 
 
 @dataclasses.dataclass
@@ -172,7 +158,8 @@ def run_sft(config: ConfigDict, workdir: str, inputs: SFTInputs | None = None) -
         resume_jsonl(log_path, start)
         resume_jsonl(eval_log_path, start)
     logger = MetricsLogger(os.path.join(workdir, "tb"), total_steps, enabled=main)
-    preempt = _Preemption()
+    # A SIGTERM to any process: every one saves at the same step and exits 0.
+    preempt = Preemption().install()
     pending: list[tuple[int, dict, int, float]] = []  # device metrics not yet fetched
     last = {"loss": float("nan")}
     t_last = time.perf_counter()
@@ -272,10 +259,9 @@ def run_sft(config: ConfigDict, workdir: str, inputs: SFTInputs | None = None) -
                     )
             if config.eval.every and step % config.eval.every == 0:
                 eval_loss = evaluate(step)
-            if preempt.requested:
+            if preempt.reached():
                 save(step, wait=True)
-                print(f"SIGTERM: saved step {step}; exiting", flush=True)
-                return {"step": step, "preempted": True}
+                raise Preempted("sft", step)
             if config.checkpoint.every and step % config.checkpoint.every == 0:
                 save(step)
         flush()
