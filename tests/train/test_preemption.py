@@ -79,6 +79,7 @@ def _preempt_pair(args: list[str], workdir: str, after: int) -> int:
     assert step == step1, outs  # the same step on both
     step = int(step)
     assert after < step and step in _checkpoints(workdir), (step, _checkpoints(workdir))
+    print(f"\nSIGTERM to process 1 after checkpoint {after}: both saved step {step}")
     return step
 
 
