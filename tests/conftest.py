@@ -63,6 +63,7 @@ _SLOW_FILES = (
     "test_grpo_select.py",
     "test_gguf.py",
     "test_restore_mismatch.py",
+    "test_preemption.py",
 )
 
 

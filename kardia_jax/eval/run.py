@@ -33,7 +33,7 @@ from kardia_jax.eval.metrics import Record, compute_metrics
 from kardia_jax.eval.table import PAPER_ROWS, PAPER_SOURCE, results_markdown
 from kardia_jax.rewards.api_judge import is_api_spec
 from kardia_jax.rewards.rubric import DIMENSIONS
-from kardia_jax.train.distributed import barrier, is_main, same_everywhere
+from kardia_jax.train.distributed import agreed, barrier, is_main, same_everywhere
 from kardia_jax.train.preemption import Preemption
 
 
@@ -127,8 +127,8 @@ def resume_rows(path: str) -> list[dict]:
     """The rows of one of the workdir's append-only files, the same on every process:
     process 0 reads it first, cutting a torn last line, and the others after it."""
     main = is_main()
-    rows = store.resume_jsonl(path) if main else []
-    barrier(f"eval: read {os.path.basename(path)}")
+    with agreed():  # also the barrier: a corrupt file stops every process, not one
+        rows = store.resume_jsonl(path) if main else []
     if not main:
         rows = store.read_jsonl(path)  # never edits the file
     same_everywhere(len(rows), f"the rows of {path}")

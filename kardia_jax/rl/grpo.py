@@ -65,7 +65,7 @@ from kardia_jax.sampling import Sampler, SamplingConfig
 from kardia_jax.sampling.sampler import PROMPT_BUCKETS
 from kardia_jax.sharding import batch_shards, fetch
 from kardia_jax.train.checkpoints import resume_or_init
-from kardia_jax.train.distributed import global_batch, host_rows
+from kardia_jax.train.distributed import agreed, global_batch, host_rows
 from kardia_jax.train.metrics import MetricsLogger
 from kardia_jax.train.optim import make_optimizer
 from kardia_jax.train.preemption import Preempted, Preemption
@@ -314,11 +314,12 @@ def start_run(config: ConfigDict, workdir: str, inputs: GRPOInputs) -> GRPORun:
     main = jax.process_index() == 0
     logger = MetricsLogger(os.path.join(workdir, "tb"), total_steps, enabled=main)
     write_data_record(workdir, inputs.data)  # process 0
-    if main:
-        for name in ("rollouts.jsonl", "grpo_log.jsonl"):
-            resume_jsonl(os.path.join(workdir, name), start)
-        # A fresh run scores its baseline again: no row survives.
-        resume_jsonl(os.path.join(workdir, SELECTION_LOG), start if start else -1)
+    with agreed():  # a log corrupt before its last line stops every process, not one
+        if main:
+            for name in ("rollouts.jsonl", "grpo_log.jsonl"):
+                resume_jsonl(os.path.join(workdir, name), start)
+            # A fresh run scores its baseline again: no row survives.
+            resume_jsonl(os.path.join(workdir, SELECTION_LOG), start if start else -1)
     return GRPORun(
         config=config,
         workdir=workdir,

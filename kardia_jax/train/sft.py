@@ -26,7 +26,7 @@ from kardia_jax.jsonio import append_jsonl, resume_jsonl
 from kardia_jax.models import ModelConfig, check_hf_checkpoint, save_hf_model
 from kardia_jax.models.decoder import Transformer
 from kardia_jax.train.checkpoints import resume_or_init
-from kardia_jax.train.distributed import global_batch, host_rows
+from kardia_jax.train.distributed import agreed, global_batch, host_rows
 from kardia_jax.train.metrics import MetricsLogger, flops_per_token
 from kardia_jax.train.optim import learning_rate_schedule, make_optimizer
 from kardia_jax.train.preemption import Preempted, Preemption
@@ -154,9 +154,10 @@ def run_sft(config: ConfigDict, workdir: str, inputs: SFTInputs | None = None) -
 
     log_path = os.path.join(workdir, "train_log.jsonl")
     eval_log_path = os.path.join(workdir, "eval_log.jsonl")  # held-out loss: {step, loss}
-    if main:
-        resume_jsonl(log_path, start)
-        resume_jsonl(eval_log_path, start)
+    with agreed():  # a log corrupt before its last line stops every process, not one
+        if main:
+            resume_jsonl(log_path, start)
+            resume_jsonl(eval_log_path, start)
     logger = MetricsLogger(os.path.join(workdir, "tb"), total_steps, enabled=main)
     # A SIGTERM to any process: every one saves at the same step and exits 0.
     preempt = Preemption().install()
