@@ -6,14 +6,11 @@ writes stays the caller's decision (process 0 in a multi-host run)."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections.abc import Iterable
 from typing import Any
 
 from kardia_jax.errors import DataError
-
-log = logging.getLogger(__name__)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -109,7 +106,8 @@ def resume_jsonl(
     text = "".join(t + "\n" for _, t, _ in rows)
     if good < len(data):
         msg = f"{os.fspath(path)}: cut a torn last line ({len(data) - good} bytes) left by a kill"
-        log.warning(msg)
+        # Printed, not logged: the CLI's user reads it, and a second copy through a
+        # root handler some library configured would only repeat it.
         print(f"warning: {msg}", flush=True)
     if text.encode("utf-8") != data:
         write_text(path, text)

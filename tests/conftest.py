@@ -63,9 +63,49 @@ _SLOW_FILES = (
     "test_grpo_select.py",
     "test_gguf.py",
     "test_restore_mismatch.py",
-    "test_preemption.py",
+    "test_sigterm.py",
+    "test_sft_faults.py",
+    "test_grpo_faults.py",
 )
 
 
 def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.path.name not in _SLOW_FILES)
+
+
+# The fault-injection suite's summary (tests/faults/): each of its tests notes on its
+# report the fault it injected and, once its assertions pass, the outcome. Reports
+# reach the controller under xdist with their user_properties, so this is the one
+# place that sees every fault.
+_FAULTS: list[tuple[dict, str]] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" or (report.when == "setup" and report.failed):
+        for name, row in report.user_properties:
+            if name == "fault":
+                _FAULTS.append((row, report.outcome))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _FAULTS:
+        return
+    from tests.faults.harness import SEED
+
+    tr = terminalreporter
+    counts = {"survived": 0, "refused": 0, "lost": 0}
+    lines = []
+    for row, outcome in sorted(_FAULTS, key=lambda x: x[0]["fault"]):
+        verdict = row["outcome"] if outcome == "passed" and row["outcome"] else "lost"
+        counts[verdict] += 1
+        shown = {"survived": "survived", "refused": "refused as designed", "lost": "LOST"}
+        lines.append(f"{shown[verdict]:>19}  {row['fault']}: {row['injected']}")
+        if row["detail"]:
+            lines.append(f"{'':>21}-> {row['detail']}")
+    tr.write_sep("=", f"fault injection (KARDIA_JAX_FAULT_SEED={SEED})")
+    for line in lines:
+        tr.write_line(line)
+    tr.write_line(
+        f"{len(_FAULTS)} faults injected: {counts['survived']} survived, "
+        f"{counts['refused']} refused as designed, {counts['lost']} lost"
+    )

@@ -88,10 +88,19 @@ def score(reward_fn, examples, index: np.ndarray, texts: list[str]) -> RewardBat
     if isinstance(out, dict):
         out = RewardBatch({k: np.asarray(v, np.float32) for k, v in out.items()}, {})
     total = np.asarray(out.components.get("total")) if "total" in out.components else None
-    if total is None or total.shape != (len(texts),) or not np.all(np.isfinite(total)):
+    if total is None or total.shape != (len(texts),):
         raise ConfigError(
-            f"the reward function returned no finite 'total' of shape ({len(texts)},) "
+            f"the reward function returned no 'total' of shape ({len(texts)},) "
             f"(got {None if total is None else total.shape})"
+        )
+    bad = np.flatnonzero(~np.isfinite(total))
+    if bad.size:
+        # Refused rather than dropped: a group's advantage would be NaN, and a silently
+        # smaller batch would train on other data than the ledger records.
+        raise ConfigError(
+            f"the reward function returned a non-finite 'total' for {bad.size} of "
+            f"{len(texts)} completions (rows {bad[:8].tolist()}: {total[bad[:8]].tolist()}); "
+            "rerun to resume from the last checkpoint once the reward is fixed"
         )
     return out
 

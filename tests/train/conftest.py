@@ -60,12 +60,18 @@ def tiny_overrides(tokenizer_dir: str, **extra) -> list[str]:
 
 
 def run_cli(
-    args: list[str], env_extra: dict | None = None, *, optimize: bool = False, **kw
+    args: list[str],
+    env_extra: dict | None = None,
+    *,
+    optimize: bool = False,
+    module: str = "kardia_jax.cli",
+    **kw,
 ) -> subprocess.Popen:
     """`python -m kardia_jax.cli ...` in a child with the test JAX settings. Children
     of tiny models are compile-bound like the in-process tests and keep the cheapest
     LLVM level (tests/conftest.py); `optimize=True` is for children whose time goes
-    into running (a 152k vocabulary), where the default level wins."""
+    into running (a 152k vocabulary), where the default level wins. `module` runs
+    another entry point (one that injects a fault, then calls the CLI)."""
     import jax
 
     from ..conftest import FAST_COMPILE_FLAG
@@ -78,7 +84,7 @@ def run_cli(
     env["JAX_COMPILATION_CACHE_DIR"] = jax.config.jax_compilation_cache_dir
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     return subprocess.Popen(
-        [sys.executable, "-m", "kardia_jax.cli", *args],
+        [sys.executable, "-m", module, *args],
         env=env,
         cwd=REPO,
         stdout=subprocess.PIPE,
