@@ -130,7 +130,7 @@ def test_a_nan_batch(request, straight, tmp_path, small_tokenizer):
     fault = "SFT: a NaN batch"
     step = h.rng(fault).randrange(2, STEPS)
     workdir = tmp_path / "run"
-    record = f"step {step}'s batch weighs its targets by NaN"
+    record = f"step {step}'s batch makes the loss and every gradient NaN"
     h.record(request, fault, record)
     args = h.sft_args(workdir, small_tokenizer, **{"checkpoint.every": 1, "eval.every": 0})
     h.run(args, env={"KARDIA_FAULT_NAN_STEP": str(step)}, module="tests.faults.poisoned")
@@ -152,3 +152,26 @@ def test_a_nan_batch(request, straight, tmp_path, small_tokenizer):
 @pytest.fixture(autouse=True)
 def _quiet_tokenizers(monkeypatch):
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+
+
+def test_a_log_corrupt_before_its_last_line_on_two_processes(
+    request, straight, tmp_path, small_tokenizer
+):
+    fault = "SFT: a log line corrupt before the last, on 2 processes"
+    workdir = tmp_path / "run"
+    h.as_if_killed_after(straight, workdir, 4)
+    log = workdir / "train_log.jsonl"
+    lines = log.read_bytes().splitlines(keepends=True)
+    n = h.rng(fault).randrange(1, len(lines) - 1)
+    lines[n] = lines[n][: len(lines[n]) // 2] + b"\n"  # not a kill's doing: refused
+    log.write_bytes(b"".join(lines))
+    before = h.tree_hash(workdir)
+    record = f"train_log.jsonl line {n + 1} of {len(lines)} cut in half"
+    h.record(request, fault, record)
+    codes, outs = h.finish(h.start(h.sft_args(workdir, small_tokenizer), pair=True))
+    assert codes == [2, 2], outs  # both stop: neither waits for the other
+    errors = [[ln for ln in out.splitlines() if ": error: " in ln] for out in outs]
+    assert all(len(e) == 1 for e in errors), outs
+    assert f"train_log.jsonl:{n + 1}" in errors[0][0], errors
+    assert h.tree_hash(workdir) == before
+    h.record(request, fault, record, "refused", "exit 2 on both processes naming the line")
