@@ -63,6 +63,7 @@ _SLOW_FILES = (
     "test_grpo_select.py",
     "test_gguf.py",
     "test_restore_mismatch.py",
+    "test_resume_weights.py",
     "test_sigterm.py",
     "test_sft_faults.py",
     "test_grpo_faults.py",

@@ -71,6 +71,12 @@ def sft_config() -> ConfigDict:
     c.checkpoint.every = 200  # steps between orbax checkpoints
     c.checkpoint.max_to_keep = 2
     c.checkpoint.async_save = True
+    # A checkpoint written under other settings (tree, shapes or dtypes differ): "refuse"
+    # stops with one line naming the differences; "weights" resumes at its step from
+    # its model parameters alone (layers stacked or unstacked for model.scan_layers,
+    # cast to model.param_dtype), with a fresh optimizer state (e.g. after a train.*
+    # change that reshapes it). Other shapes (another model, vocab_multiple) refuse.
+    c.checkpoint.on_mismatch = "refuse"
 
     c.log = ConfigDict()
     c.log.every = 10  # steps between metric fetches (no host sync in between)
