@@ -11,7 +11,6 @@ while one that cannot be read is moved aside and the one before it is used.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Callable
@@ -25,8 +24,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from kardia_jax.errors import CheckpointError, ConfigError
-
-log = logging.getLogger(__name__)
+from kardia_jax.train.digest import digest_mismatch, state_digest
 
 # Codes the processes agree on before acting, worst first wins: a checkpoint one
 # host cannot read is unusable for all, and a mismatch stops every host. _WEIGHTS:
@@ -135,6 +133,8 @@ class Checkpointer:
             ("state", ocp.args.StandardRestore),
             ("data", ocp.args.JsonSave),
             ("data", ocp.args.JsonRestore),
+            ("digest", ocp.args.JsonSave),
+            ("digest", ocp.args.JsonRestore),
         ):
             registry.add(item, args)
         self._manager = ocp.CheckpointManager(
@@ -156,6 +156,9 @@ class Checkpointer:
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
                 data=ocp.args.JsonSave(data_state or {}),
+                # Array bytes damaged on disk can still decode (orbax reads them back
+                # without complaint): the restore compares them with this.
+                digest=ocp.args.JsonSave(state_digest(state)),
             ),
             force=True,
         )
@@ -189,7 +192,27 @@ class Checkpointer:
         finally:
             handler.close()
         data = ocp.JsonCheckpointHandler().restore(step_dir / "data", args=ocp.args.JsonRestore())
-        return state, dict(data or {})
+        digest = None
+        if (step_dir / "digest").exists():  # checkpoints written before it have none
+            digest = ocp.JsonCheckpointHandler().restore(
+                step_dir / "digest", args=ocp.args.JsonRestore()
+            )
+        return state, dict(data or {}), digest
+
+    def _verify(self, state, digest: dict | None) -> str:
+        """'' when the restored arrays have the sums saved with them, else why not.
+        A computation over every process's devices: run it only once all have read."""
+        if digest is None:
+            return ""
+        wrong = digest_mismatch(digest, state_digest(state))
+        if not wrong:
+            return ""
+        return (
+            f"the arrays read back differ from the checksum saved with them "
+            f"({len(wrong)} of {len(digest)}: {', '.join(wrong[:3])}"
+            + (", ..." if len(wrong) > 3 else "")
+            + "): damaged on disk"
+        )
 
     def _restore_weights(self, step: int, plan: WeightsPlan):
         """Reads only `plan.read` of the step's state (orbax's partial restore: the
@@ -229,7 +252,6 @@ class Checkpointer:
         else:
             msg = f"{where} is unreadable on process {jax.process_index()} ({reason})"
         if jax.process_index() == 0 or reason:
-            log.warning(msg)
             print(f"warning: {msg}", flush=True)
         multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
         self._manager.reload()
@@ -276,13 +298,17 @@ class Checkpointer:
                     code, reason = _OK, ""
                 except Exception as e:  # noqa: BLE001 - bad or missing array files
                     code, reason = _UNREADABLE, _first_line(e)
-                if _agree(code) == _OK:
-                    if agreed == _OK:
-                        return step, *restored
+                read = _agree(code) == _OK
+                if read and agreed == _OK:
+                    state, data, digest = restored
+                    # The sums are global: every process reaches the same verdict.
+                    reason = self._verify(state, digest)
+                    if not reason:
+                        return step, state, data
+                elif read:
                     part, data = restored
                     if jax.process_index() == 0:
                         msg = _weights_message(f"{self.directory}/{step}", step, plan)
-                        log.warning(msg)
                         print(f"warning: {msg}", flush=True)
                     return step, plan.finish(part, step), data
             tried.append(f"{step} ({reason or 'unreadable on another process'})")

@@ -56,3 +56,42 @@ def test_one_flipped_bit_or_two_swapped_values_show():
     assert got["h"][0] == base["h"][0]  # the plain sum cannot see an exchange
     assert digest_mismatch(base, got) == ["h"]
     assert digest_mismatch(base, {k: v for k, v in base.items() if k != "ids"}) == ["ids"]
+
+
+def test_arrays_that_decode_but_differ_from_their_checksum_are_moved_aside(tmp_path, capsys):
+    import os
+    import shutil
+
+    from kardia_jax.train.checkpoints import Checkpointer
+
+    mesh = Mesh(np.asarray(jax.devices()), ("d",))
+    rows = NamedSharding(mesh, PartitionSpec("d"))
+
+    def full(v):
+        return np.random.default_rng(v).standard_normal((8, 256), np.float32)
+
+    def state(v):
+        return {"w": jax.device_put(full(v), rows), "n": jnp.int32(v)}
+
+    ckpt = Checkpointer(str(tmp_path), async_save=False)
+    for step in (1, 2, 3):
+        ckpt.save(step, state(step), {"at": step}, wait=True)
+    ckpt.close()
+    # Step 3's arrays replaced by step 2's: every file is whole and decodes, every
+    # value is a real one, only the checksum saved with step 3 can tell.
+    shutil.rmtree(tmp_path / "3" / "state")
+    shutil.copytree(tmp_path / "2" / "state", tmp_path / "3" / "state")
+
+    abstract = {
+        "w": jax.ShapeDtypeStruct((8, 256), np.float32, sharding=rows),
+        "n": jax.ShapeDtypeStruct((), np.int32, sharding=NamedSharding(mesh, PartitionSpec())),
+    }
+    ckpt = Checkpointer(str(tmp_path), async_save=False)
+    step, restored, data = ckpt.restore_latest(abstract)
+    ckpt.close()
+    assert (step, data["at"]) == (2, 2)
+    np.testing.assert_array_equal(np.asarray(restored["w"]), full(2))
+    out = capsys.readouterr().out
+    assert "checkpoint" in out and "3 is unreadable (the arrays read back differ from the" in out
+    assert "checksum saved with them (2 of 2: n, w)" in out, out
+    assert any(n.startswith("3.unreadable-") for n in os.listdir(tmp_path))
