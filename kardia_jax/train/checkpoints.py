@@ -105,6 +105,7 @@ class WeightsPlan(NamedTuple):
     read: Any
     finish: Callable[[Any, int], Any]
     converted: str
+    cast: frozenset = frozenset()  # leaves ("params/...") read in another dtype
 
 
 # Given a mismatched checkpoint's tree metadata: a plan, or why its parameters do
@@ -192,19 +193,23 @@ class Checkpointer:
         finally:
             handler.close()
         data = ocp.JsonCheckpointHandler().restore(step_dir / "data", args=ocp.args.JsonRestore())
-        digest = None
-        if (step_dir / "digest").exists():  # checkpoints written before it have none
-            digest = ocp.JsonCheckpointHandler().restore(
-                step_dir / "digest", args=ocp.args.JsonRestore()
-            )
-        return state, dict(data or {}), digest
+        return state, dict(data or {}), self._read_digest(step_dir)
 
-    def _verify(self, state, digest: dict | None) -> str:
-        """'' when the restored arrays have the sums saved with them, else why not.
-        A computation over every process's devices: run it only once all have read."""
+    @staticmethod
+    def _read_digest(step_dir) -> dict | None:
+        if not (step_dir / "digest").exists():  # checkpoints written before it have none
+            return None
+        return ocp.JsonCheckpointHandler().restore(step_dir / "digest", args=ocp.args.JsonRestore())
+
+    def _verify(self, state, digest: dict | None, skip: frozenset = frozenset()) -> str:
+        """'' when the restored arrays have the sums saved with them, else why not;
+        `state` may be part of what was saved, and leaves in `skip` (read in another
+        dtype) are not compared. A computation over every process's devices: run it
+        only once all have read."""
         if digest is None:
             return ""
-        wrong = digest_mismatch(digest, state_digest(state))
+        actual = {k: v for k, v in state_digest(state).items() if k not in skip}
+        wrong = digest_mismatch({k: digest.get(k) for k in actual}, actual)
         if not wrong:
             return ""
         return (
@@ -233,7 +238,7 @@ class Checkpointer:
         finally:
             handler.close()
         data = ocp.JsonCheckpointHandler().restore(step_dir / "data", args=ocp.args.JsonRestore())
-        return part, dict(data or {})
+        return part, dict(data or {}), self._read_digest(step_dir)
 
     def _move_aside(self, step: int, reason: str | None) -> None:
         """Process 0 renames the step (kept for inspection; the resumed run will save
@@ -306,7 +311,9 @@ class Checkpointer:
                     if not reason:
                         return step, state, data
                 elif read:
-                    part, data = restored
+                    part, data, digest = restored
+                    reason = self._verify(part, digest, plan.cast)
+                if read and agreed == _WEIGHTS and not reason:
                     if jax.process_index() == 0:
                         msg = _weights_message(f"{self.directory}/{step}", step, plan)
                         print(f"warning: {msg}", flush=True)
@@ -430,7 +437,8 @@ def weights_planner(cfg, tx, mesh, rules, abstract, shardings) -> WeightsPlanner
             return jax.jit(build, out_shardings=shardings)(flat)
 
         nested = ocp.tree.from_flat_dict(ocp.tree.to_flat_dict(read))
-        return WeightsPlan({"params": nested}, finish, "; ".join(converted) or "as saved")
+        cast = frozenset("params/" + d.split(": dtype ", 1)[0] for d in casts)
+        return WeightsPlan({"params": nested}, finish, "; ".join(converted) or "as saved", cast)
 
     return plan
 

@@ -166,6 +166,25 @@ def test_scanned_checkpoint_resumes_an_unscanned_bfloat16_run(
     assert log[:STEPS] == before and [r["step"] for r in log] == list(range(1, MORE + 1))
 
 
+def test_weights_that_fail_their_checksum_fall_back_to_the_previous_checkpoint(
+    unscanned, tmp_path, small_tokenizer, resumed, capsys
+):
+    """Step 4's arrays replaced by step 2's, step 4's checksum kept: every file reads,
+    only the checksum can tell, on the weights path too."""
+    workdir = copy(unscanned, tmp_path)
+    ckpts = workdir / "checkpoints"
+    shutil.rmtree(ckpts / "4" / "state")
+    shutil.copytree(ckpts / "2" / "state", ckpts / "4" / "state")
+    capsys.readouterr()
+    overrides = {"model.scan_layers": True, "checkpoint.on_mismatch": "weights"}
+    assert run(workdir, small_tokenizer, MORE, **overrides) == 0
+    out = capsys.readouterr().out
+    assert "checkpoints/4 is unreadable (the arrays read back differ from the checksum" in out
+    assert "resuming at step 2 from its model parameters only" in out, out
+    assert resumed["start"] == 2
+    assert any(n.startswith("4.unreadable-") for n in os.listdir(ckpts))
+
+
 def test_optimizer_change_is_refused_and_resumes_from_weights_when_asked(
     unscanned, tmp_path, small_tokenizer, resumed, capsys
 ):
