@@ -42,7 +42,9 @@ def test_tiny_sft_on_the_bundled_sample_halves_the_loss(tmp_path):
         env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
         optimize=True,  # its time is the 152k-vocabulary head, not compiling
     )
-    out = proc.communicate(timeout=300)[0]
+    # A guard against a hang, not a speed check (bench/ measures speed): CI's full
+    # suite on a loaded 2-core machine took it past 300 s.
+    out = proc.communicate(timeout=900)[0]
     elapsed = time.perf_counter() - t0
     assert proc.returncode == 0, out
     result = json.loads(out.strip().splitlines()[-1])
