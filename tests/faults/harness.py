@@ -8,7 +8,6 @@ weights bit for bit, and the logs and ledgers row for row (timings left out)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -22,6 +21,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from tests.train.conftest import run_cli, tiny_overrides
+from tests.train.test_restore_mismatch import tree_hash  # noqa: F401 - the suite's one
 
 SEED = int(os.environ.get("KARDIA_JAX_FAULT_SEED", "0"))
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "kardia_jax", "configs")
@@ -134,16 +134,6 @@ def rows(path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMINGS} for r in read_jsonl(path)]
 
 
-def tree_hash(root) -> dict[str, str]:
-    out = {}
-    for d, _, files in os.walk(root):
-        for f in files:
-            path = os.path.join(d, f)
-            with open(path, "rb") as fh:
-                out[os.path.relpath(path, root)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
-
-
 def same_weights(a_dir, b_dir) -> None:
     a = load_file(os.path.join(a_dir, "hf", "model.safetensors"))
     b = load_file(os.path.join(b_dir, "hf", "model.safetensors"))
@@ -180,9 +170,6 @@ def as_if_killed_after(straight, workdir, step: int) -> None:
         if s > step:
             shutil.rmtree(os.path.join(workdir, "checkpoints", str(s)))
     shutil.rmtree(os.path.join(workdir, "hf"), ignore_errors=True)
-    for name in ("results.json",):
-        if os.path.exists(os.path.join(workdir, name)):
-            os.remove(os.path.join(workdir, name))
 
 
 def files_of(step_dir) -> list[str]:
