@@ -1,6 +1,7 @@
 """The decoder-only language model shared by policy, reference and judge:
-embeddings -> N pre-norm layers (optionally scanned, optionally rematerialised)
--> final RMSNorm -> tied or untied lm_head."""
+embeddings -> N pre-norm layers (optionally scanned, optionally rematerialised;
+global or sliding-window attention per layer) -> final RMSNorm -> tied or untied
+lm_head (optionally soft-capped)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from kardia_jax.models.layers import (
     dot_product_attention,
     keys_transposed,
     rope_sin_cos,
+    soft_cap,
+    window_mask,
 )
 from kardia_jax.models.layers import attention_mask as make_attention_mask
 from kardia_jax.sharding import constrain, shards_along
@@ -28,6 +31,20 @@ _REMAT = {
     "dots": jax.checkpoint_policies.dots_saveable,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
+
+
+def pick_kind(local, by_kind: dict):
+    """The value of a layer's kind (`local`: sliding window or not) from `by_kind`
+    {False: global, True: local}: a plain lookup for a Python bool, an element-wise
+    select for a traced one (scanned layers of both kinds share one layer body)."""
+    if isinstance(local, bool):
+        return by_kind[local]
+    return jax.tree.map(lambda g, w: jnp.where(local, w, g), by_kind[False], by_kind[True])
+
+
+def layer_kinds(cfg: ModelConfig) -> tuple[bool, ...]:
+    """The layer kinds the model has: (False,) global only, (True,) or (False, True)."""
+    return tuple(sorted(set(cfg.local_layers)))
 
 
 def positions_from_mask(attention_mask_BT):
@@ -96,7 +113,8 @@ def cache_axes(cfg: ModelConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 class Transformer(nnx.Module):
-    """Qwen2 / Qwen2.5, Qwen3 and Llama causal LMs, selected by `ModelConfig`.
+    """Qwen2 / Qwen2.5, Qwen3, Llama, Gemma, Gemma 2 and Gemma 3 (text) causal LMs,
+    selected by `ModelConfig`.
 
     Parameter names follow the Hugging Face checkpoints (`embed_tokens`,
     `layers.i.self_attn.q_proj`, ...), so the checkpoint map is a short table.
@@ -167,23 +185,53 @@ class Transformer(nnx.Module):
                 if segment_ids is not None
                 else positions_from_mask(attention_mask)
             )
-        sin, cos = rope_sin_cos(cfg, positions)
+        kinds = layer_kinds(cfg)
+        rope = {local: rope_sin_cos(cfg, positions, local) for local in kinds}
         if kernels.of(cfg.kernels) == "tpu":
             segments = splash_segments(attention_mask, segment_ids)
 
-            def attend(q, k, v):
-                return self._splash(q, k, v, segments, segments)
+            def attend(q, k, v, local):
+                return self._splash_layer(q, k, v, segments, local)
         else:
             mask = make_attention_mask(attention_mask, t, segment_ids=segment_ids)
+            # A sliding layer's window counts positions (`layers.window_mask`); with
+            # left padding or packing that is transformers' count of slots.
+            masks = {
+                local: mask & window_mask(positions, positions, cfg.sliding_window)
+                if local
+                else mask
+                for local in kinds
+            }
 
-            def attend(q, k, v):
-                return dot_product_attention(q, k, v, mask, jnp.dtype(cfg.dtype))
+            def attend(q, k, v, local):
+                return dot_product_attention(
+                    q,
+                    k,
+                    v,
+                    pick_kind(local, masks),
+                    jnp.dtype(cfg.dtype),
+                    scale=cfg.attention_scale,
+                    cap=cfg.attn_logit_softcap,
+                )
 
         x = self._pin(self.embed_tokens(input_ids))
-        x = self._run_layers(x, sin, cos, attend)
+        x = self._run_layers(x, rope, attend)
         return self._pin(self.norm(x, out_dtype=jnp.float32))
 
-    def _splash(self, q, k, v, q_segments, kv_segments, q_offset=0):
+    def _splash_layer(self, q, k, v, segments, local):
+        """Splash attention of a full forward for a layer of kind `local`: a sliding
+        layer passes its window as a local mask; scanned layers of both kinds
+        choose between the two kernels with `lax.cond`."""
+        window = self.config.sliding_window
+
+        def run(local: bool):
+            return self._splash(q, k, v, segments, segments, window=window if local else None)
+
+        if isinstance(local, bool):
+            return run(local)
+        return jax.lax.cond(local, lambda: run(True), lambda: run(False))
+
+    def _splash(self, q, k, v, q_segments, kv_segments, q_offset=0, window=None):
         """Splash attention on this model's mesh: batch over the residual stream's
         data-parallel axes (whole when the rows do not split evenly, as `_pin`),
         heads over `head_axes`; interpreted when the devices are not TPUs (tests)."""
@@ -200,24 +248,37 @@ class Transformer(nnx.Module):
             q_segments,
             kv_segments,
             q_offset=q_offset,
+            window=window,
+            scale=self.config.attention_scale,
+            cap=self.config.attn_logit_softcap,
             mesh=mesh,
             batch_axes=tuple(batch_axes),
             head_axes=self.head_axes,
             interpret=kernels.platform_of(mesh) != "tpu",
         )
 
-    def _cached_attend(self, kv_mask_BS, t: int, index):
+    def _cached_attend(self, kv_mask_BS, t: int, index, positions_BT):
         """The attention kernel of `forward_with_cache`: `attend(q, k, v, k_cache,
-        v_cache)`, T queries at slots [index, index + T). On TPU with a static index
-        (prefill, the judge's shared head and rests) splash attention over slots
-        [0, index + T); else the XLA form against the whole cache."""
+        v_cache, local)`, T queries at slots [index, index + T) and rope positions
+        `positions_BT`. On TPU with a static index (prefill, the judge's shared head
+        and rests) splash attention over slots [0, index + T); else the XLA form
+        against the whole cache.
+
+        Sliding layers mask keys by position, each cache slot's being the count of
+        real slots before it (as `positions_from_mask` counts a prompt's): that holds
+        for the sampler's cache and for the judge's, whose rest is left-padded after
+        its head, where a window counted in slots would be wrong. Splash counts
+        slots, so models with sliding layers take the XLA form here.
+        """
         cfg = self.config
-        if kernels.of(cfg.kernels) == "tpu" and isinstance(index, int):
+        kinds = layer_kinds(cfg)
+        if kernels.of(cfg.kernels) == "tpu" and isinstance(index, int) and True not in kinds:
             end = index + t
             kv_segments = kv_mask_BS[:, :end].astype(jnp.int32)
             q_segments = kv_segments[:, index:]
 
-            def attend(q, k, v, k_cache, v_cache):
+            def attend(q, k, v, k_cache, v_cache, local):
+                del local
                 if index:  # the keys before these queries come from the cache
                     k = jnp.swapaxes(k_cache[:, :, :end], 1, 2).astype(q.dtype)
                     v = jnp.swapaxes(v_cache[:, :, :end], 1, 2).astype(q.dtype)
@@ -225,11 +286,24 @@ class Transformer(nnx.Module):
 
             return attend
         mask = make_attention_mask(kv_mask_BS, t, q_offset=index)
+        masks = {False: mask}
+        if True in kinds:
+            k_positions = positions_from_mask(kv_mask_BS)
+            masks[True] = mask & window_mask(positions_BT, k_positions, cfg.sliding_window)
         transposed = keys_transposed(cfg)
 
-        def attend(q, k, v, k_cache, v_cache):
+        def attend(q, k, v, k_cache, v_cache, local):
             del k, v
-            return cached_attention(q, k_cache, v_cache, mask, jnp.dtype(cfg.dtype), transposed)
+            return cached_attention(
+                q,
+                k_cache,
+                v_cache,
+                pick_kind(local, masks),
+                jnp.dtype(cfg.dtype),
+                transposed,
+                scale=cfg.attention_scale,
+                cap=cfg.attn_logit_softcap,
+            )
 
         return attend
 
@@ -257,16 +331,18 @@ class Transformer(nnx.Module):
         Returns the final-normed hidden states [B, T, D] (f32; project only the
         rows you need with `logits`) and the updated caches.
         """
+        cfg = self.config
         t = input_ids.shape[1]
-        sin, cos = rope_sin_cos(self.config, positions)
-        attend = self._cached_attend(kv_mask_BS, t, index)
+        kinds = layer_kinds(cfg)
+        rope = {local: rope_sin_cos(cfg, positions, local) for local in kinds}
+        attend = self._cached_attend(kv_mask_BS, t, index, positions)
         x = self._pin(self.embed_tokens(input_ids))
         index = jnp.asarray(index, jnp.int32)
-        if not self.config.scan_layers:
+        if not cfg.scan_layers:
             cache_k, cache_v = list(cache_k), list(cache_v)
-            for i, layer in enumerate(self.layers):
+            for i, (layer, local) in enumerate(zip(self.layers, cfg.local_layers, strict=True)):
                 x, cache_k[i], cache_v[i] = layer.with_cache(
-                    x, sin, cos, attend, cache_k[i], cache_v[i], index
+                    x, *rope[local], _of_kind(attend, local), cache_k[i], cache_v[i], index
                 )
                 x = self._pin(x)
             return self.norm(x, out_dtype=jnp.float32), tuple(cache_k), tuple(cache_v)
@@ -275,14 +351,18 @@ class Transformer(nnx.Module):
         # its slice and writes back only the T new slots, where ys would restack
         # every layer's whole cache into a fresh buffer at every step.
         graphdef, state = nnx.split(self.layers)
-        transposed = keys_transposed(self.config)
+        transposed = keys_transposed(cfg)
+        # One kind: a static choice in the body; both: each layer's flag is scanned.
+        local_xs = jnp.asarray(cfg.local_layers) if len(kinds) > 1 else None
 
-        def step(carry, layer_state):
+        def step(carry, xs):
+            layer_state, local = xs
+            local = kinds[0] if local is None else local
             x, ck, cv, i = carry
             k_l = jax.lax.dynamic_index_in_dim(ck, i, keepdims=False)
             v_l = jax.lax.dynamic_index_in_dim(cv, i, keepdims=False)
             x, k_l, v_l = nnx.merge(graphdef, layer_state).with_cache(
-                x, sin, cos, attend, k_l, v_l, index
+                x, *pick_kind(local, rope), _of_kind(attend, local), k_l, v_l, index
             )
             b, k, _, h = v_l.shape
             at_v = (i, 0, 0, index, 0)
@@ -295,7 +375,7 @@ class Transformer(nnx.Module):
             return (self._pin(x), ck, cv, i + 1), None
 
         init = (x, cache_k, cache_v, jnp.zeros((), jnp.int32))
-        (x, cache_k, cache_v, _), _ = jax.lax.scan(step, init, state)
+        (x, cache_k, cache_v, _), _ = jax.lax.scan(step, init, (state, local_xs))
         return self.norm(x, out_dtype=jnp.float32), cache_k, cache_v
 
     def head_weight(self) -> tuple[jax.Array, bool]:
@@ -306,25 +386,53 @@ class Transformer(nnx.Module):
         return self.lm_head.kernel[...], False
 
     def logits(self, hidden_BTD):
-        """Projects hidden states to the vocabulary, accumulating in float32."""
+        """Projects hidden states to the vocabulary, accumulating in float32, then
+        soft-caps them (Gemma 2's `final_logit_softcapping`)."""
         cfg = self.config
-        return project_to_vocab(hidden_BTD, *self.head_weight(), cfg.dtype, cfg.kernels)
+        logits = project_to_vocab(hidden_BTD, *self.head_weight(), cfg.dtype, cfg.kernels)
+        return soft_cap(logits, cfg.final_logit_softcap)
 
-    def _run_layers(self, x, sin, cos, attend):
+    def _run_layers(self, x, rope, attend):
+        """The layers over the residual stream `x`; `rope` {kind: (sin, cos)} and
+        `attend(q, k, v, local)` serve both layer kinds (see `pick_kind`)."""
         cfg = self.config
+        kinds = layer_kinds(cfg)
 
-        def body(graphdef, state, x):
-            return self._pin(nnx.merge(graphdef, state)(x, sin, cos, attend))
+        def body(graphdef, state, x, local):
+            layer = nnx.merge(graphdef, state)
+            return self._pin(layer(x, *pick_kind(local, rope), _of_kind(attend, local)))
 
+        # A layer's kind is static (a Python bool) unless scanned layers mix kinds.
+        static_kind, traced_kind = body, body
         if cfg.remat != "none":
-            body = jax.checkpoint(body, policy=_REMAT[cfg.remat], static_argnums=(0,))
+            policy = _REMAT[cfg.remat]
+            static_kind = jax.checkpoint(body, policy=policy, static_argnums=(0, 3))
+            traced_kind = jax.checkpoint(body, policy=policy, static_argnums=(0,))
         if cfg.scan_layers:
             graphdef, state = nnx.split(self.layers)
-            x, _ = jax.lax.scan(lambda h, st: (body(graphdef, st, h), None), x, state)
+            if len(kinds) == 1:
+                x, _ = jax.lax.scan(
+                    lambda h, st: (static_kind(graphdef, st, h, kinds[0]), None), x, state
+                )
+            else:
+                x, _ = jax.lax.scan(
+                    lambda h, xs: (traced_kind(graphdef, xs[0], h, xs[1]), None),
+                    x,
+                    (state, jnp.asarray(cfg.local_layers)),
+                )
             return x
-        for layer in self.layers:
-            x = body(*nnx.split(layer), x)
+        for layer, local in zip(self.layers, cfg.local_layers, strict=True):
+            x = static_kind(*nnx.split(layer), x, local)
         return x
+
+
+def _of_kind(attend, local):
+    """`attend` with its layer kind bound: the kernel a layer calls."""
+
+    def bound(*args):
+        return attend(*args, local)
+
+    return bound
 
 
 def init_model(cfg: ModelConfig, seed: int = 0) -> Transformer:
