@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from kardia_jax.errors import ConfigError
 from kardia_jax.models import ModelConfig, load_hf_model, save_hf_model
+from kardia_jax.models.layers import Embed
 from kardia_jax.models.logprobs import token_log_probs, weighted_log_prob_sum
 
 from .test_transformers_parity import torch_logits
@@ -153,6 +154,39 @@ def test_window_and_soft_caps_shape_the_logits(checkpoint):
     ref = torch_logits(hf, ids, mask)
     out = load_hf_model(path, rope_local_theta=None)(jnp.asarray(ids), jnp.asarray(mask))
     assert _max_err(out, ref, mask) > 1e-2
+
+
+def test_packed_sequences_longer_than_the_window_equal_each_alone(checkpoint):
+    """Packed rows: positions and windows restart with every segment."""
+    path, _ = checkpoint("gemma3")
+    model = load_hf_model(path)
+    ids, _ = padded_batch(seed=9)
+    a, b = ids[:1, :17], ids[1:2, :23]
+    packed = jnp.asarray(np.concatenate([a, b], axis=1))
+    seg = jnp.asarray([[0] * 17 + [1] * 23])
+    out = np.asarray(model(packed, segment_ids=seg))
+    np.testing.assert_allclose(out[:, :17], model(jnp.asarray(a)), atol=1e-5)
+    np.testing.assert_allclose(out[:, 17:], model(jnp.asarray(b)), atol=1e-5)
+
+
+def test_bfloat16_embedding_scale_is_rounded_as_transformers_rounds_it():
+    """sqrt(3072) = 55.43 is 55.5 in bf16: transformers multiplies the bf16 rows by
+    the rounded factor, and so must we, bit for bit."""
+    config = transformers.GemmaConfig(**{**_COMMON, "hidden_size": 3072, "num_hidden_layers": 1})
+    torch.manual_seed(2)
+    hf = transformers.GemmaForCausalLM(config).to(torch.bfloat16).eval()
+    ids = torch.arange(3, 40)[None]
+    with torch.no_grad():
+        ref = hf.model.embed_tokens(ids).float().numpy()
+    cfg = ModelConfig.from_hf_config(config.to_dict(), param_dtype="bfloat16", dtype="bfloat16")
+    embed = Embed(cfg.vocab_size, cfg.hidden_size, cfg=cfg, rngs=nnx.Rngs(0))
+    weight = hf.model.embed_tokens.weight.detach().float().numpy()
+    embed.embedding.set_value(jnp.asarray(weight, jnp.bfloat16))
+    ours = np.asarray(embed(jnp.asarray(ids.numpy())).astype(jnp.float32))
+    np.testing.assert_array_equal(ours, ref)
+    # The unrounded factor, the product rounded to bf16, differs.
+    unrounded = jnp.asarray(weight[3:40][None] * np.float32(3072**0.5)).astype(jnp.bfloat16)
+    assert not np.array_equal(ours, np.asarray(unrounded.astype(jnp.float32)))
 
 
 # ---------------------------------------------------------------------------- export
