@@ -1,10 +1,14 @@
 """Chat templates: every model family is rendered with its own template, the one its
 tokenizer carries (tokenizer_config.json's `chat_template` or chat_template.jinja),
-through `apply_chat_template`. Our built Qwen2.5 tokenizer carries Qwen's template,
-kept here as a jinja string (CHAT_TEMPLATE) with its Python twin `render_chat`.
+through `apply_chat_template`. Two templates are kept here as jinja strings with a
+Python twin each (same text, without jinja's cost per call): Qwen2.5's (CHAT_TEMPLATE,
+which our built Qwen2.5 tokenizer carries) and Gemma 3's (GEMMA3_CHAT_TEMPLATE, which
+a Gemma 3 GGUF import carries when the file has none).
 
 The Qwen template leaves tool calls out: KardiaBench has none. Without a system
-message, Qwen2.5's default one is inserted, as in Qwen's own template.
+message, Qwen2.5's default one is inserted, as in Qwen's own template. Gemma has no
+system role: Gemma 3's template opens the first user turn with the system text and a
+blank line, and names the assistant "model".
 """
 
 from __future__ import annotations
@@ -31,6 +35,55 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 
+# Gemma 3's chat template, character for character as Google's tokenizer_config.json
+# for the Gemma 3 models has it (llama.cpp's and onnxruntime-extensions' test suites
+# carry the same string): images as <start_of_image>, the system text folded into the
+# first user turn, roles alternating user / model, every content trimmed.
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}\n"
+    "{%- if messages[0]['role'] == 'system' -%}\n"
+    "    {%- if messages[0]['content'] is string -%}\n"
+    "        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}\n"
+    "    {%- else -%}\n"
+    "        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}\n"
+    "    {%- endif -%}\n"
+    "    {%- set loop_messages = messages[1:] -%}\n"
+    "{%- else -%}\n"
+    '    {%- set first_user_prefix = "" -%}\n'
+    "    {%- set loop_messages = messages -%}\n"
+    "{%- endif -%}\n"
+    "{%- for message in loop_messages -%}\n"
+    "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\n"
+    '        {{ raise_exception("Conversation roles must alternate '
+    'user/assistant/user/assistant/...") }}\n'
+    "    {%- endif -%}\n"
+    "    {%- if (message['role'] == 'assistant') -%}\n"
+    '        {%- set role = "model" -%}\n'
+    "    {%- else -%}\n"
+    "        {%- set role = message['role'] -%}\n"
+    "    {%- endif -%}\n"
+    "    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else \"\") }}\n"
+    "    {%- if message['content'] is string -%}\n"
+    "        {{ message['content'] | trim }}\n"
+    "    {%- elif message['content'] is iterable -%}\n"
+    "        {%- for item in message['content'] -%}\n"
+    "            {%- if item['type'] == 'image' -%}\n"
+    "                {{ '<start_of_image>' }}\n"
+    "            {%- elif item['type'] == 'text' -%}\n"
+    "                {{ item['text'] | trim }}\n"
+    "            {%- endif -%}\n"
+    "        {%- endfor -%}\n"
+    "    {%- else -%}\n"
+    '        {{ raise_exception("Invalid content type") }}\n'
+    "    {%- endif -%}\n"
+    "    {{ '<end_of_turn>\n' }}\n"
+    "{%- endfor -%}\n"
+    "{%- if add_generation_prompt -%}\n"
+    "    {{'<start_of_turn>model\n'}}\n"
+    "{%- endif -%}\n"
+)
+GEMMA_ROLES = {"user": "user", "assistant": "model"}
+
 # Document-end tokens of the families we know: a completion that reaches one has ended
 # even where the chat template closes turns with another token (Qwen's <|endoftext|>
 # after <|im_end|>). Used only where the tokenizer has them as special tokens.
@@ -51,6 +104,32 @@ def render_chat(messages: Sequence[dict], add_generation_prompt: bool = False) -
     out.extend(render_turn(m["role"], m["content"]) for m in messages)
     if add_generation_prompt:
         out.append(f"{IM_START}assistant\n")
+    return "".join(out)
+
+
+def render_gemma3_chat(
+    messages: Sequence[dict], add_generation_prompt: bool = False, bos: str = "<bos>"
+) -> str | None:
+    """Same text as `apply_chat_template` with GEMMA3_CHAT_TEMPLATE for chats of string
+    contents whose turns alternate user / assistant after an optional system message;
+    None for anything else (images, other roles), which the template itself renders
+    or refuses."""
+    prefix, turns = "", list(messages)
+    if turns and turns[0]["role"] == "system":
+        if not isinstance(turns[0]["content"], str):
+            return None
+        prefix, turns = turns[0]["content"] + "\n\n", turns[1:]
+    out = [bos]
+    for i, m in enumerate(turns):
+        if m["role"] != ("user" if i % 2 == 0 else "assistant") or not isinstance(
+            m["content"], str
+        ):
+            return None
+        head = prefix if i == 0 else ""
+        out.append(f"<start_of_turn>{GEMMA_ROLES[m['role']]}\n{head}{m['content'].strip()}")
+        out.append("<end_of_turn>\n")
+    if add_generation_prompt:
+        out.append("<start_of_turn>model\n")
     return "".join(out)
 
 
@@ -86,11 +165,17 @@ def chat_template_name(tokenizer) -> str:
 
 
 def render(tokenizer, messages: Sequence[dict], add_generation_prompt: bool = False, **kw) -> str:
-    """The conversation as the tokenizer's own chat template writes it. Our Qwen
-    template is rendered by its Python twin: the same text (tests check it), without
-    jinja's cost per call, which matters when every prefix of a dialogue is rendered."""
-    if require_chat_template(tokenizer) == CHAT_TEMPLATE and not kw:
+    """The conversation as the tokenizer's own chat template writes it. Our Qwen and
+    Gemma 3 templates are rendered by their Python twins: the same text (tests check
+    it), without jinja's cost per call, which matters when every prefix of a dialogue
+    is rendered."""
+    template = require_chat_template(tokenizer)
+    if template == CHAT_TEMPLATE and not kw:
         return render_chat(messages, add_generation_prompt)
+    if template == GEMMA3_CHAT_TEMPLATE and not kw and tokenizer.bos_token:
+        text = render_gemma3_chat(messages, add_generation_prompt, tokenizer.bos_token)
+        if text is not None:
+            return text
     from jinja2 import TemplateError  # only here: the Python twin above needs no jinja
 
     try:
