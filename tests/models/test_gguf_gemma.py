@@ -292,7 +292,6 @@ TEXTS = [
 PROMPTS = [
     "I feel lonely since I moved to a new city.",
     "My exam went badly and I don't know how to tell my parents.",
-    "What is the capital of France?",
 ]
 
 
@@ -424,7 +423,8 @@ def test_gemma3_270m_chat_rendering_equals_transformers(gemma3_tokenizers):
 
 
 def long_text(tok) -> np.ndarray:
-    """A sample dialogue through the chat template, cut to 700 tokens (past the window)."""
+    """Four sample dialogues through the chat template, cut to 700 tokens (past the
+    512-token window of the local layers)."""
     dialogues, _ = load_dialogues("sample")
     text = "".join(
         render(tok, [{"role": m.role, "content": m.content} for m in d.messages])
@@ -460,6 +460,8 @@ def test_gemma3_270m_greedy_tokens_equal_transformers(gemma3, gemma3_tokenizers)
         tok.encode(render(tok, [{"role": "user", "content": p}], True), add_special_tokens=False)
         for p in PROMPTS
     ]
+    # The third decodes positions 500 to 523: its local layers' window starts to slide.
+    prompts.append(long_text(tok)[0, :500].tolist())
     width = max(map(len, prompts))
     ids = np.zeros((len(prompts), width), np.int32)
     mask = np.zeros_like(ids)
