@@ -8,7 +8,9 @@ a Gemma 3 GGUF import carries when the file has none).
 The Qwen template leaves tool calls out: KardiaBench has none. Without a system
 message, Qwen2.5's default one is inserted, as in Qwen's own template. Gemma has no
 system role: Gemma 3's template opens the first user turn with the system text and a
-blank line, and names the assistant "model".
+blank line, and names the assistant "model". Gemma 1 and 2's published template
+(GEMMA_CHAT_TEMPLATE) refuses a system message instead; a tokenizer carrying it is
+rendered with Gemma 3's (`chat_template`), the same text for every chat it accepts.
 """
 
 from __future__ import annotations
@@ -84,6 +86,36 @@ GEMMA3_CHAT_TEMPLATE = (
 )
 GEMMA_ROLES = {"user": "user", "assistant": "model"}
 
+# Gemma 1 and 2's chat template, character for character as the instruct checkpoints'
+# tokenizer_config.json has it (gemma-2b-it, gemma-7b-it and the Gemma 2 -it models
+# carry this one string). It refuses a system message, but the paper's Gemma-2B/7B
+# runs train on dialogues that open with one (the persona prompt), so a tokenizer
+# carrying it is rendered with Gemma 3's template: the system text folded into the
+# first user turn, and otherwise the same text (tests check both).
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}"
+    "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}"
+    "{% else %}{% set role = message['role'] %}{% endif %}"
+    "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
+)
+
+
+def template_key(template: str) -> str:
+    """A template as FAMILY_TEMPLATES looks it up: outer whitespace cut, and a newline
+    written as jinja's escape read as the newline it renders."""
+    return template.strip().replace("\\n", "\n")
+
+
+# A family's published template -> the one its chats are rendered with.
+FAMILY_TEMPLATES = {template_key(GEMMA_CHAT_TEMPLATE): GEMMA3_CHAT_TEMPLATE}
+
 # Document-end tokens of the families we know: a completion that reaches one has ended
 # even where the chat template closes turns with another token (Qwen's <|endoftext|>
 # after <|im_end|>). Used only where the tokenizer has them as special tokens.
@@ -150,10 +182,18 @@ def require_chat_template(tokenizer, what: str = "tokenizer") -> str:
     return template
 
 
+def chat_template(tokenizer) -> str:
+    """The template the tokenizer's chats are rendered with: its own, except a
+    family's published one that FAMILY_TEMPLATES replaces (Gemma 1 and 2's by Gemma
+    3's), so the user never names a template; none is an error (`require_chat_template`)."""
+    template = require_chat_template(tokenizer)
+    return FAMILY_TEMPLATES.get(template_key(template), template)
+
+
 class ChatTemplateError(ConfigError):
     """The chat template refused the conversation: jinja2's TemplateError, from the
-    template's own raise_exception (Gemma 2: "System role not supported") or a broken
-    template. `reason` is jinja's message on one line."""
+    template's own raise_exception (a template without a system role: "System role
+    not supported") or a broken template. `reason` is jinja's message on one line."""
 
     def __init__(self, tokenizer, reason: str):
         self.reason = " ".join(str(reason).split())
@@ -165,11 +205,11 @@ def chat_template_name(tokenizer) -> str:
 
 
 def render(tokenizer, messages: Sequence[dict], add_generation_prompt: bool = False, **kw) -> str:
-    """The conversation as the tokenizer's own chat template writes it. Our Qwen and
-    Gemma 3 templates are rendered by their Python twins: the same text (tests check
-    it), without jinja's cost per call, which matters when every prefix of a dialogue
-    is rendered."""
-    template = require_chat_template(tokenizer)
+    """The conversation as the tokenizer's chat template writes it (`chat_template`:
+    its own, or its family's). Our Qwen and Gemma 3 templates are rendered by their
+    Python twins: the same text (tests check it), without jinja's cost per call, which
+    matters when every prefix of a dialogue is rendered."""
+    template = chat_template(tokenizer)
     if template == CHAT_TEMPLATE and not kw:
         return render_chat(messages, add_generation_prompt)
     if template == GEMMA3_CHAT_TEMPLATE and not kw and tokenizer.bos_token:
@@ -181,6 +221,7 @@ def render(tokenizer, messages: Sequence[dict], add_generation_prompt: bool = Fa
     try:
         return tokenizer.apply_chat_template(
             [dict(m) for m in messages],
+            chat_template=template,
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
             **kw,
