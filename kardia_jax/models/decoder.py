@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from kardia_jax.models import cpu_matmul, kernels, splash
@@ -110,6 +111,75 @@ def cache_axes(cfg: ModelConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
     v = ("batch", "kv_heads", "length", "head_dim")
     k = ("batch", "kv_heads", "head_dim", "length") if keys_transposed(cfg) else v
     return k, v
+
+
+def ring_slots(cfg: ModelConfig, slots: int) -> int | None:
+    """Slots of a sliding layer's cache when decoding into `slots` slots: its window
+    when that is shorter (a ring buffer, see `cache_for_decode`), else None (every
+    layer keeps all `slots`)."""
+    if True in cfg.local_layers and cfg.sliding_window < slots:
+        return cfg.sliding_window
+    return None
+
+
+def cache_for_decode(cfg: ModelConfig, cache_k, cache_v, slots: int):
+    """The decode layout of a prefilled cache (`init_cache`'s layout, its P slots
+    filled): global layers padded to `slots` slots; sliding layers, when their window
+    W is shorter (`ring_slots`), a ring of W slots holding the last W (absolute slot
+    s at s mod W), which one-token decode steps keep writing at `index` mod W.
+
+    A ring holds the last W slots, so it is exact where every slot after a row's
+    first real token is real (the sampler's left-padded rows): a window counted in
+    positions then spans W slots. Scanned layers of both kinds become a pair of
+    stacks, (global layers', sliding layers'); `forward_with_cache` tells each
+    layer's layout by its slot count."""
+    w = ring_slots(cfg, slots)
+    k_axis = -1 if keys_transposed(cfg) else -2
+
+    def pad(x, axis):
+        widths = [(0, 0)] * x.ndim
+        widths[axis % x.ndim] = (0, slots - x.shape[axis])
+        return jnp.pad(x, widths)
+
+    def ring(x, axis):
+        filled = x.shape[axis]
+        top = max(filled, w)
+        widths = [(0, 0)] * x.ndim
+        widths[axis % x.ndim] = (0, top - filled)
+        last = jax.lax.slice_in_dim(jnp.pad(x, widths), top - w, top, axis=axis % x.ndim)
+        return jnp.roll(last, top % w, axis=axis)  # slot top - W + j -> (top + j) mod W
+
+    def convert(local: bool):
+        if local and w is not None:
+            return lambda k, v: (ring(k, k_axis), ring(v, -2))
+        return lambda k, v: (pad(k, k_axis), pad(v, -2))
+
+    if not cfg.scan_layers:
+        pairs = [
+            convert(local)(k, v)
+            for k, v, local in zip(cache_k, cache_v, cfg.local_layers, strict=True)
+        ]
+        return tuple(k for k, _ in pairs), tuple(v for _, v in pairs)
+    kinds = layer_kinds(cfg)
+    if w is None or len(kinds) == 1:
+        return convert(kinds[0])(cache_k, cache_v)
+    local = np.asarray(cfg.local_layers)
+    glob, slid = np.flatnonzero(~local), np.flatnonzero(local)
+    kg, vg = convert(False)(cache_k[glob], cache_v[glob])
+    kl, vl = convert(True)(cache_k[slid], cache_v[slid])
+    return (kg, kl), (vg, vl)
+
+
+def _write_slot(index, cache_v, slots: int, t: int):
+    """Where a layer's cache takes T new tokens of absolute slot `index`: `index`,
+    or `index` mod W in a ring of W < `slots` slots (one token per step: T new keys
+    would overwrite keys that the earlier of them still see)."""
+    n = cache_v.shape[-2]
+    if n == slots:
+        return index
+    if t != 1:
+        raise ValueError(f"a ring-buffer cache of {n} slots takes one token per step, not {t}")
+    return index % n
 
 
 class Transformer(nnx.Module):
@@ -257,18 +327,20 @@ class Transformer(nnx.Module):
             interpret=kernels.platform_of(mesh) != "tpu",
         )
 
-    def _cached_attend(self, kv_mask_BS, t: int, index, positions_BT):
-        """The attention kernel of `forward_with_cache`: `attend(q, k, v, k_cache,
-        v_cache, local)`, T queries at slots [index, index + T) and rope positions
-        `positions_BT`. On TPU with a static index (prefill, the judge's shared head
-        and rests) splash attention over slots [0, index + T); else the XLA form
-        against the whole cache.
+    def _cached_attention(self, kv_mask_BS, t: int, index, positions_BT):
+        """The attention of `forward_with_cache`: `attention(q, k, v, k_cache, v_cache,
+        local)`, T queries at slots [index, index + T) and rope positions
+        `positions_BT`, against one layer's cache that already holds their keys. On
+        TPU with a static index (prefill, the judge's shared head and rests) splash
+        attention over slots [0, index + T); else the XLA form against the whole cache.
 
         Sliding layers mask keys by position, each cache slot's being the count of
         real slots before it (as `positions_from_mask` counts a prompt's): that holds
         for the sampler's cache and for the judge's, whose rest is left-padded after
         its head, where a window counted in slots would be wrong. Splash counts
-        slots, so models with sliding layers take the XLA form here.
+        slots, so models with sliding layers take the XLA form here. A ring of W
+        slots (`cache_for_decode`) takes each ring slot's mask from the absolute slot
+        it holds.
         """
         cfg = self.config
         kinds = layer_kinds(cfg)
@@ -277,35 +349,50 @@ class Transformer(nnx.Module):
             kv_segments = kv_mask_BS[:, :end].astype(jnp.int32)
             q_segments = kv_segments[:, index:]
 
-            def attend(q, k, v, k_cache, v_cache, local):
+            def attention(q, k, v, k_cache, v_cache, local):
                 del local
                 if index:  # the keys before these queries come from the cache
                     k = jnp.swapaxes(k_cache[:, :, :end], 1, 2).astype(q.dtype)
                     v = jnp.swapaxes(v_cache[:, :, :end], 1, 2).astype(q.dtype)
                 return self._splash(q, k, v, q_segments, kv_segments, q_offset=index)
 
-            return attend
+            return attention
+        slots = kv_mask_BS.shape[1]
         mask = make_attention_mask(kv_mask_BS, t, q_offset=index)
         masks = {False: mask}
         if True in kinds:
             k_positions = positions_from_mask(kv_mask_BS)
             masks[True] = mask & window_mask(positions_BT, k_positions, cfg.sliding_window)
+
+        def ring_mask(n: int):
+            # Ring slot r holds the latest absolute slot <= index that is r mod n;
+            # negative before the ring has filled.
+            held = index - jnp.remainder(index - jnp.arange(n), n)
+            seen = jnp.take(masks[True], jnp.maximum(held, 0), axis=2)
+            return seen & (held >= 0)[None, None, :]
+
         transposed = keys_transposed(cfg)
 
-        def attend(q, k, v, k_cache, v_cache, local):
+        def attention(q, k, v, k_cache, v_cache, local):
             del k, v
+            n = v_cache.shape[-2]
+            if n == slots:
+                m = pick_kind(local, masks)
+            else:
+                assert local is True, "only sliding layers keep a ring"
+                m = ring_mask(n)
             return cached_attention(
                 q,
                 k_cache,
                 v_cache,
-                pick_kind(local, masks),
+                m,
                 jnp.dtype(cfg.dtype),
                 transposed,
                 scale=cfg.attention_scale,
                 cap=cfg.attn_logit_softcap,
             )
 
-        return attend
+        return attention
 
     def init_cache(self, batch: int, slots: int, dtype):
         """Empty KV caches for `forward_with_cache`, shaped by `cache_shapes`: one
@@ -322,27 +409,36 @@ class Transformer(nnx.Module):
         """T new tokens through the layers against a KV cache (prefill and decode).
 
         `positions` [B, T] are the tokens' rope positions; `kv_mask_BS` marks the
-        cache slots that hold real tokens (left padding is 0); the new keys and
-        values are written at slots [index, index + T), and each query attends
-        causally to slots <= its own. The caches are laid out as `init_cache` makes
-        them: keys [B, K, H, S] and values [B, K, S, H] per layer, one stacked
+        cache's S absolute slots that hold real tokens (left padding is 0); the new
+        keys and values are written at slots [index, index + T), and each query
+        attends causally to slots <= its own. The caches are laid out as `init_cache`
+        makes them: keys [B, K, H, S] and values [B, K, S, H] per layer, one stacked
         [L, ...] array each with `scan_layers` (carried by the layer scan), else a
-        tuple of L arrays (each updated in place, no slicing).
+        tuple of L arrays (each updated in place, no slicing); or as
+        `cache_for_decode` makes them, sliding layers in rings of fewer slots (one
+        token per step) and, scanned, the two kinds in two stacks.
         Returns the final-normed hidden states [B, T, D] (f32; project only the
         rows you need with `logits`) and the updated caches.
         """
         cfg = self.config
         t = input_ids.shape[1]
+        slots = kv_mask_BS.shape[1]
         kinds = layer_kinds(cfg)
         rope = {local: rope_sin_cos(cfg, positions, local) for local in kinds}
-        attend = self._cached_attend(kv_mask_BS, t, index, positions)
+        attention = self._cached_attention(kv_mask_BS, t, index, positions)
         x = self._pin(self.embed_tokens(input_ids))
         index = jnp.asarray(index, jnp.int32)
+        transposed = keys_transposed(cfg)
         if not cfg.scan_layers:
             cache_k, cache_v = list(cache_k), list(cache_v)
             for i, (layer, local) in enumerate(zip(self.layers, cfg.local_layers, strict=True)):
                 x, cache_k[i], cache_v[i] = layer.with_cache(
-                    x, *rope[local], _of_kind(attend, local), cache_k[i], cache_v[i], index
+                    x,
+                    *rope[local],
+                    _of_kind(attention, local),
+                    cache_k[i],
+                    cache_v[i],
+                    _write_slot(index, cache_v[i], slots, t),
                 )
                 x = self._pin(x)
             return self.norm(x, out_dtype=jnp.float32), tuple(cache_k), tuple(cache_v)
@@ -351,7 +447,28 @@ class Transformer(nnx.Module):
         # its slice and writes back only the T new slots, where ys would restack
         # every layer's whole cache into a fresh buffer at every step.
         graphdef, state = nnx.split(self.layers)
-        transposed = keys_transposed(cfg)
+
+        def run_layer(x, layer_state, local, ck, cv, j):
+            """Layer of kind `local` against slice `j` of the stacks (ck, cv)."""
+            k_l = jax.lax.dynamic_index_in_dim(ck, j, keepdims=False)
+            v_l = jax.lax.dynamic_index_in_dim(cv, j, keepdims=False)
+            at = _write_slot(index, cv, slots, t)
+            x, k_l, v_l = nnx.merge(graphdef, layer_state).with_cache(
+                x, *pick_kind(local, rope), _of_kind(attention, local), k_l, v_l, at
+            )
+            b, k, _, h = v_l.shape
+            at_v = (j, 0, 0, at, 0)
+            at_k = (j, 0, 0, 0, at) if transposed else at_v
+            k_size = (b, k, h, t) if transposed else (b, k, t, h)
+            k_new = jax.lax.dynamic_slice(k_l, at_k[1:], k_size)
+            v_new = jax.lax.dynamic_slice(v_l, at_v[1:], (b, k, t, h))
+            ck = jax.lax.dynamic_update_slice(ck, k_new[None], at_k)
+            cv = jax.lax.dynamic_update_slice(cv, v_new[None], at_v)
+            return self._pin(x), ck, cv
+
+        if isinstance(cache_k, tuple):
+            return self._scan_by_pattern(x, state, run_layer, cache_k, cache_v)
+
         # One kind: a static choice in the body; both: each layer's flag is scanned.
         local_xs = jnp.asarray(cfg.local_layers) if len(kinds) > 1 else None
 
@@ -359,24 +476,69 @@ class Transformer(nnx.Module):
             layer_state, local = xs
             local = kinds[0] if local is None else local
             x, ck, cv, i = carry
-            k_l = jax.lax.dynamic_index_in_dim(ck, i, keepdims=False)
-            v_l = jax.lax.dynamic_index_in_dim(cv, i, keepdims=False)
-            x, k_l, v_l = nnx.merge(graphdef, layer_state).with_cache(
-                x, *pick_kind(local, rope), _of_kind(attend, local), k_l, v_l, index
-            )
-            b, k, _, h = v_l.shape
-            at_v = (i, 0, 0, index, 0)
-            at_k = (i, 0, 0, 0, index) if transposed else at_v
-            k_size = (b, k, h, t) if transposed else (b, k, t, h)
-            k_new = jax.lax.dynamic_slice(k_l, at_k[1:], k_size)
-            v_new = jax.lax.dynamic_slice(v_l, at_v[1:], (b, k, t, h))
-            ck = jax.lax.dynamic_update_slice(ck, k_new[None], at_k)
-            cv = jax.lax.dynamic_update_slice(cv, v_new[None], at_v)
-            return (self._pin(x), ck, cv, i + 1), None
+            x, ck, cv = run_layer(x, layer_state, local, ck, cv, i)
+            return (x, ck, cv, i + 1), None
 
         init = (x, cache_k, cache_v, jnp.zeros((), jnp.int32))
         (x, cache_k, cache_v, _), _ = jax.lax.scan(step, init, (state, local_xs))
         return self.norm(x, out_dtype=jnp.float32), cache_k, cache_v
+
+    def _scan_by_pattern(self, x, state, run_layer, cache_k, cache_v):
+        """`forward_with_cache` of scanned layers of both kinds whose caches are two
+        stacks of different slot counts, (global layers', sliding layers'): a scan over
+        the repeats of the layer pattern (Gemma 3: five sliding, one global), then the
+        layers after the last whole repeat; within them each run of layers of one kind
+        is a scan of its own, the kind static and each layer's slice found in its
+        kind's stack. A loop body thus reads and writes one layer of a stack, as the
+        single-stack scan does: the forms that did not made the compilers copy whole
+        stacks at every step (docs/tpu.md, "Sliding-window caches")."""
+        cfg = self.config
+        kinds = cfg.local_layers
+        period = next(
+            p
+            for p in range(1, len(kinds) + 1)
+            if all(k == kinds[i % p] for i, k in enumerate(kinds))
+        )
+        pattern = kinds[:period]
+        repeats, rest = divmod(len(kinds), period)
+        per_repeat = {kind: pattern.count(kind) for kind in (False, True)}
+
+        def layer_params(i):
+            return jax.tree.map(lambda w: jax.lax.dynamic_index_in_dim(w, i, keepdims=False), state)
+
+        def layers(x, stacks, first, count, repeat):
+            """Layers first .. first + count - 1 (kinds as the pattern's first
+            `count`), the `repeat`-th time the pattern runs (traced or static)."""
+            j, seen = 0, {False: 0, True: 0}
+            while j < count:
+                kind, n = pattern[j], 1
+                while j + n < count and pattern[j + n] == kind:
+                    n += 1
+                layer, in_stack = first + j, repeat * per_repeat[kind] + seen[kind]
+
+                def one(carry, i, kind=kind, layer=layer, in_stack=in_stack):
+                    x, ck, cv = carry
+                    return run_layer(x, layer_params(layer + i), kind, ck, cv, in_stack + i), None
+
+                carry = (x, *stacks[kind])
+                if n == 1:
+                    carry, _ = one(carry, 0)
+                else:
+                    carry, _ = jax.lax.scan(one, carry, jnp.arange(n, dtype=jnp.int32))
+                x, stacks = carry[0], {**stacks, kind: carry[1:]}
+                j, seen[kind] = j + n, seen[kind] + n
+            return x, stacks
+
+        def step(carry, r):
+            x, stacks = carry
+            return layers(x, stacks, r * period, period, r), None
+
+        (kg, kl), (vg, vl) = cache_k, cache_v
+        stacks = {False: (kg, vg), True: (kl, vl)}
+        (x, stacks), _ = jax.lax.scan(step, (x, stacks), jnp.arange(repeats, dtype=jnp.int32))
+        x, stacks = layers(x, stacks, repeats * period, rest, repeats)
+        (kg, vg), (kl, vl) = stacks[False], stacks[True]
+        return self.norm(x, out_dtype=jnp.float32), (kg, kl), (vg, vl)
 
     def head_weight(self) -> tuple[jax.Array, bool]:
         """(output projection, vocab_major): the tied embedding table [V, D] (True)
