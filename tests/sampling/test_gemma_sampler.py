@@ -128,11 +128,20 @@ def _slots_of(cache) -> set[int]:
 
 
 @pytest.mark.parametrize(
-    "variant,scan",
-    [("gemma", False), ("gemma2", False), ("gemma2", True), ("gemma3", False), ("gemma3", True)],
+    "variant,scan,forms",
+    # "xla": the GPU / TPU cache layout, keys [B, K, S, H] like the values (CPU: keys
+    # transposed), so the rings are cut along another axis.
+    [
+        ("gemma", False, "auto"),
+        ("gemma2", False, "auto"),
+        ("gemma2", True, "auto"),
+        ("gemma3", False, "auto"),
+        ("gemma3", True, "auto"),
+        ("gemma3", True, "xla"),
+    ],
 )
 def test_greedy_equals_transformers_generate_past_the_window(
-    gemma_checkpoint, long_prompts, left_pad, variant, scan
+    gemma_checkpoint, long_prompts, left_pad, variant, scan, forms
 ):
     path, hf = gemma_checkpoint(variant)
     ids, mask = left_pad(long_prompts)
@@ -141,7 +150,7 @@ def test_greedy_equals_transformers_generate_past_the_window(
     top2 = np.sort(scores, axis=-1)[..., -2:]
     assert (top2[..., 1] - top2[..., 0]).min() > 1e-4
 
-    model = load_hf_model(path, scan_layers=scan)
+    model = load_hf_model(path, scan_layers=scan, kernels=forms)
     sampler = Sampler(model, eos_ids=[])
     out = sampler(long_prompts, NEW)
     np.testing.assert_array_equal(out.tokens, ref)
@@ -154,7 +163,10 @@ def test_greedy_equals_transformers_generate_past_the_window(
     assert slots == 64  # 32 prompt + 32 budget slots: eight windows
     # Sliding layers decoded from rings of window slots, global layers from all.
     assert _slots_of(state.cache) == ({slots, WINDOW} if variant in WINDOWED else {slots})
-    if scan:  # the same scanned model decoded through unrolled copies of its layers
+    # Keys [.., S, H] (minor dim H = 32) for "xla", [.., H, S] transposed on CPU.
+    key_minor = {x.shape[-1] for x in jax.tree.leaves(state.cache.k)}
+    assert key_minor == ({32} if forms == "xla" else _slots_of(state.cache))
+    if scan and forms == "auto":  # the scanned model decoded through unrolled layers
         unrolled = Sampler(model, eos_ids=[], unroll_layers=True)(long_prompts, NEW)
         np.testing.assert_array_equal(unrolled.tokens, ref)
 
