@@ -109,5 +109,9 @@ def test_the_gemma_demo_is_the_demo_with_gemma_3_270m_as_policy():
     assert changed == {
         ("sft", "train", "steps"),
         ("sft", "checkpoint", "every"),
+        ("sft", "model", "remat"),
+        ("sft", "checkpoint", "async_save"),
+        ("grpo", "checkpoint", "async_save"),
+        ("grpo", "train", "microbatches"),
         ("eval", "eval", "label"),
     }
