@@ -62,6 +62,7 @@ _SLOW_FILES = (
     "test_grpo_run.py",
     "test_grpo_select.py",
     "test_gguf.py",
+    "test_gguf_gemma.py",
     "test_restore_mismatch.py",
     "test_resume_weights.py",
     "test_sigterm.py",

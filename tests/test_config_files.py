@@ -65,3 +65,53 @@ def test_tpu_configs_are_named_by_the_slice_their_docstring_gives():
         assert config.model.preset, path.name
         topology = re.search(r"--topology (\S+)", path.read_text()).group(1)
         assert path.stem.endswith("_" + parse_topology(topology).name), (path.name, topology)
+
+
+@pytest.mark.parametrize("gemma, qwen", [("2b", "3b"), ("7b", "7b")])
+def test_the_gemma_runs_are_the_qwen_runs_recipe_with_gemma_shapes(gemma, qwen):
+    """configs/pipeline_gemma.py: the paper's Gemma-2B / 7B runs take every setting of
+    the Qwen2.5 runs (data, SFT, GRPO, judge, evaluation) but the model's shape."""
+    from kardia_jax.models import get_preset
+
+    g = load_config(f"configs/pipeline_gemma.py:{gemma}")
+    q = load_config(f"configs/pipeline_qwen2p5.py:{qwen}")
+    for stage in ("sft", "grpo"):
+        assert g[stage].model.preset == f"gemma_{gemma}"
+        assert get_preset(g[stage].model.preset).family == "gemma"
+    assert g.eval.eval.label == f"Gemma-{gemma.upper()} Kardia (ours)"
+
+    def recipe(c):
+        d = c.to_dict()
+        for stage in ("sft", "grpo", "eval"):
+            d[stage].pop("config_file")
+            d[stage]["model"].pop("preset", None)
+        d["eval"]["eval"].pop("label")
+        d.pop("config_file")
+        return d
+
+    assert recipe(g) == recipe(q)
+    with pytest.raises(ConfigError, match="pipeline_gemma.py:9b: expected 2b or 7b"):
+        load_config("configs/pipeline_gemma.py:9b")
+
+
+def test_the_gemma_demo_is_the_demo_with_gemma_3_270m_as_policy():
+    demo = load_config("configs/pipeline_demo.py").to_dict()
+    gemma = load_config("configs/pipeline_demo_gemma.py").to_dict()
+    assert (gemma["policy"], gemma["judge"]) == ("gemma3-270m", "smollm2")
+    changed = {
+        (stage, key, field)
+        for stage in ("sft", "grpo", "eval")
+        for key, section in demo[stage].items()
+        if isinstance(section, dict)
+        for field in section
+        if section[field] != gemma[stage][key][field]
+    }
+    assert changed == {
+        ("sft", "train", "steps"),
+        ("sft", "checkpoint", "every"),
+        ("sft", "model", "remat"),
+        ("sft", "checkpoint", "async_save"),
+        ("grpo", "checkpoint", "async_save"),
+        ("grpo", "train", "microbatches"),
+        ("eval", "eval", "label"),
+    }

@@ -210,7 +210,9 @@ def add_span_markers(tokenizer) -> dict[str, int]:
 def span_marker_ids(tokenizer) -> dict[str, int]:
     ids = {m: tokenizer.convert_tokens_to_ids(m) for m in SPAN_MARKERS}
     for m, i in ids.items():
-        if i is None or i == tokenizer.unk_token_id or tokenizer.encode(m) != [i]:
+        # add_special_tokens=False: Gemma's tokenizer would put <bos> before the marker.
+        encoded = tokenizer.encode(m, add_special_tokens=False)
+        if i is None or i == tokenizer.unk_token_id or encoded != [i]:
             raise DataError(f"tokenizer has no single-token id for span marker {m}")
     return ids
 

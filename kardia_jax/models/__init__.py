@@ -1,5 +1,5 @@
-"""Decoder models (Qwen2/2.5, Qwen3, Llama), their Hugging Face checkpoints, and GGUF
-import (llama.cpp files, SmolLM2-135M-Instruct)."""
+"""Decoder models (Qwen2/2.5, Qwen3, Llama, Gemma 1 / 2 / 3), their Hugging Face
+checkpoints, and GGUF import (llama.cpp files, SmolLM2-135M-Instruct, Gemma-3-270M)."""
 
 from kardia_jax.models.checkpoint import (
     check_hf_checkpoint,
@@ -9,7 +9,12 @@ from kardia_jax.models.checkpoint import (
 )
 from kardia_jax.models.config import ModelConfig
 from kardia_jax.models.decoder import Transformer, abstract_model, count_params, init_model
-from kardia_jax.models.gguf import gguf_checkpoint, import_gguf, smollm2_checkpoint
+from kardia_jax.models.gguf import (
+    gemma3_270m_checkpoint,
+    gguf_checkpoint,
+    import_gguf,
+    smollm2_checkpoint,
+)
 from kardia_jax.models.presets import PRESETS, get_preset
 
 __all__ = [
@@ -19,6 +24,7 @@ __all__ = [
     "abstract_model",
     "check_hf_checkpoint",
     "count_params",
+    "gemma3_270m_checkpoint",
     "get_preset",
     "gguf_checkpoint",
     "import_gguf",

@@ -4,7 +4,9 @@ in a form `transformers.AutoModelForCausalLM.from_pretrained` loads without warn
 
 The map between our parameters and Hugging Face tensors is one rule: same path,
 `kernel`/`scale`/`embedding` are called `weight`, and a kernel is the transposed
-Hugging Face weight with its fused head dims split out (`_Layout`).
+Hugging Face weight with its fused head dims split out (`_Layout`). The decoder's
+tensors sit under `model.`, or in a Gemma 3 multimodal checkpoint under its
+language model's prefix (`_Naming`), whose vision tensors are left unread.
 """
 
 from __future__ import annotations
@@ -38,6 +40,34 @@ _LEAF_NAMES = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bi
 _IN_DIMS = {"o_proj": 2}  # kernels contract this many leading dims; every other kernel one
 # Tensors some checkpoints carry that the model legitimately ignores.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Naming:
+    """Where a checkpoint keeps the decoder: `body` prefixes every tensor but the
+    untied output projection, `head`."""
+
+    body: str
+    head: str
+
+
+_CAUSAL_LM = _Naming("model.", "lm_head.weight")  # *ForCausalLM, and what we write
+# Gemma3ForConditionalGeneration: transformers >= 4.52 writes the first form, the
+# published checkpoints (4.50) the second; either loads.
+_NAMINGS = (
+    _CAUSAL_LM,
+    _Naming("model.language_model.", "lm_head.weight"),
+    _Naming("language_model.model.", "language_model.lm_head.weight"),
+)
+
+
+def _naming(names: set[str]) -> _Naming:
+    """The naming whose embedding table the checkpoint has (the plain one if none:
+    the missing-tensor check then names what is missing)."""
+    for naming in _NAMINGS:
+        if naming.body + "embed_tokens.weight" in names:
+            return naming
+    return _CAUSAL_LM
 
 
 # ------------------------------------------------------------------- tensor layout
@@ -96,14 +126,15 @@ def _layout(path: tuple, shape: tuple[int, ...]) -> _Layout:
     return _Layout(shape, tuple(range(nd)), (1,) * nd)
 
 
-def _hf_name(path: tuple) -> str:
+def _hf_name(path: tuple, naming: _Naming = _CAUSAL_LM) -> str:
+    if path[0] == "lm_head":
+        return naming.head
     parts = [str(p) for p in path[:-1]] + [_LEAF_NAMES[path[-1]]]
-    name = ".".join(parts)
-    return name if path[0] == "lm_head" else "model." + name
+    return naming.body + ".".join(parts)
 
 
 def _entries(
-    state: nnx.State, cfg: ModelConfig
+    state: nnx.State, cfg: ModelConfig, naming: _Naming = _CAUSAL_LM
 ) -> Iterator[tuple[tuple, str, int | None, _Layout]]:
     """(our path, hf name, layer index into a stacked param or None, layout) per tensor."""
     for path, var in nnx.to_flat_state(state):
@@ -111,9 +142,9 @@ def _entries(
         if cfg.scan_layers and path[0] == "layers":
             layout = _layout(path, shape[1:])
             for i in range(shape[0]):
-                yield path, _hf_name(("layers", i, *path[1:])), i, layout
+                yield path, _hf_name(("layers", i, *path[1:]), naming), i, layout
         else:
-            yield path, _hf_name(path), None, _layout(path, shape)
+            yield path, _hf_name(path, naming), None, _layout(path, shape)
 
 
 # -------------------------------------------------------------------------- reading
@@ -229,7 +260,8 @@ def _inspect(path, dtype, *, compute_dtype=None, **config_overrides):
     )
     files = CheckpointFiles(path)
     graphdef, state = nnx.split(abstract_model(cfg))
-    entries = list(_entries(state, cfg))
+    naming = _naming(files.names())
+    entries = list(_entries(state, cfg, naming))
 
     missing = [name for _, name, _, _ in entries if name not in files.names()]
     if missing:
@@ -244,14 +276,25 @@ def _inspect(path, dtype, *, compute_dtype=None, **config_overrides):
             )
     expected = {name for _, name, _, _ in entries}
     if cfg.tie_word_embeddings:
-        expected.add("lm_head.weight")  # some tied checkpoints store the copy; unused
-    unexpected = sorted(n for n in files.names() - expected if not n.endswith(_IGNORED_SUFFIXES))
+        expected.add(naming.head)  # some tied checkpoints store the copy; unused
+    unexpected = sorted(
+        n
+        for n in files.names() - expected
+        if not n.endswith(_IGNORED_SUFFIXES) and _is_decoder_tensor(n, naming)
+    )
     if unexpected:
         raise CheckpointError(
             f"{path}: tensor(s) not in the model described by config.json: "
             f"{', '.join(unexpected[:3])}" + (" ..." if len(unexpected) > 3 else "")
         )
     return cfg, files, graphdef, state, entries
+
+
+def _is_decoder_tensor(name: str, naming: _Naming) -> bool:
+    """Whether a tensor belongs to the decoder: all of a causal LM's; in a multimodal
+    checkpoint those under the language model's prefix (the vision tower and the
+    projector are not read)."""
+    return naming == _CAUSAL_LM or name.startswith(naming.body) or name == naming.head
 
 
 def load_hf_model(

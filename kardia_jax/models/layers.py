@@ -1,5 +1,6 @@
 """Building blocks of the decoder: dense projections, RMSNorm, rotary embeddings,
-grouped-query attention and the SwiGLU MLP.
+grouped-query attention (causal, optionally windowed and soft-capped) and the gated
+MLP (SwiGLU, or Gemma's GeGLU).
 
 Dimension alphabet used in names and einsums throughout `models/`:
   B batch, T query length, S key length, D embed (hidden), N query heads,
@@ -12,6 +13,7 @@ Dtype policy: parameters are stored in `param_dtype`; matmuls run in the compute
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -91,35 +93,56 @@ class Dense(nnx.Module):
 
 
 class Embed(nnx.Module):
-    """Token embedding table [V, D]; also the output projection when tied."""
+    """Token embedding table [V, D]; also the output projection when tied.
+
+    Gemma (`scale_embeddings`) multiplies the looked-up rows by sqrt(D) rounded to the
+    compute dtype, as transformers rounds it to the weights' dtype (sqrt(3072) is
+    55.5 in bf16, not 55.43): the trained checkpoints expect the rounded factor.
+    """
 
     def __init__(self, vocab: int, dim: int, *, cfg: ModelConfig, rngs):
         self.dtype = cfg.dtype
+        self.scale = float(np.float32(math.sqrt(dim))) if cfg.scale_embeddings else None
         self.embedding = param(rngs, _normal, (vocab, dim), ("vocab", "embed"), cfg.param_dtype)
 
     def __call__(self, ids_BT):
-        return jnp.take(self.embedding[...], ids_BT, axis=0).astype(self.dtype)
+        x = jnp.take(self.embedding[...], ids_BT, axis=0).astype(self.dtype)
+        if self.scale is not None:
+            x = x * jnp.asarray(self.scale, jnp.float32).astype(self.dtype)
+        return x
 
 
 class RMSNorm(nnx.Module):
-    """RMSNorm computed in float32, cast back to the compute dtype."""
+    """RMSNorm computed in float32, cast back to the compute dtype. With
+    `cfg.norm_plus_one` (Gemma) the weight is stored as an offset from 1: the norm
+    multiplies by (1 + weight), and a fresh weight is 0."""
 
     def __init__(self, dim: int, axis: str, *, cfg: ModelConfig, rngs, eps: float | None = None):
         self.eps = cfg.rms_norm_eps if eps is None else eps
         self.dtype = cfg.dtype
-        self.scale = param(rngs, _ones, (dim,), (axis,), cfg.param_dtype)
+        self.plus_one = cfg.norm_plus_one
+        init = _zeros if cfg.norm_plus_one else _ones
+        self.scale = param(rngs, init, (dim,), (axis,), cfg.param_dtype)
 
     def __call__(self, x, out_dtype=None):
         x32 = x.astype(jnp.float32)  # variance in f32 whatever the compute dtype
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         scale = _lead(self.scale[...].astype(jnp.float32), x32.ndim)
+        if self.plus_one:
+            scale = 1.0 + scale
         return (x32 * scale).astype(out_dtype or self.dtype)
 
 
 # ----------------------------------------------------------------------------- rope
-def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
-    """Inverse frequencies [H/2] in float32, with the configured scaling applied."""
+def rope_inv_freq(cfg: ModelConfig, local: bool = False) -> np.ndarray:
+    """Inverse frequencies [H/2] in float32, with the configured scaling applied.
+    `local`: those of the sliding-window layers, which differ only with
+    `cfg.rope_local_theta` (Gemma 3: their own base, no scaling)."""
     h = cfg.head_dim
+    if local and cfg.rope_local_theta is not None:
+        return (1.0 / (cfg.rope_local_theta ** (np.arange(0, h, 2, dtype=np.float32) / h))).astype(
+            np.float32
+        )
     inv = (1.0 / (cfg.rope_theta ** (np.arange(0, h, 2, dtype=np.float32) / h))).astype(np.float32)
     if cfg.rope_type == "linear":
         inv = inv / np.float32(cfg.rope_factor)
@@ -135,9 +158,10 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
     return inv
 
 
-def rope_sin_cos(cfg: ModelConfig, positions):
-    """sin, cos of shape [B, T, H] for integer positions [B, T] (angles in f32)."""
-    inv_freq = jnp.asarray(rope_inv_freq(cfg))[None, None, :]
+def rope_sin_cos(cfg: ModelConfig, positions, local: bool = False):
+    """sin, cos of shape [B, T, H] for integer positions [B, T] (angles in f32), for
+    the global layers or (`local`) the sliding-window ones."""
+    inv_freq = jnp.asarray(rope_inv_freq(cfg, local))[None, None, :]
     angles = positions.astype(jnp.float32)[..., None] * inv_freq
     angles = jnp.concatenate([angles, angles], axis=-1)
     return jnp.sin(angles), jnp.cos(angles)
@@ -168,7 +192,19 @@ def attention_mask(attention_mask_BS, q_len: int, *, q_offset=None, segment_ids=
     return mask
 
 
-def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS, dtype):
+def window_mask(q_positions_BT, k_positions_BS, window: int):
+    """Boolean [B, T, S]: key within the last `window` positions of the query (its
+    own included), transformers' sliding window. Counted in positions, so it also
+    holds across left padding between a cached head and its rest."""
+    return q_positions_BT[:, :, None] - k_positions_BS[:, None, :] < window
+
+
+def soft_cap(x, cap: float | None):
+    """cap * tanh(x / cap) (Gemma 2's logit soft-capping); x when cap is None."""
+    return x if cap is None else cap * jnp.tanh(x / cap)
+
+
+def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS, dtype, *, scale=None, cap=None):
     """Causal grouped-query attention of a full forward (keys = the T queries' own
     positions; `mask_BTS` from `attention_mask` without `q_offset`).
 
@@ -179,6 +215,7 @@ def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS, dtype):
     a key gets the unblocked result (the skipped logits only held the fill value);
     a row of left padding sees none and gets a finite filler, the mean of the values
     in its block's key range rather than of all keys, which no loss reads.
+    `scale` multiplies q.k (default 1/sqrt(H)); `cap` soft-caps the scaled logits.
     """
     t = q_BTNH.shape[1]
     assert k_BSKH.shape[1] == t, "full-forward attention: as many keys as queries"
@@ -193,6 +230,8 @@ def dot_product_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS, dtype):
                 v_BSKH[:, :end],
                 mask_BTS[:, start:end, :end],
                 dtype,
+                scale,
+                cap,
             )
         )
     return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
@@ -202,7 +241,7 @@ _ATTN_BLOCKS = 8  # query blocks of a long sequence (more: more skipped, more to
 _ATTN_MIN_BLOCK = 64  # rows per block at least (shorter: a single block)
 
 
-def _attention_block(q_BTNH, k_BSKH, v_BSKH, mask_BTS, dtype):
+def _attention_block(q_BTNH, k_BSKH, v_BSKH, mask_BTS, dtype, scale=None, cap=None):
     """Attention of T queries against S keys with float32 logits and softmax.
     Autodiff differentiates it: a hand-written backward was no faster on CPU
     (docs/benchmarks.md, "Attention")."""
@@ -212,7 +251,7 @@ def _attention_block(q_BTNH, k_BSKH, v_BSKH, mask_BTS, dtype):
     logits = jnp.einsum(
         "BTKGH,BSKH->BKGTS", q, k_BSKH.astype(dtype), preferred_element_type=jnp.float32
     )
-    logits = logits * (1.0 / math.sqrt(h))
+    logits = soft_cap(logits * (1.0 / math.sqrt(h) if scale is None else scale), cap)
     # A finite fill keeps fully masked rows (left padding) finite instead of NaN.
     logits = jnp.where(mask_BTS[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
@@ -291,7 +330,9 @@ def write_cache(k_cache, v_cache, k_BTKH, v_BTKH, index, transposed: bool):
     return k_cache, v_cache
 
 
-def cached_attention(q_BTNH, k_cache, v_BKSH, mask_BTS, dtype, transposed: bool):
+def cached_attention(
+    q_BTNH, k_cache, v_BKSH, mask_BTS, dtype, transposed: bool, *, scale=None, cap=None
+):
     """`dot_product_attention` against a KV cache: keys [B, K, H, S] (`transposed`)
     or [B, K, S, H], values [B, K, S, H].
 
@@ -301,6 +342,7 @@ def cached_attention(q_BTNH, k_cache, v_BKSH, mask_BTS, dtype, transposed: bool)
     [H, S] product per (row, kv head). Against [B, K, S, H] keys XLA:CPU computes
     them as [S, H] x [H, G] with G (query heads per kv head, 3 for SmolLM2) as the
     output's minor dim, a slower form (docs/benchmarks.md, "Attention").
+    `scale` and `cap` as in `dot_product_attention`.
     """
     b, t, n, h = q_BTNH.shape
     k = k_cache.shape[1]
@@ -313,7 +355,7 @@ def cached_attention(q_BTNH, k_cache, v_BKSH, mask_BTS, dtype, transposed: bool)
     q = jnp.transpose(q_BTNH.reshape(b, t, k, n // k, h), (0, 2, 3, 1, 4)).astype(dtype)
     spec = "BKGTH,BKHS->BKGTS" if transposed else "BKGTH,BKSH->BKGTS"
     logits = jnp.einsum(spec, q, k_cache.astype(dtype), preferred_element_type=jnp.float32)
-    logits = logits * (1.0 / math.sqrt(h))
+    logits = soft_cap(logits * (1.0 / math.sqrt(h) if scale is None else scale), cap)
     logits = jnp.where(mask_BTS[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
     # Contract into BKGTH and transpose the small result: asked for BTKGH directly,
@@ -326,37 +368,66 @@ def cached_attention(q_BTNH, k_cache, v_BKSH, mask_BTS, dtype, transposed: bool)
     return out.astype(out_dtype)
 
 
+_ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    # transformers' gelu_pytorch_tanh: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+}
+
+
 class MLP(nnx.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
+    """Gated MLP: down(act(gate(x)) * up(x)), SwiGLU with silu, GeGLU (Gemma) with
+    tanh-approximated GELU."""
 
     def __init__(self, cfg: ModelConfig, *, rngs):
         d, f, b = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
         self.gate_proj = Dense((d,), (f,), ("embed", "mlp"), bias=b, cfg=cfg, rngs=rngs)
         self.up_proj = Dense((d,), (f,), ("embed", "mlp"), bias=b, cfg=cfg, rngs=rngs)
         self.down_proj = Dense((f,), (d,), ("mlp", "embed"), bias=b, cfg=cfg, rngs=rngs)
+        self.act = cfg.hidden_act
 
     def __call__(self, x_BTD):
-        return self.down_proj(jax.nn.silu(self.gate_proj(x_BTD)) * self.up_proj(x_BTD))
+        act = _ACTIVATIONS[self.act]
+        return self.down_proj(act(self.gate_proj(x_BTD)) * self.up_proj(x_BTD))
 
 
 class DecoderLayer(nnx.Module):
-    """Pre-norm block: x + attn(norm(x)), then + mlp(norm(x))."""
+    """Pre-norm block: x + attn(norm(x)), then + mlp(norm(x)).
+
+    With `cfg.sandwich_norms` (Gemma 2 / 3) each branch's output is normed too before
+    its residual add: x + norm(attn(norm(x))), then + norm(mlp(norm(x))), with
+    transformers' names (`post_attention_layernorm` is then the attention output's
+    norm, `pre_feedforward_layernorm` the MLP input's).
+    """
 
     def __init__(self, cfg: ModelConfig, *, rngs):
         d = cfg.hidden_size
         self.input_layernorm = RMSNorm(d, "embed", cfg=cfg, rngs=rngs)
         self.self_attn = Attention(cfg, rngs=rngs)
         self.post_attention_layernorm = RMSNorm(d, "embed", cfg=cfg, rngs=rngs)
+        if cfg.sandwich_norms:
+            self.pre_feedforward_layernorm = RMSNorm(d, "embed", cfg=cfg, rngs=rngs)
+            self.post_feedforward_layernorm = RMSNorm(d, "embed", cfg=cfg, rngs=rngs)
+        else:
+            self.pre_feedforward_layernorm = self.post_feedforward_layernorm = None
         self.mlp = MLP(cfg, rngs=rngs)
 
+    def _mlp_branch(self, x_BTD, h_BTD):
+        """The attention output `h` added to the residual, then the MLP branch."""
+        if self.pre_feedforward_layernorm is None:
+            x_BTD = x_BTD + h_BTD
+            return x_BTD + self.mlp(self.post_attention_layernorm(x_BTD))
+        x_BTD = x_BTD + self.post_attention_layernorm(h_BTD)
+        h_BTD = self.mlp(self.pre_feedforward_layernorm(x_BTD))
+        return x_BTD + self.post_feedforward_layernorm(h_BTD)
+
     def __call__(self, x_BTD, sin, cos, attend):
-        x_BTD = x_BTD + self.self_attn(self.input_layernorm(x_BTD), sin, cos, attend)
-        return x_BTD + self.mlp(self.post_attention_layernorm(x_BTD))
+        h = self.self_attn(self.input_layernorm(x_BTD), sin, cos, attend)
+        return self._mlp_branch(x_BTD, h)
 
     def with_cache(self, x_BTD, sin, cos, attend, k_cache, v_cache, index):
         """`__call__` for cached decoding: also returns the updated caches."""
         h, k_cache, v_cache = self.self_attn.with_cache(
             self.input_layernorm(x_BTD), sin, cos, attend, k_cache, v_cache, index
         )
-        x_BTD = x_BTD + h
-        return x_BTD + self.mlp(self.post_attention_layernorm(x_BTD)), k_cache, v_cache
+        return self._mlp_branch(x_BTD, h), k_cache, v_cache

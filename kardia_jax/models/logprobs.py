@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from kardia_jax.models import cpu_matmul, kernels
 from kardia_jax.models.decoder import project_to_vocab
+from kardia_jax.models.layers import soft_cap
 
 
 def _chunk_stats(model, h_BCD, t_BC, with_entropy: bool, temperature: float = 1.0):
@@ -109,20 +110,22 @@ def weighted_log_prob_sum(model, hidden_BKD, targets_BK, weight_BK, *, chunk: in
     chunks = tuple(_chunk_positions(x, chunk) for x in (hidden_BKD, targets_BK, weight_BK))
     w_out, vocab_major = model.head_weight()
     cfg = model.config
-    return _fused_sum(chunks, w_out, vocab_major, jnp.dtype(cfg.dtype), kernels.of(cfg.kernels))
+    dtype, forms = jnp.dtype(cfg.dtype), kernels.of(cfg.kernels)
+    return _fused_sum(chunks, w_out, vocab_major, dtype, forms, cfg.final_logit_softcap)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _fused_sum(chunks, w_out, vocab_major: bool, dtype, kernel_forms: str):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _fused_sum(chunks, w_out, vocab_major: bool, dtype, kernel_forms: str, cap):
     def body(total, xs):
         h, y, wt = xs
-        logp, _ = _target_logp(project_to_vocab(h, w_out, vocab_major, dtype, kernel_forms), y)
+        logits = soft_cap(project_to_vocab(h, w_out, vocab_major, dtype, kernel_forms), cap)
+        logp, _ = _target_logp(logits, y)
         return total + jnp.sum(logp * wt), None
 
     return jax.lax.scan(body, jnp.zeros((), jnp.float32), chunks)[0]
 
 
-def _fused_sum_fwd(chunks, w_out, vocab_major: bool, dtype, kernel_forms: str):
+def _fused_sum_fwd(chunks, w_out, vocab_major: bool, dtype, kernel_forms: str, cap):
     d = chunks[0].shape[-1]
     v = w_out.shape[0] if vocab_major else w_out.shape[1]
     cpu = kernel_forms == "cpu"
@@ -130,11 +133,14 @@ def _fused_sum_fwd(chunks, w_out, vocab_major: bool, dtype, kernel_forms: str):
     def body(carry, xs):
         total, dw_DV = carry
         h, y, wt = xs  # [B, C, D], [B, C], [B, C]
-        logits = project_to_vocab(h, w_out, vocab_major, dtype, kernel_forms)
+        logits = soft_cap(project_to_vocab(h, w_out, vocab_major, dtype, kernel_forms), cap)
         logp, lse = _target_logp(logits, y)
         p = jnp.exp(logits - lse[..., None])
         onehot = jax.nn.one_hot(y, v, dtype=jnp.float32)
-        g = ((onehot - p) * wt[..., None]).astype(dtype)  # d sum / d logits
+        g = (onehot - p) * wt[..., None]  # d sum / d logits
+        if cap is not None:  # through the soft-cap: d cap*tanh(z/cap) / dz = 1 - tanh^2
+            g = g * (1.0 - jnp.square(logits / cap))
+        g = g.astype(dtype)
         spec = "BCV,VD->BCD" if vocab_major else "BCV,DV->BCD"
         dh = jnp.einsum(spec, g, w_out.astype(dtype), preferred_element_type=jnp.float32)
         # dW^T [D, V] = h^T g: canonical with only the small h^T moved (on CPU a
@@ -152,8 +158,8 @@ def _fused_sum_fwd(chunks, w_out, vocab_major: bool, dtype, kernel_forms: str):
     return total, (dh, dw.astype(w_out.dtype))
 
 
-def _fused_sum_bwd(vocab_major, dtype, kernel_forms, res, ct):
-    del vocab_major, dtype, kernel_forms
+def _fused_sum_bwd(vocab_major, dtype, kernel_forms, cap, res, ct):
+    del vocab_major, dtype, kernel_forms, cap
     dh, dw = res
     return (dh * ct.astype(dh.dtype), None, None), dw * ct.astype(dw.dtype)
 

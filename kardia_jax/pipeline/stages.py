@@ -41,7 +41,7 @@ from kardia_jax.eval.compare import check_rows, evaluate_rows
 from kardia_jax.eval.run import load_eval_tokenizer
 from kardia_jax.host import release_freed_memory
 from kardia_jax.jsonio import write_json
-from kardia_jax.models import check_hf_checkpoint
+from kardia_jax.models import check_hf_checkpoint, gemma3_270m_checkpoint, smollm2_checkpoint
 from kardia_jax.rl.difficulty import EASY_FILE, HARD_FILE, SIGNALS
 from kardia_jax.rl.grpo import prepare_grpo, run_grpo
 from kardia_jax.train.distributed import agreed, gather, is_main
@@ -49,16 +49,18 @@ from kardia_jax.train.sft import prepare_sft, run_sft
 
 STAGES = ("validate", "split", "sft", "grpo", "eval", "report")
 API_PREFIX = "openai:"  # an evaluation judge served over the OpenAI chat-completions API
+# Names users type for the real models that pip packages ship as GGUF files, imported
+# once and cached (kardia_jax/models/gguf.py): name -> the function that returns the dir.
+NAMED_CHECKPOINTS = {"smollm2": smollm2_checkpoint, "gemma3-270m": gemma3_270m_checkpoint}
 
 
 def resolve_checkpoint(spec: str, field: str) -> str | None:
-    """ "" -> None, "smollm2" -> the imported SmolLM2 dir, else an existing HF dir."""
+    """ "" -> None, a name of NAMED_CHECKPOINTS -> its imported dir, else an existing HF
+    dir."""
     if not spec:
         return None
-    if spec == "smollm2":
-        from kardia_jax.models.gguf import smollm2_checkpoint
-
-        return str(smollm2_checkpoint())
+    if spec in NAMED_CHECKPOINTS:
+        return str(NAMED_CHECKPOINTS[spec]())
     if not (Path(spec) / "config.json").is_file():
         raise ConfigError(f"{field}={spec!r}: not a Hugging Face checkpoint dir (no config.json)")
     return spec

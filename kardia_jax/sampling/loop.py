@@ -17,8 +17,8 @@ from flax import nnx
 
 from kardia_jax.compiles import CompileCounter
 from kardia_jax.models import kernels
-from kardia_jax.models.decoder import positions_from_mask
-from kardia_jax.models.layers import keys_transposed
+from kardia_jax.models.decoder import cache_for_decode, positions_from_mask
+from kardia_jax.models.layers import soft_cap
 from kardia_jax.sampling.methods import SamplingConfig, sample
 from kardia_jax.sampling.state import EOS, LENGTH, STOP, KVCache, SamplingState
 from kardia_jax.sharding import constrain_cache
@@ -44,6 +44,7 @@ def step_logits(model, hidden_B1D):
     faster than XLA:CPU's matmul does (reading a transposed operand), and
     that table is the largest single read of a step (152k x 896 floats for
     Qwen2.5-0.5B). Other backends and untied heads use the model's own projection.
+    Either way the logits are the model's, its final soft-cap (Gemma 2) included.
     """
     w_out, vocab_major = model.head_weight()
     if not (vocab_major and kernels.of(model.config.kernels) == "cpu"):
@@ -52,7 +53,7 @@ def step_logits(model, hidden_B1D):
     emb_VD = w_out.astype(dtype)
     h_BD = hidden_B1D[:, 0].astype(dtype)
     logits_VB = jnp.sum(emb_VD[:, None, :] * h_BD[None, :, :], axis=-1, dtype=jnp.float32)
-    return logits_VB.T
+    return soft_cap(logits_VB.T, model.config.final_logit_softcap)
 
 
 def record(state: SamplingState, tokens_B, logprobs_B, pad_id: int) -> SamplingState:
@@ -126,19 +127,10 @@ def prefill(
     def rows(x, axis=0):  # prompt i -> rows i*G .. i*G + G-1
         return x if group == 1 else jnp.repeat(x, group, axis=axis)
 
-    def to_slots(x, slot_axis):  # P slots -> cache_len, B rows -> B*G
-        x = rows(x, axis=x.ndim - 4)
-        pad = [(0, 0)] * x.ndim
-        pad[slot_axis % x.ndim] = (0, cache_len - p)
-        return jnp.pad(x, pad)
-
-    k_slots = -1 if keys_transposed(model.config) else -2
-
-    k, v = constrain_cache(
-        jax.tree.map(lambda x: to_slots(x, k_slots), k),  # keys [.., B, K, H, S] or as values
-        jax.tree.map(lambda x: to_slots(x, -2), v),  # values [.., B, K, S, H]
-        sharding,
-    )
+    # B rows -> B*G (the batch axis of [.., B, K, ., .]); P slots -> cache_len, the
+    # sliding layers in rings of their window when it is shorter.
+    k, v = (jax.tree.map(lambda x: rows(x, axis=x.ndim - 4), c) for c in (k, v))
+    k, v = constrain_cache(*cache_for_decode(model.config, k, v, cache_len), sharding)
     n_real = rows(jnp.sum(prompt_mask, axis=1, dtype=jnp.int32))
     cache = KVCache(
         k=k,
@@ -146,6 +138,7 @@ def prefill(
         start=p - n_real,
         index=jnp.int32(p),
         positions=n_real,
+        num_slots=cache_len,
     )
     bg = b * group
     state = SamplingState(

