@@ -72,7 +72,9 @@ def start(args: list[str], *, pair: bool = False, env: dict | None = None, modul
     ]
 
 
-def finish(procs, timeout: float = 600) -> tuple[list[int], list[str]]:
+def finish(procs, timeout: float = 1800) -> tuple[list[int], list[str]]:
+    # A hang guard, not a time limit: a tiny run takes under a minute, but CI's machine
+    # can be oversubscribed many times over (a rerun once took past 600 s at load 40).
     outs = [p.communicate(timeout=timeout)[0] for p in procs]
     return [p.returncode for p in procs], outs
 
