@@ -260,7 +260,9 @@ class Sampler:
         len(index) rows, those with `valid` False finished padding (`loop.compact`)."""
         budget = state.tokens.shape[1]
         gather = self.compact_program(len(index), state.cache.num_slots - budget, budget)
-        return gather(state, jnp.asarray(index, jnp.int32), jnp.asarray(valid, bool))
+        # Cast on the host: jnp.asarray(int64 array, int32) compiles a conversion program.
+        index, valid = np.asarray(index, np.int32), np.asarray(valid, bool)
+        return gather(state, jnp.asarray(index), jnp.asarray(valid))
 
     def compact_program(self, rows: int, prompt_len: int, budget: int) -> Program:
         """`loop.compact` into `rows` rows of `prompt_len + budget` slots, its cache

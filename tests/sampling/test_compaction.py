@@ -5,12 +5,15 @@ steps; and the guarantees compaction must keep: a row's tokens depend on its see
 index alone, not on its batch; compiles bounded by row buckets; and the work counter
 (`Sampler.last_stats`) shows the finished rows' steps saved."""
 
+import jax
 import numpy as np
 import pytest
 
+from kardia_jax.compiles import CompileCounter
 from kardia_jax.models import load_hf_model
 from kardia_jax.sampling import Sampler, SamplingConfig, compile_counts
 from kardia_jax.sampling.sampler import row_buckets
+from kardia_jax.sharding import make_mesh
 from tests.references import NEW, hf_greedy
 
 from .test_gemma_sampler import gemma_checkpoint  # noqa: F401 (a fixture)
@@ -185,26 +188,49 @@ def test_compiles_are_bounded_by_row_buckets(model):
     # A sampling config and a budget bucket (64) no other test uses, so that every
     # program of these shapes is compiled here.
     cfg = SamplingConfig(temperature=0.85, top_k=33)
-    new = 48
     prompts = make_prompts(4, seed=3)
     sampler = Sampler(model, eos_ids=EOS12)
     ladder = row_buckets(16)
     assert ladder == (12, 8, 6, 4, 3, 2)
     before = compile_counts()
-    first = sampler(prompts, new, cfg, group_size=4, seed=1)
+    # A short budget: rows stop at 33 tokens, before the batch has shrunk far.
+    first = sampler(prompts, 33, cfg, group_size=4, seed=1)
     widths_first = sampler.last_stats["widths"]
     mid = compile_counts()
     delta = {k: mid[k] - before.get(k, 0) for k in mid}
     # The first call builds every row bucket's programs: one decode per width, one
     # gather per smaller width, one prefill.
     assert delta == {"prefill": 1, "decode": len(ladder) + 1, "compact": len(ladder)}
-    # Other lengths (another seed, another eos set of the same size) visit other
-    # buckets: nothing new.
+    # Other lengths (another seed, another eos set of the same size, a longer budget
+    # in the same bucket) reach buckets the first call never ran: nothing new.
     eos = [i + 1 for i in EOS12]
-    other = sampler(prompts, new, cfg, group_size=4, seed=2, eos_ids=eos)
-    assert sampler.last_stats["widths"] != widths_first
+    built = CompileCounter()
+    other = sampler(prompts, 60, cfg, group_size=4, seed=2, eos_ids=eos)
+    widths = sampler.last_stats["widths"]
+    assert set(widths) - set(widths_first), (widths_first, widths)
     assert first.lengths.tolist() != other.lengths.tolist()
     assert compile_counts() == mid
+    assert built.count == 0  # nor any other program (a host-side conversion, say)
+
+
+def test_sharded_compaction_matches_one_device(tiny_checkpoint, model):
+    # Rows split over two data shards: every row bucket is even, the gathered caches
+    # are laid out on the mesh, and the tokens are the single device's.
+    mesh = make_mesh({"data": 2}, devices=jax.devices()[:2])
+    sharded = load_hf_model(tiny_checkpoint(VARIANT)[0], dtype="float32", mesh=mesh)
+    cfg = SamplingConfig(temperature=1.0)
+    prompts = make_prompts(4)
+    sampler = Sampler(sharded, eos_ids=EOS12, mesh=mesh)
+    out = sampler(prompts, NEW, cfg, group_size=4, seed=5)
+    widths = sampler.last_stats["widths"]
+    assert len(widths) >= 3 and all(w % 2 == 0 for w in widths)
+    ref = Sampler(model, eos_ids=EOS12)(prompts, NEW, cfg, group_size=4, seed=5)
+    np.testing.assert_array_equal(out.tokens, ref.tokens)
+    np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-5)
+    built = CompileCounter()
+    again = sampler(prompts, NEW, cfg, group_size=4, seed=6)
+    assert sampler.last_stats["widths"] != widths or again.lengths.tolist() != out.lengths.tolist()
+    assert built.count == 0
 
 
 def test_work_counter_shows_the_finished_rows_steps_saved(spread_checkpoint):
