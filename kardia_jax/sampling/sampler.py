@@ -115,11 +115,11 @@ class Sampler:
     smaller row bucket (`row_buckets`), the decode stops, the finished rows go to
     the host and the live ones continue in a state of that bucket, so finished rows
     stop costing decode steps. A batch shape's first call compiles every row
-    bucket's programs at once, so later calls compile nothing whatever their
-    lengths. `last_stats` holds the last call's work: `decode_row_steps` (rows
-    computed at each step, padding and finished rows included, the first token's
-    included), `kept_tokens` (completion tokens returned), `segments` (decode calls),
-    `steps` (the step each segment ended at) and `widths` (the row buckets visited).
+    bucket's programs, so later calls compile nothing whatever their lengths.
+    `last_stats` holds the last call's work: `decode_row_steps` (rows computed at
+    each step, padding and finished rows included, the first token's included),
+    `kept_tokens` (completion tokens returned), `segments` (decode calls), `steps`
+    (the step each segment ended at) and `widths` (the row buckets visited).
     """
 
     def __init__(
@@ -335,32 +335,29 @@ class Sampler:
         )
         return out
 
-    def _build_ladder(self, state, sampling) -> None:
-        """Compiles the decode and gather programs of every row bucket below `state`'s
-        width, once per shape, by running them on finished dummy rows (the decode
-        stops before its first step): a GRPO step after the first then compiles
-        nothing, whichever buckets its lengths visit. Each gather goes one bucket down,
-        as `_decode_compacting`'s do, so there is one gather program per bucket."""
+    def _ladder_key(self, state, sampling):
+        """Everything the row buckets' programs are keyed on: the model, the sampling
+        config and every shape of the prefilled state (the stop-id arrays' included)."""
         leaves, treedef = jax.tree.flatten(state)
-        # Every shape the programs are keyed on (the stop-id arrays' included).
-        key = (self.graphdef, sampling, treedef, tuple((x.shape, x.dtype) for x in leaves))
-        if key in self._ladders_built:
-            return
-        prev = state
+        return (self.graphdef, sampling, treedef, tuple((x.shape, x.dtype) for x in leaves))
+
+    def _build_rest_of_ladder(self, state, sampling) -> None:
+        """Compiles the decode and gather programs of the row buckets below `state`'s
+        width (those a call ending there did not reach) by running them on its
+        finished rows: each decode stops before its first step. Compaction goes one
+        bucket at a time, so the buckets a call visited are the ladder's first ones,
+        and after this a later call compiles nothing, whichever buckets its lengths
+        reach. Run at the end of a call, when only the small final cache is held."""
         for w in row_buckets(state.tokens.shape[0], self._batch_multiple):
-            nxt = self.compact_rows(prev, np.zeros(w, np.int32), np.zeros(w, bool))
-            if prev is not state:
-                self.decode(prev, sampling, until=0)  # donates the dummy
-            prev = nxt
-        self.decode(prev, sampling, until=0)
-        self._ladders_built.add(key)
+            state = self.compact_rows(state, np.zeros(w, np.int32), np.zeros(w, bool))
+            state = self.decode(state, sampling, until=0)
 
     def _decode_compacting(self, state, sampling, num_prompts, max_new_tokens, group_size):
         """`__call__`'s decode with compaction (see the class docstring): decode
         segments, each ending when the live rows fit the next row bucket; then the
         finished rows' results are copied to the host, and the live rows gathered into
         that bucket. The results come back in the call's row order."""
-        self._build_ladder(state, sampling)
+        ladder_key = self._ladder_key(state, sampling)
         n_rows = num_prompts * group_size
         width, budget = state.tokens.shape
         tokens = np.full((n_rows, budget), self.pad_id, np.int32)
@@ -398,6 +395,9 @@ class Sampler:
                 live, width = np.arange(live.size), w
                 widths.append(w)
                 ladder = ladder[1:]
+        if ladder_key not in self._ladders_built:
+            self._build_rest_of_ladder(state, sampling)
+            self._ladders_built.add(ladder_key)
         self.last_stats = dict(
             decode_row_steps=row_steps,
             kept_tokens=int(lengths.sum()),

@@ -44,7 +44,7 @@ def test_the_sampler_runs_the_programs_its_builder_returns(sharded, prompts, mon
     ladder = row_buckets(b * 2, batch_shards(mesh))
     built = [prefill, decode] + [sampler.programs(w, p, n, sampling)[1] for w in ladder]
     built += [sampler.compact_program(w, p, n) for w in ladder]
-    assert called[0] == prefill and called[-1] == decode
+    assert called[:2] == [prefill, decode]
     assert all(c in built for c in called) and all(x in called for x in built)
     # The cache is laid out on the mesh in both, and the budget bucket reaches prefill.
     assert prefill.static["sharding"] is not None and prefill.static["budget"] == n
