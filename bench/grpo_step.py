@@ -324,7 +324,7 @@ def main(argv=None) -> int:
 
     jax.config.update("jax_enable_compilation_cache", False)
     config = load_config(args.config, overrides)
-    if "grpo" in config:  # a pipeline config: its GRPO stage's settings
+    if "rollout" not in config:  # a pipeline config: its GRPO stage's settings
         config = config.grpo
     with config.unlocked():
         config.rollout.dynamic_sampling = False  # the same work every step
