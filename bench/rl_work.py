@@ -23,6 +23,11 @@ import sys
 
 import numpy as np
 
+# This checkout's kardia_jax, whichever editable install the venv has.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
 MODELS = ("smollm2", "qwen2.5-0.5b-random")
 # The data settings of the demo's GRPO stage (configs/grpo_tiny.py): prompts up to 512
 # tokens (older turns dropped to fit), the driver's prompt buckets.
