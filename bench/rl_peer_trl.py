@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     import torch
     import transformers
     import trl
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
     from trl.extras import profiling
 
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
         output_dir=out_dir,
         use_cpu=True,
         bf16=False,  # GRPOConfig's default is bf16; the work is f32
-        model_init_kwargs={"dtype": torch.float32},
+        model_init_kwargs={"dtype": "float32"},  # the model loaded by TRL from the path
         per_device_train_batch_size=batch,
         gradient_accumulation_steps=rows // batch,
         num_generations=work.G,
@@ -116,7 +116,6 @@ def main(argv=None) -> int:
     dataset = datasets.Dataset.from_list(
         [{"prompt": p["text"], "index": p["index"]} for p in work.prompts]
     )
-    model = AutoModelForCausalLM.from_pretrained(work.model_dir, dtype=torch.float32)
     logs = []  # TRL's own per-step log rows (loss, kl, completion lengths, ...)
 
     class KeepLogs(TrainerCallback):
@@ -126,17 +125,21 @@ def main(argv=None) -> int:
 
     kept = logs
     trainer = GRPOTrainer(
-        model=model,
+        model=work.model_dir,
         reward_funcs=kardia_reward,
         args=config,
         train_dataset=dataset,
         processing_class=tokenizer,
         callbacks=[StepTimer(), KeepLogs()],
     )
+    rl_work.examples(work.model_dir)  # the reward's example list, built before any step
     t = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t
     names = sorted({k for p in phases for k in p})
+    prepare = "GRPOTrainer._prepare_inputs"  # generation, rewards, reference log-probs
+    # The rest of the step: the loss's forward and backward, the optimizer step.
+    after = [s - p.get(prepare, 0.0) for s, p in zip(steps, phases, strict=True)]
     result = {
         "trainer": "trl",
         "versions": {
@@ -147,7 +150,8 @@ def main(argv=None) -> int:
             "torch_threads": torch.get_num_threads(),
         },
         "step_seconds": steps,
-        "phases": {n: [p.get(n, 0.0) for p in phases] for n in names},
+        "phases": {n.removeprefix("GRPOTrainer."): [p.get(n, 0.0) for p in phases] for n in names}
+        | {"after_prepare_inputs": after},
         "new_tokens": tokens,
         "compile_seconds": None,
         "run_seconds": wall,
@@ -156,7 +160,8 @@ def main(argv=None) -> int:
             f"{rows // batch} = {rows} completions per optimizer step (generated at once); "
             f"gradient_checkpointing {config.gradient_checkpointing} (GRPOConfig default), "
             f"loss_type {config.loss_type}; phases: TRL's profiling spans (nested: "
-            "_prepare_inputs holds generation, rewards and reference log-probs)"
+            "_prepare_inputs holds generation, rewards and reference log-probs; "
+            "after_prepare_inputs: the step less _prepare_inputs)"
         ),
         "logs": logs,
     }
