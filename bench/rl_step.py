@@ -197,12 +197,12 @@ def summarise(result: dict) -> dict:
     }
 
 
-def run_trainer(name: str, work_dir: str, out_dir: str, timeout: float) -> dict:
+def run_trainer(name: str, work_dir: str, out_dir: str, timeout: float, python: str) -> dict:
     out = os.path.join(out_dir, f"{name}.json")
     log = os.path.join(out_dir, f"{name}.log")
     if os.path.exists(out):
         os.remove(out)
-    cmd = [sys.executable, *TRAINERS[name], "--work", work_dir, "--out", out]
+    cmd = [python, *TRAINERS[name], "--work", work_dir, "--out", out]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
     t = time.perf_counter()
     print(f"== {name}: {' '.join(cmd)} (log: {log})", flush=True)
@@ -260,7 +260,8 @@ def orchestrate(args) -> int:
     for name in args.trainers.split(","):
         if name not in TRAINERS:
             raise SystemExit(f"--trainers: unknown {name!r} (known: {', '.join(TRAINERS)})")
-        results[name] = run_trainer(name, out_dir, out_dir, args.timeout)
+        python = args.tunix_python if name == "tunix" else sys.executable
+        results[name] = run_trainer(name, out_dir, out_dir, args.timeout, python)
     report = {
         "command": "python bench/rl_step.py " + " ".join(sys.argv[1:]),
         "machine": {
@@ -284,6 +285,9 @@ def main(argv=None) -> int:
     ap.add_argument("--trainers", default="ours,trl,tunix")
     ap.add_argument("--out", default="/tmp/rl-step", help="work, logs and results")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per trainer")
+    # google-tunix 0.1.7 pins safetensors<0.8 (ours needs >= 0.8): it may live in a venv
+    # of its own, with kardia-jax installed there without its dependency checks.
+    ap.add_argument("--tunix-python", default=sys.executable, help="interpreter for tunix")
     ap.add_argument("--runner", choices=("ours",), help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     rl_work.add_arguments(ap)
