@@ -105,7 +105,23 @@ def only_work_prompts(grpo_module, indices: list[int]):
     grpo_module.build_prompt_dataset = build_work
 
 
-def run_ours(work: rl_work.Work, out: str) -> None:
+def parse_sets(items: list[str]) -> dict:
+    """`--set key=value` pairs (values as Python literals where they parse)."""
+    import ast
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected key=value")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def run_ours(work: rl_work.Work, out: str, sets: dict | None = None) -> None:
     from kardia_jax.host import keep_freed_memory
 
     keep_freed_memory()  # as the CLI does, before XLA starts its threads
@@ -119,7 +135,8 @@ def run_ours(work: rl_work.Work, out: str) -> None:
     shutil.rmtree(workdir, ignore_errors=True)  # a fresh run, not a resumed one
     config = load_config(GRPO_CONFIG)
     with config.unlocked():
-        for key, value in ours_overrides(work, workdir).items():
+        overrides = ours_overrides(work, workdir) | (sets or {})
+        for key, value in overrides.items():
             node = config
             *path, last = key.split(".")
             for part in path:
@@ -160,7 +177,7 @@ def run_ours(work: rl_work.Work, out: str) -> None:
             f"compile of the run (load to finish); reward mean per step "
             f"{[round(r['reward/total'], 3) for r in rows]}"
         ),
-        "config": ours_overrides(work, workdir),
+        "config": overrides,
     }
     _write(out, result)
 
@@ -197,12 +214,14 @@ def summarise(result: dict) -> dict:
     }
 
 
-def run_trainer(name: str, work_dir: str, out_dir: str, timeout: float, python: str) -> dict:
+def run_trainer(
+    name: str, work_dir: str, out_dir: str, timeout: float, python: str, extra=()
+) -> dict:
     out = os.path.join(out_dir, f"{name}.json")
     log = os.path.join(out_dir, f"{name}.log")
     if os.path.exists(out):
         os.remove(out)
-    cmd = [python, *TRAINERS[name], "--work", work_dir, "--out", out]
+    cmd = [python, *TRAINERS[name], "--work", work_dir, "--out", out, *extra]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
     t = time.perf_counter()
     print(f"== {name}: {' '.join(cmd)} (log: {log})", flush=True)
@@ -261,7 +280,8 @@ def orchestrate(args) -> int:
         if name not in TRAINERS:
             raise SystemExit(f"--trainers: unknown {name!r} (known: {', '.join(TRAINERS)})")
         python = args.tunix_python if name == "tunix" else sys.executable
-        results[name] = run_trainer(name, out_dir, out_dir, args.timeout, python)
+        extra = [f"--set={s}" for s in args.set] if name == "ours" else []
+        results[name] = run_trainer(name, out_dir, out_dir, args.timeout, python, extra)
     report = {
         "command": "python bench/rl_step.py " + " ".join(sys.argv[1:]),
         "machine": {
@@ -288,12 +308,19 @@ def main(argv=None) -> int:
     # google-tunix 0.1.7 pins safetensors<0.8 (ours needs >= 0.8): it may live in a venv
     # of its own, with kardia-jax installed there without its dependency checks.
     ap.add_argument("--tunix-python", default=sys.executable, help="interpreter for tunix")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting of ours over the bench's (e.g. model.remat=dots_no_batch)",
+    )
     ap.add_argument("--runner", choices=("ours",), help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     rl_work.add_arguments(ap)
     args = ap.parse_args(argv)
     if args.runner == "ours":
-        run_ours(rl_work.load_work(args.work), args.out)
+        run_ours(rl_work.load_work(args.work), args.out, parse_sets(args.set))
         return 0
     return orchestrate(args)
 

@@ -113,3 +113,10 @@ def test_trl_batch_makes_one_optimizer_step_of_all_completions():
     for rows, batch in ((32, 8), (4, 4), (12, 6), (6, 6), (7, 7), (18, 6)):
         assert rl_peer_trl.device_batch(rows) == batch
         assert rows % batch == 0
+
+
+def test_set_options_parse_as_literals_and_refuse_a_missing_value():
+    sets = rl_step.parse_sets(["model.remat=dots_no_batch", "grpo.beta=0.1", "x=True"])
+    assert sets == {"model.remat": "dots_no_batch", "grpo.beta": 0.1, "x": True}
+    with pytest.raises(SystemExit, match="model.remat"):
+        rl_step.parse_sets(["model.remat"])
