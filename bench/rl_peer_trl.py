@@ -37,8 +37,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--steps", type=int, help="fewer steps than the work's")
     args = ap.parse_args(argv)
-    work = rl_work.load_work(args.work)
+    work = rl_work.load_work(args.work, args.steps)
 
     import accelerate
     import datasets

@@ -165,7 +165,7 @@ def run(work_dir: str, args) -> dict:
     from tunix.utils import mesh as mesh_lib
 
     notes: list[str] = []
-    work = rl_work.load_work(work_dir)
+    work = rl_work.load_work(work_dir, args.steps)
     P, G = work.P, work.G
 
     train_micro = prompts_per_micro(args.train_micro, P, G)
@@ -325,6 +325,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", required=True, help="folder holding work.json")
     ap.add_argument("--out", required=True, help="the result JSON")
+    ap.add_argument("--steps", type=int, help="fewer steps than the work's")
     ap.add_argument(
         "--train-micro",
         type=int,

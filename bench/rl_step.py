@@ -121,6 +121,17 @@ def parse_sets(items: list[str]) -> dict:
     return out
 
 
+def parse_caps(items: list[str]) -> dict[str, int]:
+    """`--trainer-steps NAME=N` pairs: a trainer run for N steps, fewer than the work's."""
+    caps = {}
+    for item in items:
+        name, sep, n = item.partition("=")
+        if not sep or name not in TRAINERS or not n.isdigit() or int(n) < 1:
+            raise SystemExit(f"--trainer-steps {item!r}: expected NAME=N, NAME in {list(TRAINERS)}")
+        caps[name] = int(n)
+    return caps
+
+
 def run_ours(work: rl_work.Work, out: str, sets: dict | None = None) -> None:
     from kardia_jax.host import keep_freed_memory
 
@@ -246,7 +257,8 @@ def run_trainer(
 def table(results: dict) -> str:
     ours = results.get("ours", {}).get("summary")
     lines = [
-        f"{'trainer':8} {'step s':>8} {'tokens/s':>9} {'new tok':>8} {'x ours':>7}  phases (s)"
+        f"{'trainer':8} {'step s':>8} {'timed':>5} {'tokens/s':>9} {'new tok':>8} {'x ours':>7}"
+        "  phases (s)"
     ]
     for name, r in results.items():
         if "error" in r:
@@ -256,7 +268,8 @@ def table(results: dict) -> str:
         ratio = f"{s['step_s'] / ours['step_s']:.2f}" if ours else "-"
         phases = ", ".join(f"{k} {v:.2f}" for k, v in s["phases_s"].items())
         lines.append(
-            f"{name:8} {s['step_s']:8.2f} {s['tokens_per_s']:9.1f} {s['new_tokens']:8.0f} "
+            f"{name:8} {s['step_s']:8.2f} {s['timed_steps']:5d} {s['tokens_per_s']:9.1f} "
+            f"{s['new_tokens']:8.0f} "
             f"{ratio:>7}  {phases}"
         )
     if ours and "compile_seconds" in results["ours"]:
@@ -275,12 +288,15 @@ def orchestrate(args) -> int:
     # A subprocess: the checkpoint's export holds JAX memory that the trainers need.
     subprocess.run(cmd, check=True, env=dict(os.environ, PYTHONPATH=REPO))
     work = rl_work.load_work(out_dir)
+    caps = parse_caps(args.trainer_steps)
     results = {}
     for name in args.trainers.split(","):
         if name not in TRAINERS:
             raise SystemExit(f"--trainers: unknown {name!r} (known: {', '.join(TRAINERS)})")
         python = args.tunix_python if name == "tunix" else sys.executable
         extra = [f"--set={s}" for s in args.set] if name == "ours" else []
+        if name in caps:
+            extra.append(f"--steps{'-cap' if name == 'ours' else ''}={caps[name]}")
         results[name] = run_trainer(name, out_dir, out_dir, args.timeout, python, extra)
     report = {
         "command": "python bench/rl_step.py " + " ".join(sys.argv[1:]),
@@ -315,12 +331,21 @@ def main(argv=None) -> int:
         metavar="KEY=VALUE",
         help="a setting of ours over the bench's (e.g. model.remat=dots_no_batch)",
     )
+    ap.add_argument(
+        "--trainer-steps",
+        action="append",
+        default=[],
+        metavar="NAME=N",
+        help="run NAME for N steps, fewer than --steps (a peer that runs out of memory "
+        "later; its table row says how many steps it timed)",
+    )
     ap.add_argument("--runner", choices=("ours",), help=argparse.SUPPRESS)
+    ap.add_argument("--steps-cap", dest="steps_cap", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     rl_work.add_arguments(ap)
     args = ap.parse_args(argv)
     if args.runner == "ours":
-        run_ours(rl_work.load_work(args.work), args.out, parse_sets(args.set))
+        run_ours(rl_work.load_work(args.work, args.steps_cap), args.out, parse_sets(args.set))
         return 0
     return orchestrate(args)
 

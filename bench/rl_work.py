@@ -157,13 +157,17 @@ def prepare(args) -> Work:
 _loaded: list[str] = []  # model_dir of the last work loaded: whose examples `reward` scores
 
 
-def load_work(path: str) -> Work:
-    """The Work under `path` (a folder holding work.json, or the file itself)."""
+def load_work(path: str, steps: int | None = None) -> Work:
+    """The Work under `path` (a folder holding work.json, or the file itself); `steps`,
+    when given, caps a runner's steps below the work's (a peer that cannot run them
+    all here)."""
     if os.path.isdir(path):
         path = os.path.join(path, "work.json")
     with open(path) as f:
         d = json.load(f)
     work = Work(dir=os.path.dirname(os.path.abspath(path)), **d)
+    if steps:
+        work = dataclasses.replace(work, steps=min(steps, work.steps))
     _loaded[:] = [work.model_dir]
     return work
 

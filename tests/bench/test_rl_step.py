@@ -3,6 +3,7 @@ limited to the work's prompts, the shared reward's lookups, the settings given t
 driver, the summary of a runner's steps, and TRL's batch split. No trainer runs here
 (the peers' packages are not test dependencies)."""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -120,3 +121,15 @@ def test_set_options_parse_as_literals_and_refuse_a_missing_value():
     assert sets == {"model.remat": "dots_no_batch", "grpo.beta": 0.1, "x": True}
     with pytest.raises(SystemExit, match="model.remat"):
         rl_step.parse_sets(["model.remat"])
+
+
+def test_trainer_steps_caps_a_runner_below_the_works_steps(tmp_path):
+    assert rl_step.parse_caps(["tunix=2", "trl=3"]) == {"tunix": 2, "trl": 3}
+    for bad in ("tunix", "nobody=2", "tunix=0", "tunix=x"):
+        with pytest.raises(SystemExit, match="--trainer-steps"):
+            rl_step.parse_caps([bad])
+    work = dataclasses.replace(make_work(tmp_path, "m", 4, 8), steps=4)
+    (tmp_path / "work.json").write_text(json.dumps(work.to_json()))
+    assert rl_work.load_work(str(tmp_path)).steps == 4
+    assert rl_work.load_work(str(tmp_path), 2).steps == 2
+    assert rl_work.load_work(str(tmp_path), 9).steps == 4  # a cap, never more steps
