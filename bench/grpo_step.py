@@ -7,11 +7,16 @@ its phases each measured alone.
     python bench/grpo_step.py                 # configs/grpo_tiny.py's batch, tiny policy + judge
     python bench/grpo_step.py --size small    # 4-layer, 256-wide policy and judge
     python bench/grpo_step.py --no-judge      # format + emotion rewards only
+    python bench/grpo_step.py --model smollm2 --config kardia_jax/configs/pipeline_demo.py
+                                              # the demo's GRPO step on SmolLM2-135M
 
 The step body mirrors `kardia_jax.rl.grpo.run_grpo` piece by piece (same functions:
-`Sampler`, `rollout.score`, `update_batch`, `grpo_step`), with dynamic sampling off
-so every step does the same work. Policy, reference and judge are random models with
-the Qwen2.5 vocabulary; prompts are the bundled sample's hard split. Compiles are
+`Sampler`, `rollout.score`, `update_batch`, `grpo_step`, the old log-probs' source),
+with dynamic sampling off so every step does the same work. Policy, reference and
+judge are random models with the Qwen2.5 vocabulary, or (`--model smollm2`) the real
+SmolLM2-135M-Instruct for all three, loaded as the demo pipeline loads them (its
+tokenizer with the span markers, a pipeline config's `grpo` section); prompts are the
+bundled sample's hard split. Compiles are
 counted and named by the driver's `CompileCounter` (every backend compile, from
 `jax.monitoring`); the persistent compilation cache is off so each one is real.
 Host-idle: time the host spends blocked on device results (`jax.device_get`,
@@ -36,15 +41,17 @@ from kardia_jax.config_files import load_config
 from kardia_jax.data.pipeline import bucket_length
 from kardia_jax.data.tokenizer import load_tokenizer
 from kardia_jax.host import keep_freed_memory
-from kardia_jax.models import ModelConfig, init_model
+from kardia_jax.models import ModelConfig, init_model, load_hf_model, resize_token_embeddings
+from kardia_jax.pipeline.stages import NAMED_CHECKPOINTS, resolve_checkpoint
 from kardia_jax.rewards import JudgeConfig, KardiaReward, RewardWeights, RubricJudge
+from kardia_jax.rewards.judge import judge_config_from_section
 from kardia_jax.rl import rollout
-from kardia_jax.rl.config import step_batch
+from kardia_jax.rl.config import old_logp_source, step_batch
 from kardia_jax.rl.grpo import load_grpo_prompts, prompt_buckets, to_devices
 from kardia_jax.rl.step import GRPOLoss, jit_grpo_update, jit_log_probs
 from kardia_jax.sampling import Sampler, SamplingConfig
 from kardia_jax.train.optim import make_optimizer
-from kardia_jax.train.setup import mesh_and_rules
+from kardia_jax.train.setup import mesh_and_rules, planned_model_config
 from kardia_jax.train.state import batch_sharding, init_train_state
 from kardia_jax.train.step import step_options
 
@@ -98,35 +105,59 @@ class Blocked:
 
 # --------------------------------------------------------------------- the step
 class GRPOBench:
-    def __init__(self, config, size: str, judge: bool):
+    def __init__(self, config, size: str, judge: bool, checkpoint: str | None = None):
         self.config = config
         rc = config.rollout
         self.mesh, self.rules = mesh_and_rules(config)
-        self.tokenizer = load_tokenizer(None)
+        self.tokenizer = load_tokenizer(checkpoint)  # the span markers added
         self.examples = load_grpo_prompts(config.data, self.tokenizer)
-        vocab = -(-len(self.tokenizer) // 128) * 128
-        cfg = policy_shape(size, vocab).replace(dtype=config.model.compute_dtype)
         self.prompts_per_step, self.rows = step_batch(rc)  # rollout.global_batch completions
         self.tx = make_optimizer(config.train, 1000)
         self.loss = GRPOLoss.from_config(config)
-        self.graphdef, self.state, shardings = init_train_state(
-            cfg, self.tx, self.mesh, self.rules, seed=0
-        )
-        # The frozen reference: the same initial weights, its own copy.
-        self.ref = nnx.split(init_model(cfg, seed=0))
+        if checkpoint is None:
+            vocab = -(-len(self.tokenizer) // 128) * 128
+            cfg = policy_shape(size, vocab).replace(dtype=config.model.compute_dtype)
+            self.graphdef, self.state, shardings = init_train_state(
+                cfg, self.tx, self.mesh, self.rules, seed=0
+            )
+            # The frozen reference: the same initial weights, its own copy.
+            self.ref = nnx.split(init_model(cfg, seed=0))
+        else:  # as the GRPO driver loads its policy and reference (rl/grpo.py)
+            cfg = planned_model_config(config.model, len(self.tokenizer))
+            self.graphdef, self.state, shardings = init_train_state(
+                cfg, self.tx, self.mesh, self.rules, hf_path=checkpoint
+            )
+            ref = load_hf_model(
+                checkpoint,
+                cfg.param_dtype,
+                self.mesh,
+                compute_dtype=cfg.dtype,
+                rules=self.rules,
+                scan_layers=cfg.scan_layers,
+            )
+            self.ref = nnx.split(resize_token_embeddings(ref, cfg.vocab_size))
         self.buckets = prompt_buckets(config)  # the driver's (the sampler's when empty)
         weights = RewardWeights(1 / 3, 1 / 3, 1 / 3) if judge else RewardWeights(0.5, 0.5, 0.0)
         rubric_judge = None
-        if judge:
-            jcfg = policy_shape(size, vocab)
+        if judge and checkpoint is not None:
+            rubric_judge = RubricJudge.from_pretrained(
+                checkpoint,
+                judge_config_from_section(config.reward.get("judge", {}), "reward.judge"),
+                dtype=config.reward.judge_dtype,
+                mesh=self.mesh,
+                rules=self.rules,
+            )
+        elif judge:
+            jcfg = policy_shape(size, cfg.vocab_size)
             rubric_judge = RubricJudge(init_model(jcfg, seed=1), self.tokenizer, JudgeConfig())
+        if rubric_judge is not None:
             # As the driver does (rl/grpo.py): length buckets compiled up front.
             longest = max(self.buckets) + rc.max_new_tokens
             rubric_judge.warm_up(self.rows, max_tokens=int(1.5 * longest))
         self.reward_fn = KardiaReward(rubric_judge, weights)
         tok = self.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-        self.stop_ids = tuple(tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>"))
+        self.stop_ids = rollout.stop_token_ids(tok)
         self.sampler = Sampler(
             nnx.merge(self.graphdef, self.state.params),
             eos_ids=self.stop_ids,
@@ -134,6 +165,7 @@ class GRPOBench:
             mesh=self.mesh,
             rules=self.rules,
             prompt_buckets=self.buckets,
+            unroll_layers=rc.unroll_layers,
         )
         self.sampling = SamplingConfig(temperature=rc.temperature, top_k=rc.top_k, top_p=rc.top_p)
         self.bsh = batch_sharding(self.mesh, self.rules)
@@ -186,23 +218,36 @@ class GRPOBench:
         plen = bucket_length(max(map(len, ro.prompt_ids)), self.buckets)
         return rollout.update_batch(ro, adv, plen, self.pad_id)
 
-    def reference(self, host):
+    def _ids(self, host):
         ids = jax.device_put(
             {k: host[k] for k in ("input_ids", "attention_mask")}, self.bsh
         )  # one host: its rows are the global batch
-        ref = self.logp_fn(self.ref[0], self.ref[1], ids["input_ids"], ids["attention_mask"])
-        old = self.logp_fn(
-            self.graphdef, self.state.params, ids["input_ids"], ids["attention_mask"]
-        )
-        ref, old = jax.device_get((ref, old))
-        return old * host["completion_mask"], ref * host["completion_mask"]
+        return ids["input_ids"], ids["attention_mask"]
+
+    def reference(self, host):
+        ref = self.logp_fn(*self.ref, *self._ids(host))
+        return jax.device_get(ref) * host["completion_mask"]
+
+    def old_logp(self, host):
+        """The old policy's log-probs from where the driver takes them
+        (`rollout.old_logp`): none to compute when the update is on-policy."""
+        source = old_logp_source(self.config)
+        if source == "current":
+            return np.zeros_like(host["sampler_logp"])
+        if source == "sampler":
+            return host["sampler_logp"]
+        old = self.logp_fn(self.graphdef, self.state.params, *self._ids(host))
+        return jax.device_get(old) * host["completion_mask"]
 
     def update(self, step, host, old_logp, ref_logp):
-        g = self.config.grpo
+        g, size = self.config.grpo, self.config.rollout.group_size
         rng = np.random.default_rng(step)
         metrics = []
         for _ in range(g.mu):
-            order = rng.permutation(self.rows)
+            # Whole groups in order, as the driver shuffles them (rl/grpo.py `update`).
+            order = (rng.permutation(self.rows // size)[:, None] * size + np.arange(size)).reshape(
+                -1
+            )
             for mb in np.array_split(order, g.minibatches):
                 part = {
                     "input_ids": host["input_ids"][mb],
@@ -226,12 +271,16 @@ class GRPOBench:
         rep, rewards = self.judge(index, texts)
         host = self.batch(prompts, comp, texts, rep, rewards)
         t2 = time.perf_counter()
-        old, ref = self.reference(host)
+        ref = self.reference(host)
         t3 = time.perf_counter()
-        self.update(step, host, old, ref)
+        old = self.old_logp(host)
         t4 = time.perf_counter()
-        times.update(rollout=t1 - t0, judge=t2 - t1, reference=t3 - t2, update=t4 - t3)
-        times["total"] = t4 - t0
+        self.update(step, host, old, ref)
+        t5 = time.perf_counter()
+        times.update(
+            rollout=t1 - t0, judge=t2 - t1, reference=t3 - t2, old_logp=t4 - t3, update=t5 - t4
+        )
+        times["total"] = t5 - t0
         self._last = (step, index, prompts, comp, texts, rep, rewards, host, old, ref)
         return times
 
@@ -242,6 +291,7 @@ class GRPOBench:
             "rollout": lambda: self.rollout(step, index, prompts),
             "judge": lambda: self.batch(prompts, comp, texts, *self.judge(index, texts)),
             "reference": lambda: self.reference(host),
+            "old_logp": lambda: self.old_logp(host),
             "update": lambda: self.update(step, host, old, ref),
         }
         best = {}
@@ -258,9 +308,15 @@ class GRPOBench:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=("tiny", "small"), default="tiny")
+    ap.add_argument(
+        "--model",
+        choices=("random", *NAMED_CHECKPOINTS),
+        default="random",
+        help="random (--size) or a real checkpoint for policy, reference and judge",
+    )
     ap.add_argument("--config", default=os.path.join(REPO, "kardia_jax", "configs", "grpo_tiny.py"))
     ap.add_argument("--steps", type=int, default=6, help="steps after the first (compiling) one")
-    ap.add_argument("--reps", type=int, default=3, help="repetitions of each phase alone")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions of each phase alone (0: none)")
     ap.add_argument("--no-judge", action="store_true")
     ap.add_argument("--out", help="also write the JSON here")
     args, overrides = ap.parse_known_args(argv)
@@ -268,11 +324,17 @@ def main(argv=None) -> int:
 
     jax.config.update("jax_enable_compilation_cache", False)
     config = load_config(args.config, overrides)
+    if "rollout" not in config:  # a pipeline config: its GRPO stage's settings
+        config = config.grpo
     with config.unlocked():
         config.rollout.dynamic_sampling = False  # the same work every step
+    checkpoint = None
+    if args.model != "random":
+        checkpoint = resolve_checkpoint(args.model, "--model")
+        config.model.path = checkpoint
     loadavg_start = os.getloadavg()
     compiles = CompileCounter()  # the driver's counter (kardia_jax/compiles.py)
-    bench = GRPOBench(config, args.size, judge=not args.no_judge)
+    bench = GRPOBench(config, args.size, judge=not args.no_judge, checkpoint=checkpoint)
     blocked = Blocked()
 
     steps = []
@@ -296,11 +358,11 @@ def main(argv=None) -> int:
             }
         )
     warm = steps[1:]
-    alone = bench.phases_alone(args.reps)
+    alone = bench.phases_alone(args.reps) if args.reps else {}
     wall = float(np.median([s["seconds"]["total"] for s in warm]))
     phase_median = {
         k: float(np.median([s["seconds"][k] for s in warm]))
-        for k in ("rollout", "judge", "reference", "update")
+        for k in ("rollout", "judge", "reference", "old_logp", "update")
     }
     rc = config.rollout
     report = {
@@ -310,8 +372,11 @@ def main(argv=None) -> int:
         "cpu_count": os.cpu_count(),
         "loadavg_start": loadavg_start,
         "jax": jax.__version__,
-        "policy": args.size,
+        "policy": args.size if checkpoint is None else args.model,
         "judge": not args.no_judge,
+        "old_logp": old_logp_source(config),
+        "shared_prompt": bool(config.grpo.shared_prompt),
+        "prompt_buckets": list(bench.buckets),
         "rollouts_per_step": bench.rows,
         "max_new_tokens": rc.max_new_tokens,
         "first_step": steps[0],
@@ -319,7 +384,7 @@ def main(argv=None) -> int:
         "step_wall_s_median": wall,
         "phase_s_median": phase_median,
         "phase_s_alone": alone,
-        "wall_over_sum_alone": wall / sum(alone.values()),
+        "wall_over_sum_alone": wall / sum(alone.values()) if alone else None,
         "recompiles_after_first_step": sum(s["compiles"] for s in warm),
         "recompiled_after_first_step": [n for s in warm for n in s["compiled"]],
         "host_idle_fraction": float(
@@ -334,9 +399,16 @@ def main(argv=None) -> int:
             f.write(text + "\n")
     s0 = steps[0]
     print(
-        f"SUMMARY: GRPO step ({args.size} policy, {bench.rows} rollouts x {rc.max_new_tokens} "
-        f"tokens{'' if args.no_judge else ', judge'}): {wall:.2f} s wall vs "
-        f"{sum(alone.values()):.2f} s sum of phases alone ({report['wall_over_sum_alone']:.2f}x); "
+        f"SUMMARY: GRPO step ({report['policy']} policy, {bench.rows} rollouts x "
+        f"{rc.max_new_tokens} tokens{'' if args.no_judge else ', judge'}, old_logp "
+        f"{report['old_logp']}, shared_prompt {report['shared_prompt']}): {wall:.2f} s wall"
+        + (
+            f" vs {sum(alone.values()):.2f} s sum of phases alone "
+            f"({report['wall_over_sum_alone']:.2f}x)"
+            if alone
+            else ""
+        )
+        + "; "
         + ", ".join(f"{k} {v:.2f}" for k, v in phase_median.items())
         + f"; first step {s0['seconds']['total']:.1f} s with {s0['compiles']} compiles "
         f"({s0['compile_s']:.1f} s); {report['recompiles_after_first_step']} recompiles after "

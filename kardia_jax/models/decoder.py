@@ -288,6 +288,80 @@ class Transformer(nnx.Module):
         x = self._run_layers(x, rope, attend)
         return self._pin(self.norm(x, out_dtype=jnp.float32))
 
+    def shared_prefix_hidden_states(self, prompt_ids, prompt_mask, completion_ids, completion_mask):
+        """`hidden_states` of rows that share prompts, each prompt run once: B prompts
+        [B, P] (left-padded) and G = R / B continuations of each [R, N], row b * G + g
+        continuing prompt b. Returns the final-normed hidden states (f32) of the
+        prompts [B, P, D] and of the continuations [R, N, D]: those `hidden_states`
+        gives row b * G + g's prompt + continuation, with positions and sliding
+        windows counted as it counts them.
+
+        Each prompt and its G continuations form one row [P + G * N] of a single
+        pass (position-wise work over B * (P + G * N) tokens, not R * (P + N)); a
+        continuation's queries attend to its prompt's keys, repeated G times (their
+        gradient sums over the G), and causally to its own. The XLA attention forms
+        on every backend (no splash kernel)."""
+        cfg = self.config
+        b, p = prompt_ids.shape
+        r, n = completion_ids.shape
+        g = r // b
+        assert b * g == r, f"{r} continuations are not {b} prompts' groups"
+        prompt_mask = prompt_mask.astype(jnp.int32)
+        completion_mask = completion_mask.astype(jnp.int32)
+        pos_p = positions_from_mask(prompt_mask)
+        prompt_len = jnp.repeat(jnp.sum(prompt_mask, axis=1), g)
+        # `positions_from_mask` of the whole row, from the prompt's real length on.
+        pos_c = jnp.maximum(prompt_len[:, None] + jnp.cumsum(completion_mask, axis=1) - 1, 0)
+        ids = jnp.concatenate([prompt_ids, completion_ids.reshape(b, g * n)], axis=1)
+        positions = jnp.concatenate([pos_p, pos_c.reshape(b, g * n)], axis=1)
+        kinds = layer_kinds(cfg)
+        rope = {local: rope_sin_cos(cfg, positions, local) for local in kinds}
+
+        key_mask = jnp.concatenate([jnp.repeat(prompt_mask, g, axis=0), completion_mask], axis=1)
+        masks_p = {False: make_attention_mask(prompt_mask, p)}
+        masks_c = {False: make_attention_mask(key_mask, n, q_offset=p)}
+        if True in kinds:
+            key_pos = jnp.concatenate([jnp.repeat(pos_p, g, axis=0), pos_c], axis=1)
+            window = cfg.sliding_window
+            masks_p[True] = masks_p[False] & window_mask(pos_p, pos_p, window)
+            masks_c[True] = masks_c[False] & window_mask(pos_c, key_pos, window)
+        dtype, transposed = jnp.dtype(cfg.dtype), keys_transposed(cfg)
+
+        def attend(q, k, v, local):
+            prompt_out = dot_product_attention(
+                q[:, :p],
+                k[:, :p],
+                v[:, :p],
+                pick_kind(local, masks_p),
+                dtype,
+                scale=cfg.attention_scale,
+                cap=cfg.attn_logit_softcap,
+            )
+
+            def own_keys(x):  # [B, P + G * N, K, H] -> [R, P + N, K, H]
+                rest = x[:, p:].reshape(r, n, *x.shape[2:])
+                return jnp.concatenate([jnp.repeat(x[:, :p], g, axis=0), rest], axis=1)
+
+            k_rs, v_rs = own_keys(k), own_keys(v)
+            k_cache = jnp.transpose(k_rs, (0, 2, 3, 1)) if transposed else jnp.swapaxes(k_rs, 1, 2)
+            out = cached_attention(
+                q[:, p:].reshape(r, n, *q.shape[2:]),
+                k_cache,
+                jnp.swapaxes(v_rs, 1, 2),
+                pick_kind(local, masks_c),
+                dtype,
+                transposed,
+                scale=cfg.attention_scale,
+                cap=cfg.attn_logit_softcap,
+            )
+            out = out.reshape(b, g * n, *out.shape[2:]).astype(prompt_out.dtype)
+            return jnp.concatenate([prompt_out, out], axis=1)
+
+        x = self._pin(self.embed_tokens(ids))
+        x = self._run_layers(x, rope, attend)
+        h = self._pin(self.norm(x, out_dtype=jnp.float32))
+        return h[:, :p], h[:, p:].reshape(r, n, h.shape[-1])
+
     def _splash_layer(self, q, k, v, segments, local):
         """Splash attention of a full forward for a layer of kind `local`: a sliding
         layer passes its window as a local mask; scanned layers of both kinds

@@ -35,10 +35,13 @@ def grpo_config() -> ConfigDict:
     # decode step, which costs most where decoding is memory-bound (CPU, small batches).
     c.rollout.unroll_layers = False
     # Unpublished; ours: log-probs of the sampled tokens under the policy that sampled
-    # them (the ratio's denominator): "recompute" runs one forward before the update
-    # (exact for the update's numerics), "sampler" takes the sampler's (no extra
-    # forward; they differ from the update's by the KV-cache path's numerics).
-    c.rollout.old_logp = "recompute"
+    # them (the ratio's denominator): "current" takes stop_gradient of the update's own
+    # forward (no extra forward; only on-policy: grpo.mu = 1 and grpo.minibatches = 1,
+    # as TRL and verl do with one iteration), "recompute" runs one forward before the
+    # update (exact for the update's numerics), "sampler" takes the sampler's (no extra
+    # forward; they differ from the update's by the KV-cache path's numerics); "auto":
+    # "current" when on-policy, else "recompute".
+    c.rollout.old_logp = "auto"
     # Ours (not in the paper; DAPO's dynamic sampling): refill zero-variance groups
     # with fresh prompts, up to max_refill_rounds extra prompt batches per step.
     c.rollout.dynamic_sampling = False
@@ -79,6 +82,10 @@ def grpo_config() -> ConfigDict:
     # Unpublished; ours: optimizer steps per batch of rollouts (1: one update per global
     # batch, as the paper's "global batch" reads).
     c.grpo.minibatches = 1
+    # Ours (not in the paper): the reference log-probs and the update run each group's
+    # prompt once, not once per completion, where every update part holds whole groups
+    # (else the plain forward, said once in the log). Same result up to float rounding.
+    c.grpo.shared_prompt = True
 
     # Best-checkpoint selection. Paper: "best checkpoint across RL epochs", with no
     # validation split and no selection metric published; ours: the training reward
@@ -137,3 +144,24 @@ def minibatch_rows(config: ConfigDict, data_parallel: int) -> int:
             f"minibatches divisible by the data-parallel size {data_parallel}"
         )
     return rows // mbs
+
+
+OLD_LOGP_MODES = ("auto", "current", "recompute", "sampler")
+
+
+def old_logp_source(config: ConfigDict) -> str:
+    """Where the update's old log-probs come from: `rollout.old_logp` with "auto"
+    resolved ("current" when the update is on-policy, else "recompute")."""
+    mode, g = config.rollout.old_logp, config.grpo
+    if mode not in OLD_LOGP_MODES:
+        raise ConfigError(f"rollout.old_logp={mode!r}: expected one of {', '.join(OLD_LOGP_MODES)}")
+    on_policy = int(g.mu) == 1 and int(g.minibatches) == 1
+    if mode == "auto":
+        return "current" if on_policy else "recompute"
+    if mode == "current" and not on_policy:
+        raise ConfigError(
+            f"rollout.old_logp='current' needs an on-policy update (grpo.mu=1, "
+            f"grpo.minibatches=1; got {g.mu}, {g.minibatches}): later passes would "
+            "take the updated policy as the old one"
+        )
+    return mode

@@ -43,7 +43,7 @@ from kardia_jax.rewards import JudgeConfig, KardiaReward, RewardWeights, RubricJ
 from kardia_jax.rewards.judge import judge_config_from_section
 from kardia_jax.rewards.prompt import JudgeContext
 from kardia_jax.rl import rollout
-from kardia_jax.rl.config import minibatch_rows, step_batch
+from kardia_jax.rl.config import minibatch_rows, old_logp_source, step_batch
 from kardia_jax.rl.core import AGG_MODES, KL_ESTIMATORS, SCALES
 from kardia_jax.rl.metrics import step_metrics, write_ledger
 from kardia_jax.rl.select import (
@@ -60,6 +60,7 @@ from kardia_jax.rl.step import (
     check_microbatches,
     jit_grpo_update,
     jit_log_probs,
+    shared_prompt_fallback,
 )
 from kardia_jax.sampling import Sampler, SamplingConfig
 from kardia_jax.sampling.sampler import PROMPT_BUCKETS
@@ -312,6 +313,8 @@ def start_run(config: ConfigDict, workdir: str, inputs: GRPOInputs) -> GRPORun:
 
     bsh, vsh = batch_sharding(mesh, rules), batch_sharding(mesh, rules, ndim=1)
     main = jax.process_index() == 0
+    if main and loss.group:
+        _say_shared_prompt(config, rows, batch_shards(mesh, rules))
     logger = MetricsLogger(os.path.join(workdir, "tb"), total_steps, enabled=main)
     write_data_record(workdir, inputs.data)  # process 0
     with agreed():  # a log corrupt before its last line stops every process, not one
@@ -349,6 +352,20 @@ def start_run(config: ConfigDict, workdir: str, inputs: GRPOInputs) -> GRPORun:
         per_epoch=per_epoch,
         compiles=CompileCounter(),
     )
+
+
+def _say_shared_prompt(config: ConfigDict, rows: int, shards: int) -> None:
+    """Says once where `grpo.shared_prompt` falls back to the plain forward (the
+    compiled programs decide the same by `shared_prompt_fallback`)."""
+    group = int(config.rollout.group_size)
+    parts = {
+        "the reference and old-policy log-probs": (rows, 1),
+        "the update": (minibatch_rows(config, shards), int(config.train.microbatches)),
+    }
+    for name, (n, k) in parts.items():
+        reason = shared_prompt_fallback(n, group, k, shards)
+        if reason:
+            print(f"grpo.shared_prompt: {name} run every row's prompt ({reason})")
 
 
 def _load_reference(config: ConfigDict, cfg: ModelConfig, mesh, rules):
@@ -489,12 +506,16 @@ def prepare_update(run: GRPORun, ro: rollout.Rollouts):
     ref_logp = np.asarray(fetch(ref_logp)) * host["completion_mask"]  # waits for the device
     t_ref = time.perf_counter() - t
     t = time.perf_counter()
-    if rc.old_logp == "sampler":
+    source = old_logp_source(run.config)
+    if source == "current":  # the update takes them from its own forward: no pass here
+        old_logp = np.zeros_like(host["sampler_logp"])
+    elif source == "sampler":
         old_logp = host["sampler_logp"]
     else:
         old_logp = run.logp_fn(run.graphdef, run.state.params, *args)
     old_logp = np.asarray(fetch(old_logp)) * host["completion_mask"]
-    times = {"reference": t_ref, "old_logp": time.perf_counter() - t}
+    t_old = 0.0 if source == "current" else time.perf_counter() - t
+    times = {"reference": t_ref, "old_logp": t_old}
     return adv, host, old_logp, ref_logp, times
 
 
@@ -502,12 +523,13 @@ def update(run: GRPORun, host: dict, old_logp, ref_logp, seed: int) -> list[dict
     """Phase 3: `grpo.mu` passes over the rollouts in `grpo.minibatches` shuffled
     minibatches, one optimizer step each; the sampler then takes the new weights.
     Returns each step's metrics, on the host."""
-    g = run.config.grpo
+    g, size = run.config.grpo, run.config.rollout.group_size
     rows = step_batch(run.config.rollout)[1]
     rng = np.random.default_rng(seed)
     metrics = []
     for _ in range(g.mu):
-        order = rng.permutation(rows)
+        # Groups shuffled whole and kept in order, as the shared-prompt forward needs.
+        order = (rng.permutation(rows // size)[:, None] * size + np.arange(size)).reshape(-1)
         for mb in np.array_split(order, g.minibatches):
             part = {
                 "input_ids": host["input_ids"][mb],
@@ -612,8 +634,7 @@ def rollout_seed(seed: int, step: int, round_: int = 0) -> int:
 
 def _check_settings(config: ConfigDict) -> None:
     rc, g = config.rollout, config.grpo
-    if rc.old_logp not in ("recompute", "sampler"):
-        raise ConfigError(f"rollout.old_logp={rc.old_logp!r}: expected 'recompute' or 'sampler'")
+    old_logp_source(config)
     # The ratio compares log-probs of the sampling distribution, logits / temperature:
     # greedy decoding (0) has none.
     if not float(rc.temperature) > 0:

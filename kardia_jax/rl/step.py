@@ -11,6 +11,10 @@ positions per row.
   completion_mask            [R, N]  1 on sampled tokens (the stop token included)
   old_logp, ref_logp         [R, N]  log-probs of those tokens (0 elsewhere)
   advantages                 [R]
+
+Rows are prompt-major (row i * G + g is sample g of prompt i), so with `group` set
+the forward runs each group's prompt once (`Transformer.shared_prefix_hidden_states`)
+instead of once per row; the microbatches are then cut by whole groups.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from flax import nnx
 
 from kardia_jax.errors import ConfigError
 from kardia_jax.models.logprobs import token_log_probs
+from kardia_jax.rl.config import old_logp_source
 from kardia_jax.rl.core import aggregate, kl_penalty, policy_loss
+from kardia_jax.sharding import shards_along
 from kardia_jax.train.state import TrainState
 from kardia_jax.train.step import apply_gradients
 
@@ -42,6 +48,13 @@ class GRPOLoss:
     norm: float | None = None  # seq-mean-token-sum-norm's constant (max completion length)
     temperature: float = 1.0  # the sampling temperature: ratios compare like with like
     logit_chunk: int = 256
+    # The update is on-policy (one pass, one minibatch): the old policy is the one
+    # being trained, so old_logp is stop_gradient(logp) of the update's own forward
+    # (ratio 1 in value, its gradient the policy gradient) and the batch's is unused.
+    on_policy: bool = False
+    # G when the rows handed over are whole groups of G completions of one prompt,
+    # in order: each prompt is run once per group (0: every row runs its prompt).
+    group: int = 0
 
     @classmethod
     def from_config(cls, config) -> GRPOLoss:
@@ -57,24 +70,80 @@ class GRPOLoss:
             dual_clip=float(g.dual_clip) if g.dual_clip else None,
             norm=float(config.rollout.max_new_tokens),
             temperature=float(config.rollout.temperature),
+            on_policy=old_logp_source(config) == "current",
+            group=int(config.rollout.group_size) if g.shared_prompt else 0,
         )
 
 
+def shared_prompt_fallback(rows: int, group: int, parts: int = 1, shards: int = 1) -> str | None:
+    """Why `rows` completions in `parts` microbatches cannot run their prompts once
+    per group of `group` on `shards` data-parallel shards; None when they can. Each
+    part must hold whole groups, as many as the batch axis splits evenly (a shared
+    prompt row is one group: uneven, the plain forward is better spread)."""
+    if group < 2:
+        return "no groups"
+    if rows % (group * parts):
+        return f"{rows} completions do not split into {parts} parts of whole groups of {group}"
+    if (rows // group // parts) % shards:
+        return f"{rows // group // parts} groups per part do not split over {shards} batch shards"
+    return None
+
+
+def _model_shards(model) -> int:
+    sharding = model.activation_sharding
+    return 1 if sharding is None else shards_along(sharding)
+
+
 def completion_log_probs(
-    model, input_ids, attention_mask, n: int, *, chunk=256, entropy=False, temperature=1.0
+    model,
+    input_ids,
+    attention_mask,
+    n: int,
+    *,
+    chunk=256,
+    entropy=False,
+    temperature=1.0,
+    group: int = 0,
 ):
-    """log p(completion token) [R, N] at `temperature` (and each position's entropy)."""
-    p = input_ids.shape[1] - n
-    hidden = model.hidden_states(input_ids, attention_mask)[:, p - 1 : p + n - 1]
+    """log p(completion token) [R, N] at `temperature` (and each position's entropy).
+    With `group` G, rows are whole groups of G sharing their prompt, in order: each
+    prompt is run once (the plain forward where `shared_prompt_fallback` says no)."""
+    r, t = input_ids.shape
+    p = t - n
+    if shared_prompt_fallback(r, group, shards=_model_shards(model)) is None:
+        hidden = shared_prompt_hidden(model, input_ids, attention_mask, n, group)
+    else:
+        hidden = model.hidden_states(input_ids, attention_mask)[:, p - 1 : p + n - 1]
     return token_log_probs(
         model, hidden, input_ids[:, p:], chunk=chunk, with_entropy=entropy, temperature=temperature
     )
 
 
-def _policy_log_probs(graphdef, params, input_ids, attention_mask, *, n, chunk, temperature):
+def shared_prompt_hidden(model, input_ids, attention_mask, n: int, group: int):
+    """The hidden states [R, N, D] that predict the N completion tokens of rows in whole
+    groups of `group` (the prompt taken from each group's first row): the last prompt
+    position's, from the prompt pass, then the completion's own but its last token
+    (whose prediction nothing reads, and whose key no query sees)."""
+    r, t = input_ids.shape
+    p, b = t - n, r // group
+
+    def prompts(x):
+        return x.reshape(b, group, t)[:, 0, :p]
+
+    h_prompt, h_rest = model.shared_prefix_hidden_states(
+        prompts(input_ids),
+        prompts(attention_mask),
+        input_ids[:, p : t - 1],
+        attention_mask[:, p : t - 1],
+    )
+    last = jnp.repeat(h_prompt[:, -1:], group, axis=0)
+    return jnp.concatenate([last, h_rest], axis=1)
+
+
+def _policy_log_probs(graphdef, params, input_ids, attention_mask, *, n, chunk, temperature, group):
     model = nnx.merge(graphdef, params)
     return completion_log_probs(
-        model, input_ids, attention_mask, n, chunk=chunk, temperature=temperature
+        model, input_ids, attention_mask, n, chunk=chunk, temperature=temperature, group=group
     )
 
 
@@ -84,16 +153,21 @@ def jit_log_probs(loss: GRPOLoss, n: int, *, params_shardings=None, bsh=None):
     both models): the one builder for the driver, compile-check and the bench.
     Shardings left out are taken from the arguments."""
     fn = functools.partial(
-        _policy_log_probs, n=int(n), chunk=loss.logit_chunk, temperature=loss.temperature
+        _policy_log_probs,
+        n=int(n),
+        chunk=loss.logit_chunk,
+        temperature=loss.temperature,
+        group=loss.group,
     )
     if params_shardings is None and bsh is None:
         return jax.jit(fn, static_argnums=0)
     return jax.jit(fn, static_argnums=0, in_shardings=(params_shardings, bsh, bsh))
 
 
-def _objective(params, graphdef, batch, loss: GRPOLoss, num_tokens, num_seqs):
+def _objective(params, graphdef, batch, loss: GRPOLoss, num_tokens, num_seqs, group):
     """The loss of (part of) a minibatch, normalised by the whole minibatch's token and
-    sequence counts, so microbatch losses and gradients simply add up."""
+    sequence counts, so microbatch losses and gradients simply add up; `group` as in
+    `completion_log_probs` (0 where the part is not whole groups)."""
     model = nnx.merge(graphdef, params)
     mask = batch["completion_mask"].astype(jnp.float32)
     n = mask.shape[1]
@@ -105,11 +179,13 @@ def _objective(params, graphdef, batch, loss: GRPOLoss, num_tokens, num_seqs):
         chunk=loss.logit_chunk,
         entropy=True,
         temperature=loss.temperature,
+        group=group,
     )
+    old_logp = jax.lax.stop_gradient(logp) if loss.on_policy else batch["old_logp"]
     norms = dict(num_tokens=num_tokens, num_seqs=num_seqs, norm=loss.norm)
     pg, pg_metrics = policy_loss(
         logp,
-        batch["old_logp"],
+        old_logp,
         batch["advantages"],
         mask,
         clip_low=loss.clip_low,
@@ -147,22 +223,28 @@ def grpo_step(
     max_nonfinite: int = 5,
 ) -> tuple[TrainState, dict]:
     """One optimizer update on a minibatch of rollouts (gradients accumulated over
-    `microbatches` with a scan; the result equals the single-pass update)."""
+    `microbatches` with a scan; the result equals the single-pass update). With
+    `loss.group` the microbatches are whole groups (`shared_prompt_fallback`)."""
     mask = batch["completion_mask"] > 0
+    rows = mask.shape[0]
     num_tokens = jnp.maximum(jnp.sum(mask, dtype=jnp.float32), 1.0)
     num_seqs = jnp.maximum(jnp.sum(jnp.any(mask, axis=1), dtype=jnp.float32), 1.0)
     grad_fn = jax.value_and_grad(_objective, has_aux=True)
+    # Groups are kept whole only where each microbatch gets whole groups.
+    group = loss.group if shared_prompt_fallback(rows, loss.group, microbatches) is None else 0
     args = (graphdef,)
     if microbatches == 1:
-        (_, metrics), grads = grad_fn(state.params, *args, batch, loss, num_tokens, num_seqs)
+        (_, metrics), grads = grad_fn(state.params, *args, batch, loss, num_tokens, num_seqs, group)
     else:
+        unit = max(group, 1)  # rows that stay together
 
         def split(x):
-            x = x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:])
-            return jnp.swapaxes(x, 0, 1)  # microbatch i = rows i, i + n, ...
+            x = x.reshape(rows // (unit * microbatches), microbatches, unit, *x.shape[1:])
+            # microbatch i = groups (rows without groups) i, i + n, ...
+            return jnp.swapaxes(x, 0, 1).reshape(microbatches, rows // microbatches, *x.shape[3:])
 
         def body(carry, mb):
-            (_, m), g = grad_fn(state.params, *args, mb, loss, num_tokens, num_seqs)
+            (_, m), g = grad_fn(state.params, *args, mb, loss, num_tokens, num_seqs, group)
             grads, metrics = carry
             extremes = {"ratio_min": jnp.minimum, "ratio_max": jnp.maximum}
             metrics = {k: extremes.get(k, jnp.add)(metrics[k], m[k]) for k in metrics}
@@ -171,7 +253,7 @@ def grpo_step(
         mbs = jax.tree.map(split, batch)
         first = jax.tree.map(lambda x: x[0], mbs)
         shapes = jax.eval_shape(
-            lambda: grad_fn(state.params, *args, first, loss, num_tokens, num_seqs)[0][1]
+            lambda: grad_fn(state.params, *args, first, loss, num_tokens, num_seqs, group)[0][1]
         )
         init_metrics = {k: jnp.zeros(v.shape, v.dtype) for k, v in shapes.items()}
         init_metrics["ratio_min"] = jnp.full((), jnp.inf)

@@ -1,6 +1,7 @@
-"""The two compiled programs of the sampler: `prefill` (all prompts in one pass,
-the cache copied across each group, the first token drawn) and `decode` (a
-`lax.while_loop` that stops when every row has finished or a step limit is hit).
+"""The compiled programs of the sampler: `prefill` (all prompts in one pass, the
+cache copied across each group, the first token drawn), `decode` (a
+`lax.while_loop` that stops when few enough rows are left or a step limit is hit)
+and `compact` (the live rows of a state gathered into a smaller batch).
 
 Both are pure functions of (graphdef, params, arrays); `jit` keys them on shapes
 and the static sampling config, and `compile_counts` says how many programs each one
@@ -13,6 +14,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from kardia_jax.compiles import CompileCounter
@@ -24,16 +26,27 @@ from kardia_jax.sampling.state import EOS, LENGTH, STOP, KVCache, SamplingState
 from kardia_jax.sharding import constrain_cache
 
 _COMPILES = CompileCounter()
+# `decode`'s default `min_live`: a strongly typed int32, as `Sampler.decode` passes it,
+# so a caller relying on the default lowers the program the sampler runs.
+_ALL_FINISHED = np.int32(0)
 
 
 def compile_counts() -> dict[str, int]:
-    """Programs compiled since import, per sampler program ("prefill", "decode")."""
+    """Programs compiled since import, per sampler program ("prefill", "decode",
+    "compact")."""
     names = _COMPILES.by_name()
-    return {n: names[f"jit({n})"] for n in ("prefill", "decode") if f"jit({n})" in names}
+    programs = ("prefill", "decode", "compact")
+    return {n: names[f"jit({n})"] for n in programs if f"jit({n})" in names}
 
 
 def _is_in(tokens_B, ids_E):
     return jnp.any(tokens_B[:, None] == ids_E[None, :], axis=-1)
+
+
+def row_keys(key, rows_B, step):
+    """[B] keys of decode step `step`: row r draws from fold_in(fold_in(key, r), step),
+    whichever rows share its batch and wherever it sits in it."""
+    return jax.vmap(lambda r: jax.random.fold_in(jax.random.fold_in(key, r), step))(rows_B)
 
 
 def step_logits(model, hidden_B1D):
@@ -149,12 +162,13 @@ def prefill(
         done=~row_valid,
         reason=jnp.zeros((bg,), jnp.int32),
         lengths=jnp.zeros((bg,), jnp.int32),
+        rows=jnp.arange(bg, dtype=jnp.int32),
         key=key,
         eos_ids=eos_ids,
         stop_ids=stop_ids,
         max_new=jnp.asarray(max_new, jnp.int32),
     )
-    tokens, logprobs = sample(rows(logits), jax.random.fold_in(key, 0), cfg)
+    tokens, logprobs = sample(rows(logits), row_keys(key, state.rows, 0), cfg)
     return record(state, tokens, logprobs, pad_id)
 
 
@@ -171,18 +185,21 @@ def decode(
     params,
     state: SamplingState,
     until,
+    min_live=_ALL_FINISHED,
     *,
     cfg: SamplingConfig,
     pad_id: int,
     sharding=None,
 ) -> SamplingState:
-    """Decodes until every row has finished or `state.step` reaches `until` (a
-    traced int: streaming in chunks reuses the same program)."""
+    """Decodes until at most `min_live` rows are still running (0: all finished) or
+    `state.step` reaches `until`. Both are traced ints, so streaming in chunks and
+    stopping to compact (`Sampler.__call__`) reuse the same program."""
     model = nnx.merge(graphdef, params)
     limit = jnp.minimum(jnp.asarray(until, jnp.int32), state.max_new)
+    min_live = jnp.asarray(min_live, jnp.int32)
 
     def cond(s: SamplingState):
-        return (s.step < limit) & ~jnp.all(s.done)
+        return (s.step < limit) & (jnp.sum(~s.done, dtype=jnp.int32) > min_live)
 
     def body(s: SamplingState):
         c = s.cache
@@ -191,7 +208,7 @@ def decode(
             last, c.positions[:, None], c.kv_mask, c.k, c.v, c.index
         )
         logits = step_logits(model, hidden)
-        tokens, logprobs = sample(logits, jax.random.fold_in(s.key, s.step), cfg)
+        tokens, logprobs = sample(logits, row_keys(s.key, s.rows, s.step), cfg)
         k, v = constrain_cache(k, v, sharding)
         cache = c.replace(
             k=k,
@@ -202,3 +219,32 @@ def decode(
         return record(s.replace(cache=cache), tokens, logprobs, pad_id)
 
     return jax.lax.while_loop(cond, body, state)
+
+
+@functools.partial(jax.jit, static_argnames=("sharding",))
+def compact(state: SamplingState, index, valid, *, sharding=None) -> SamplingState:
+    """The rows `index` [B'] of `state` as a state of B' rows: every cache layer (rings
+    and stacks alike) along its batch axis and every per-row array; rows with `valid`
+    False only pad the batch and start finished.
+
+    Not donated: the old and new caches differ in shape, so XLA could not reuse the
+    buffers; the caller drops the old state, which frees it once this has run.
+    """
+
+    def take(x, axis=0):
+        return jnp.take(x, index, axis=axis, mode="clip")
+
+    c = state.cache
+    # Cache arrays are [.., B, K, ., .] (`decoder.cache_shapes`), a leading [L] if scanned.
+    k, v = (jax.tree.map(lambda x: take(x, x.ndim - 4), t) for t in (c.k, c.v))
+    k, v = constrain_cache(k, v, sharding)
+    cache = c.replace(k=k, v=v, start=take(c.start), positions=take(c.positions))
+    return state.replace(
+        cache=cache,
+        tokens=take(state.tokens),
+        logprobs=take(state.logprobs),
+        done=take(state.done) | ~valid,
+        reason=take(state.reason),
+        lengths=take(state.lengths),
+        rows=take(state.rows),
+    )

@@ -113,14 +113,23 @@ def argmax(x_BV):
     return jnp.minimum(first, v - 1)  # NaN rows: stay in range
 
 
+def gumbel_noise(key, shape):
+    """Gumbel noise of `shape` [B, V]: from one key, or from [B] typed keys, row b from
+    key b alone (so a row's draw does not depend on the other rows of its batch)."""
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 1:
+        return jax.vmap(lambda k: jax.random.gumbel(k, shape[1:], jnp.float32))(key)
+    return jax.random.gumbel(key, shape, jnp.float32)
+
+
 def sample(logits_BV, key, cfg: SamplingConfig):
-    """Next tokens [B] (int32) and their log-probs [B] (f32, at the config's T)."""
+    """Next tokens [B] (int32) and their log-probs [B] (f32, at the config's T). `key`
+    is one key for the whole draw or [B] keys, one per row (`gumbel_noise`)."""
     logits_BV = logits_BV.astype(jnp.float32)
     if cfg.greedy:
         # Filters never remove the argmax, so greedy ignores them.
         tokens = argmax(logits_BV)
     else:
         # Gumbel-max, as `jax.random.categorical` draws, with the faster argmax.
-        gumbel = jax.random.gumbel(key, logits_BV.shape, jnp.float32)
+        gumbel = gumbel_noise(key, logits_BV.shape)
         tokens = argmax(filtered_logits(logits_BV, cfg) + gumbel)
     return tokens, token_logprobs(logits_BV, tokens, cfg.logprob_temperature)

@@ -1,9 +1,11 @@
-"""The host side of the sampler: bucketing, padding, stop ids, and the results.
+"""The host side of the sampler: bucketing, padding, stop ids, compaction, and the
+results.
 
 `Sampler` turns lists of token ids into the fixed shapes of the compiled
 programs in `loop.py`: batch, prompt length and generation budget are each
 rounded up to a bucket, so a run compiles at most one prefill and one decode
-program per (batch, prompt, budget) bucket, whatever the lengths it sees.
+program per (batch, prompt, budget) bucket, whatever the lengths it sees; with
+compaction, one more decode and one gather program per smaller row bucket.
 """
 
 from __future__ import annotations
@@ -32,6 +34,16 @@ _GREEDY = SamplingConfig()
 PROMPT_BUCKETS = tuple(2**i for i in range(4, 18))  # 16 .. 131072 tokens
 BUDGET_BUCKETS = tuple(2**i for i in range(4, 18))
 _STOP_SLOTS = 8  # stop-id arrays are padded to a multiple of this (no recompiles per set)
+
+
+def row_buckets(width: int, multiple: int = 1) -> tuple[int, ...]:
+    """The batch widths a decode of `width` rows compacts into, largest first: the
+    sizes 2^k and 3 * 2^(k-1) below `width` that divide over `multiple` data shards.
+    Consecutive sizes differ by at most a third, so rows that finished cost at most
+    ~1/3 of a segment's row-steps. Never below 2 rows: a batch of one makes XLA:CPU
+    copy the whole cache at every step (see `Sampler.prefill`)."""
+    sizes = {s for k in range(1, width.bit_length() + 1) for s in (2**k, 3 * 2 ** (k - 1))}
+    return tuple(sorted((s for s in sizes if 2 <= s < width and s % multiple == 0), reverse=True))
 
 
 def _id_array(ids: Sequence[int]) -> np.ndarray:
@@ -98,6 +110,16 @@ class Sampler:
     of its layer weights made here: a layer scan slices (copies) every layer's
     weights and cache at every step, which costs most where decoding is
     memory-bound (CPU, batch 1).
+
+    `compact` (`__call__` only): when enough rows have finished to fit the next
+    smaller row bucket (`row_buckets`), the decode stops, the finished rows go to
+    the host and the live ones continue in a state of that bucket, so finished rows
+    stop costing decode steps. A batch shape's first call compiles every row
+    bucket's programs, so later calls compile nothing whatever their lengths.
+    `last_stats` holds the last call's work: `decode_row_steps` (rows computed at
+    each step, padding and finished rows included, the first token's included),
+    `kept_tokens` (completion tokens returned), `segments` (decode calls), `steps`
+    (the step each segment ended at) and `widths` (the row buckets visited).
     """
 
     def __init__(
@@ -113,8 +135,12 @@ class Sampler:
         budget_buckets: Sequence[int] = BUDGET_BUCKETS,
         cache_dtype: str | None = None,
         unroll_layers: bool = False,
+        compact: bool = True,
     ):
         self.unroll_layers = unroll_layers
+        self.compact = compact
+        self.last_stats: dict = {}
+        self._ladders_built: set = set()
         self.update(model)
         self.eos_ids = tuple(self.config.eos_ids if eos_ids is None else eos_ids)
         self.stop_ids = tuple(stop_ids)
@@ -209,10 +235,16 @@ class Sampler:
             max_new_tokens,
         )
 
-    def decode(self, state, sampling: SamplingConfig = _GREEDY, until: int | None = None):
-        """The second compiled program: decodes until every row has finished, or
-        until `state.step` reaches `until` (default: the budget). `state` is donated:
-        use only the returned one."""
+    def decode(
+        self,
+        state,
+        sampling: SamplingConfig = _GREEDY,
+        until: int | None = None,
+        min_live: int = 0,
+    ):
+        """The second compiled program: decodes until at most `min_live` rows are
+        still running (0: every row has finished), or until `state.step` reaches
+        `until` (default: the budget). `state` is donated: use only the returned one."""
         rows, budget = state.tokens.shape
         _, decode = self.programs(rows, state.cache.num_slots - budget, budget, sampling)
         return decode(
@@ -220,7 +252,23 @@ class Sampler:
             self.params,
             state,
             jnp.int32(budget if until is None else until),
+            jnp.int32(min_live),
         )
+
+    def compact_rows(self, state, index: np.ndarray, valid: np.ndarray):
+        """The third compiled program: the rows `index` of `state` as a state of
+        len(index) rows, those with `valid` False finished padding (`loop.compact`)."""
+        budget = state.tokens.shape[1]
+        gather = self.compact_program(len(index), state.cache.num_slots - budget, budget)
+        # Cast on the host: jnp.asarray(int64 array, int32) compiles a conversion program.
+        index, valid = np.asarray(index, np.int32), np.asarray(valid, bool)
+        return gather(state, jnp.asarray(index), jnp.asarray(valid))
+
+    def compact_program(self, rows: int, prompt_len: int, budget: int) -> Program:
+        """`loop.compact` into `rows` rows of `prompt_len + budget` slots, its cache
+        laid out on the mesh for that many rows: `gather(state, index, valid)`."""
+        sharding = self._cache_sharding(rows, prompt_len + budget)
+        return Program(loop.compact, dict(sharding=sharding))
 
     def programs(
         self, batch: int, prompt_len: int, budget: int, sampling=_GREEDY, *, group: int = 1
@@ -270,8 +318,94 @@ class Sampler:
             eos_ids=eos_ids,
             stop_ids=stop_ids,
         )
+        width = state.tokens.shape[0]
+        if self.compact and row_buckets(width, self._batch_multiple):
+            return self._decode_compacting(
+                state, sampling, len(prompts), max_new_tokens, group_size
+            )
         state = self.decode(state, sampling)
-        return self.completions(state, len(prompts), max_new_tokens, group_size)
+        out = self.completions(state, len(prompts), max_new_tokens, group_size)
+        steps = int(fetch(state.step))  # already computed: no wait
+        self.last_stats = dict(
+            decode_row_steps=width * steps,
+            kept_tokens=int(out.lengths.sum()),
+            segments=1,
+            steps=[steps],
+            widths=[width],
+        )
+        return out
+
+    def _ladder_key(self, state, sampling):
+        """Everything the row buckets' programs are keyed on: the model, the sampling
+        config and every shape of the prefilled state (the stop-id arrays' included)."""
+        leaves, treedef = jax.tree.flatten(state)
+        return (self.graphdef, sampling, treedef, tuple((x.shape, x.dtype) for x in leaves))
+
+    def _build_rest_of_ladder(self, state, sampling) -> None:
+        """Compiles the decode and gather programs of the row buckets below `state`'s
+        width (those a call ending there did not reach) by running them on its
+        finished rows: each decode stops before its first step. Compaction goes one
+        bucket at a time, so the buckets a call visited are the ladder's first ones,
+        and after this a later call compiles nothing, whichever buckets its lengths
+        reach. Run at the end of a call, when only the small final cache is held."""
+        for w in row_buckets(state.tokens.shape[0], self._batch_multiple):
+            state = self.compact_rows(state, np.zeros(w, np.int32), np.zeros(w, bool))
+            state = self.decode(state, sampling, until=0)
+
+    def _decode_compacting(self, state, sampling, num_prompts, max_new_tokens, group_size):
+        """`__call__`'s decode with compaction (see the class docstring): decode
+        segments, each ending when the live rows fit the next row bucket; then the
+        finished rows' results are copied to the host, and the live rows gathered into
+        that bucket. The results come back in the call's row order."""
+        ladder_key = self._ladder_key(state, sampling)
+        n_rows = num_prompts * group_size
+        width, budget = state.tokens.shape
+        tokens = np.full((n_rows, budget), self.pad_id, np.int32)
+        logprobs = np.zeros((n_rows, budget), np.float32)
+        lengths = np.zeros(n_rows, np.int32)
+        reason = np.zeros(n_rows, np.int32)
+        # Output row of each state row; -1 for padding and rows already written.
+        slot = np.where(np.arange(width) < n_rows, np.arange(width), -1)
+        row_steps, step, widths, steps = width, 1, [width], []  # prefill drew step 0
+        while True:
+            ladder = row_buckets(width, self._batch_multiple)
+            state = self.decode(state, sampling, min_live=ladder[0] if ladder else 0)
+            # The segment's one sync: which rows finished, and their results.
+            s_tokens, s_logprobs, s_lengths, s_reason, done, s_step = fetch(
+                (state.tokens, state.logprobs, state.lengths, state.reason, state.done, state.step)
+            )
+            row_steps += width * (int(s_step) - step)
+            step = int(s_step)
+            steps.append(step)
+            out = done & (slot >= 0)
+            tokens[slot[out]], logprobs[slot[out]] = s_tokens[out], s_logprobs[out]
+            lengths[slot[out]], reason[slot[out]] = s_lengths[out], s_reason[out]
+            slot = np.where(done, -1, slot)
+            live = np.flatnonzero(~done)
+            if live.size == 0:
+                break
+            # One bucket down at a time (one gather program per bucket); several steps
+            # only when many rows finished at the same step.
+            while ladder and live.size <= ladder[0]:
+                w = ladder[0]
+                index = np.concatenate([live, np.full(w - live.size, live[0])])
+                valid = np.arange(w) < live.size
+                state = self.compact_rows(state, index, valid)
+                slot = np.where(valid, slot[index], -1)
+                live, width = np.arange(live.size), w
+                widths.append(w)
+                ladder = ladder[1:]
+        if ladder_key not in self._ladders_built:
+            self._build_rest_of_ladder(state, sampling)
+            self._ladders_built.add(ladder_key)
+        self.last_stats = dict(
+            decode_row_steps=row_steps,
+            kept_tokens=int(lengths.sum()),
+            segments=len(steps),
+            steps=steps,
+            widths=widths,
+        )
+        return self._results(tokens, logprobs, lengths, reason, max_new_tokens, group_size)
 
     def stream(
         self,
@@ -307,14 +441,20 @@ class Sampler:
         tokens, logprobs, lengths, reason = fetch(
             (state.tokens, state.logprobs, state.lengths, state.reason)
         )
-        cut = (slice(0, rows), slice(0, max_new_tokens))
-        lengths = lengths[:rows]
+        return self._results(
+            tokens[:rows], logprobs[:rows], lengths[:rows], reason[:rows], max_new_tokens,
+            group_size,
+        )  # fmt: skip
+
+    @staticmethod
+    def _results(tokens, logprobs, lengths, reason, max_new_tokens, group_size) -> Completions:
+        cut = (slice(None), slice(0, max_new_tokens))
         return Completions(
             tokens=tokens[cut],
             logprobs=logprobs[cut],
             mask=np.arange(max_new_tokens)[None, :] < lengths[:, None],
             lengths=lengths,
-            finish_reason=[REASONS[int(r)] for r in reason[:rows]],
+            finish_reason=[REASONS[int(r)] for r in reason],
             group_size=group_size,
         )
 

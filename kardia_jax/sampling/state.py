@@ -51,7 +51,8 @@ class KVCache:
 @struct.dataclass
 class SamplingState:
     """Everything the decode loop carries. Rows are prompt-major: row i * G + g is
-    sample g of prompt i."""
+    sample g of prompt i, until compaction (`loop.compact`) drops finished rows;
+    `rows` keeps each row's index in the call through that."""
 
     cache: KVCache
     tokens: jax.Array  # [B, N] int32 completion tokens (pad after a row ends)
@@ -60,7 +61,11 @@ class SamplingState:
     done: jax.Array  # [B] bool
     reason: jax.Array  # [B] int32, one of RUNNING / EOS / STOP / LENGTH
     lengths: jax.Array  # [B] int32 completion tokens, the stop token included
-    key: jax.Array  # PRNG key of the call; step t draws with fold_in(key, t)
+    # [B] int32: each row's index in the call (prompt i, sample g -> i * G + g; rows
+    # that only pad the batch hold any id). Row r draws step t from
+    # fold_in(fold_in(key, r), t), so its tokens do not depend on its batch.
+    rows: jax.Array
+    key: jax.Array  # PRNG key of the call
     eos_ids: jax.Array  # [E] int32, padded with -1
     stop_ids: jax.Array  # [E'] int32, padded with -1
     max_new: jax.Array  # [] int32 generation budget (<= N, the bucketed buffer size)

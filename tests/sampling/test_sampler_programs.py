@@ -10,7 +10,8 @@ from kardia_jax.compiles import CompileCounter
 from kardia_jax.models import load_hf_model
 from kardia_jax.sampling import Sampler, SamplingConfig
 from kardia_jax.sampling import sampler as sampler_module
-from kardia_jax.sharding import make_mesh
+from kardia_jax.sampling.sampler import row_buckets
+from kardia_jax.sharding import batch_shards, make_mesh
 
 from .test_sampler import VARIANT
 
@@ -38,7 +39,13 @@ def test_the_sampler_runs_the_programs_its_builder_returns(sharded, prompts, mon
 
     b, p, n = sampler.shapes(prompts, 6)
     prefill, decode = sampler.programs(b, p, n, sampling, group=2)
-    assert called == [prefill, decode]
+    # With compaction the smaller row buckets' decode and gather programs run too
+    # (the first call builds them all): each is the builder's for its width.
+    ladder = row_buckets(b * 2, batch_shards(mesh))
+    built = [prefill, decode] + [sampler.programs(w, p, n, sampling)[1] for w in ladder]
+    built += [sampler.compact_program(w, p, n) for w in ladder]
+    assert called[:2] == [prefill, decode]
+    assert all(c in built for c in called) and all(x in called for x in built)
     # The cache is laid out on the mesh in both, and the budget bucket reaches prefill.
     assert prefill.static["sharding"] is not None and prefill.static["budget"] == n
     assert decode.static["sharding"] == prefill.static["sharding"]
