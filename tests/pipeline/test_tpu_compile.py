@@ -70,10 +70,13 @@ def test_programs_compile_for_tpu_with_memory_figures(sft_result, grpo_result):
         for p in result["programs"]:
             assert p.argument_bytes > 0 and p.peak_bytes > 0, p.name
             assert p.flops > 0, p.name
-            # A backward pass always has temporaries; a forward may have none (libtpu
-            # 0.0.50, jax 0.12, reports 0 for the log-prob program, 0.0.42 4.3 MB).
+            # A backward pass holds activations beyond its arguments and outputs. The
+            # compiler's peak shows them; its temp figure need not (libtpu 0.0.42 gives
+            # 0 for the shared-prompt GRPO update at a 19.8 MB peak, and 0.0.50 gives 0
+            # for the log-prob program).
             if p.name in ("sft_train_step", "grpo_update_step"):
-                assert p.temp_bytes > 0, p.name
+                held = p.argument_bytes + p.output_bytes - p.alias_bytes
+                assert p.compiler_peak_bytes > held, p.name
             # The TPU compiler's own peak of live buffers, beside our sum of the parts;
             # the budget is held to the larger.
             assert p.compiler_peak_bytes > 0, p.name
